@@ -1,0 +1,285 @@
+//! Cart HTTP handlers: seed 003's simple form and the `/v1` form of seeds 000 and 001.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use shopstack_common::extract::{Json, Path};
+use shopstack_common::{ApiInfo, Problem};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::CartError;
+use crate::service::CartView;
+
+pub const INFO: ApiInfo = ApiInfo {
+    title: "ShopStack cart",
+    description: "Shopping carts (seeds 000, 001 and 003): add, view, change and clear, with versions for optimistic concurrency.",
+};
+
+const TAG: &str = "cart";
+
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(simple_add))
+        .routes(routes!(simple_get, simple_clear))
+        .routes(routes!(v1_add, v1_get, v1_clear))
+        .routes(routes!(v1_add_item))
+        .routes(routes!(v1_update_item, v1_remove_item))
+        .with_state(state)
+}
+
+/// Seed 003's `POST /cart/add` body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct SimpleAddRequest {
+    #[schema(example = "user-123")]
+    pub user_id: String,
+    #[schema(example = "prod-123")]
+    pub product_id: String,
+    #[schema(example = 2)]
+    pub quantity: i64,
+}
+
+/// Seed 000's / 001's add-item body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct AddItemRequest {
+    #[schema(example = "prod-123")]
+    pub product_id: String,
+    #[schema(example = 2)]
+    pub quantity: i64,
+}
+
+/// Seed 001's update-quantity body.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UpdateItemRequest {
+    #[schema(example = 3)]
+    pub quantity: i64,
+}
+
+/// Seed 000's answer to clearing a cart.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ClearedCart {
+    #[schema(example = "Cart cleared successfully")]
+    pub message: String,
+    pub user_id: String,
+}
+
+/// `ETag: "v{version}"` on every cart response.
+fn with_etag(version: u64, body: impl IntoResponse) -> Response {
+    let mut response = body.into_response();
+    if let Ok(value) = HeaderValue::from_str(&format!("\"v{version}\"")) {
+        response.headers_mut().insert(header::ETAG, value);
+    }
+    response
+}
+
+fn cart_response(view: CartView) -> Response {
+    with_etag(view.version, Json(view))
+}
+
+/// `If-Match: "v3"` (also `W/"v3"`, `"3"`, `3`) → Some(3); `*` or absent → None. A value that
+/// names no version can match nothing, so it fails the precondition.
+fn if_match(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(header::IF_MATCH)?.to_str().unwrap_or("").trim();
+    if value == "*" {
+        return None;
+    }
+    let tag = value.trim_start_matches("W/").trim_matches('"');
+    Some(tag.trim_start_matches('v').parse().unwrap_or(u64::MAX))
+}
+
+const PROBLEM: &str = "application/problem+json";
+
+/// Add to a cart, seed 003's form (user in the body).
+#[utoipa::path(post, path = "/cart/add", tag = TAG, request_body = SimpleAddRequest,
+    params(("If-Match" = Option<String>, Header, description = "Apply only if the cart is at this version")),
+    responses(
+        (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
+        (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
+    ))]
+async fn simple_add(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<SimpleAddRequest>,
+) -> Result<Response, CartError> {
+    let view = state
+        .carts
+        .add(&body.user_id, &body.product_id, body.quantity, if_match(&headers))
+        .await?;
+    Ok(cart_response(view))
+}
+
+/// A user's cart, seed 003's form (empty when the user has none).
+#[utoipa::path(get, path = "/cart/{user_id}", tag = TAG,
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 200, body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
+    ))]
+async fn simple_get(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+) -> Result<Response, CartError> {
+    Ok(cart_response(state.carts.get(&user_id).await?))
+}
+
+/// Clear a user's cart, seed 003's form.
+#[utoipa::path(delete, path = "/cart/{user_id}", tag = TAG,
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, body = ClearedCart, headers(("ETag" = String))),
+        (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
+    ))]
+async fn simple_clear(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, CartError> {
+    clear(state, user_id, &headers).await
+}
+
+async fn clear(state: AppState, user_id: String, headers: &HeaderMap) -> Result<Response, CartError> {
+    let view = state.carts.clear(&user_id, if_match(headers)).await?;
+    Ok(with_etag(
+        view.version,
+        Json(ClearedCart {
+            message: "Cart cleared successfully".into(),
+            user_id,
+        }),
+    ))
+}
+
+/// Add to a cart (seed 000): the quantity is added to any existing line.
+#[utoipa::path(post, path = "/v1/cart/{user_id}", tag = TAG, request_body = AddItemRequest,
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
+        (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
+    ))]
+async fn v1_add(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<AddItemRequest>,
+) -> Result<Response, CartError> {
+    let view = state
+        .carts
+        .add(&user_id, &body.product_id, body.quantity, if_match(&headers))
+        .await?;
+    Ok(cart_response(view))
+}
+
+/// A user's cart (seed 000): an unknown user gets an empty cart, not a 404.
+#[utoipa::path(get, path = "/v1/cart/{user_id}", tag = TAG,
+    params(("user_id" = String, Path)),
+    responses(
+        (status = 200, body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
+    ))]
+async fn v1_get(State(state): State<AppState>, Path(user_id): Path<String>) -> Result<Response, CartError> {
+    Ok(cart_response(state.carts.get(&user_id).await?))
+}
+
+/// Clear a user's cart (seed 000), releasing its reservations.
+#[utoipa::path(delete, path = "/v1/cart/{user_id}", tag = TAG,
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, body = ClearedCart, headers(("ETag" = String))),
+        (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
+    ))]
+async fn v1_clear(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, CartError> {
+    clear(state, user_id, &headers).await
+}
+
+/// Add an item (seed 001's item-level form): same as `POST /v1/cart/{user_id}`.
+#[utoipa::path(post, path = "/v1/cart/{user_id}/items", tag = TAG, request_body = AddItemRequest,
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
+        (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
+    ))]
+async fn v1_add_item(
+    State(state): State<AppState>,
+    Path(user_id): Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<AddItemRequest>,
+) -> Result<Response, CartError> {
+    let view = state
+        .carts
+        .add(&user_id, &body.product_id, body.quantity, if_match(&headers))
+        .await?;
+    Ok(cart_response(view))
+}
+
+/// Set the quantity of a line already in the cart (seed 001).
+#[utoipa::path(patch, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG, request_body = UpdateItemRequest,
+    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "The product is not in the cart", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
+    ))]
+async fn v1_update_item(
+    State(state): State<AppState>,
+    Path((user_id, product_id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(body): Json<UpdateItemRequest>,
+) -> Result<Response, CartError> {
+    let view = state
+        .carts
+        .set_quantity(&user_id, &product_id, body.quantity, if_match(&headers))
+        .await?;
+    Ok(cart_response(view))
+}
+
+/// Remove a line from the cart (seed 001), releasing its reservation.
+#[utoipa::path(delete, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG,
+    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
+        (status = 400, description = "Malformed id", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "The product is not in the cart", body = Problem, content_type = PROBLEM),
+        (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
+    ))]
+async fn v1_remove_item(
+    State(state): State<AppState>,
+    Path((user_id, product_id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, CartError> {
+    let view = state
+        .carts
+        .remove(&user_id, &product_id, if_match(&headers))
+        .await?;
+    Ok(cart_response(view))
+}

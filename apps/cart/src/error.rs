@@ -1,0 +1,100 @@
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use shopstack_common::Problem;
+
+use crate::catalog_client::CatalogError;
+use crate::store::StoreError;
+
+/// What can go wrong in the cart; each variant documents its status.
+#[derive(Debug, thiserror::Error)]
+pub enum CartError {
+    /// 400: malformed id, quantity ≤ 0 or above the maximum.
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404: the catalog does not know this product.
+    #[error("Product {0} not found")]
+    ProductNotFound(String),
+    /// 404: the cart has no line for this product.
+    #[error("Product {0} is not in the cart")]
+    ItemNotInCart(String),
+    /// 409: not enough stock left to reserve (seed 002's message).
+    #[error("Insufficient stock. Only {available} available.")]
+    InsufficientStock { available: i64 },
+    /// 409: the cart kept changing under us; retrying later will work.
+    #[error("The cart is being modified concurrently; retry the request.")]
+    Busy,
+    /// 412: `If-Match` names a version the cart is no longer at; nothing changed.
+    #[error("The cart is at version {current}, not the one in If-Match; reload it and retry.")]
+    PreconditionFailed { current: u64 },
+    /// 503: the catalog cannot be reached.
+    #[error("The catalog service is unavailable; retry shortly.")]
+    CatalogUnavailable(String),
+    /// 504: the catalog did not answer in time.
+    #[error("The catalog service did not answer in time.")]
+    CatalogTimeout,
+    /// 503: the cart store (Redis) cannot be reached.
+    #[error("The cart store is unavailable; retry shortly.")]
+    StoreUnavailable(String),
+}
+
+impl CartError {
+    /// The `result` label of `cart_operations_total`: a bounded set.
+    pub fn result_label(&self) -> &'static str {
+        match self {
+            CartError::BadRequest(_) => "bad_request",
+            CartError::ProductNotFound(_) | CartError::ItemNotInCart(_) => "not_found",
+            CartError::InsufficientStock { .. } => "insufficient_stock",
+            CartError::Busy => "conflict",
+            CartError::PreconditionFailed { .. } => "precondition_failed",
+            CartError::CatalogUnavailable(_) | CartError::CatalogTimeout => "catalog_unavailable",
+            CartError::StoreUnavailable(_) => "store_unavailable",
+        }
+    }
+}
+
+impl From<StoreError> for CartError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::VersionConflict { .. } => CartError::Busy,
+            StoreError::Unavailable(cause) => CartError::StoreUnavailable(cause),
+        }
+    }
+}
+
+impl From<CatalogError> for CartError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::NotFound(id) => CartError::ProductNotFound(id),
+            CatalogError::Timeout(_) => CartError::CatalogTimeout,
+            CatalogError::Unavailable(cause) => CartError::CatalogUnavailable(cause),
+        }
+    }
+}
+
+impl IntoResponse for CartError {
+    fn into_response(self) -> Response {
+        let detail = self.to_string();
+        let problem = match &self {
+            CartError::BadRequest(_) => Problem::bad_request(detail),
+            CartError::ProductNotFound(id) => Problem::not_found(detail).with("product_id", id.as_str()),
+            CartError::ItemNotInCart(id) => Problem::not_found(detail).with("product_id", id.as_str()),
+            CartError::InsufficientStock { available } => {
+                Problem::new(StatusCode::CONFLICT, "insufficient-stock", detail).with("available", *available)
+            }
+            CartError::Busy => Problem::conflict(detail).retry_after(1),
+            CartError::PreconditionFailed { current } => {
+                Problem::new(StatusCode::PRECONDITION_FAILED, "stale-version", detail)
+                    .with("version", *current)
+            }
+            CartError::CatalogUnavailable(_) => Problem::unavailable(detail, 1).with("upstream", "catalog"),
+            CartError::CatalogTimeout => {
+                Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", detail)
+                    .with("upstream", "catalog")
+            }
+            CartError::StoreUnavailable(_) => {
+                Problem::unavailable(detail, 1).with("dependency", "cart-store")
+            }
+        };
+        problem.into_response()
+    }
+}

@@ -1,0 +1,89 @@
+//! The cart service: seed 003's simple cart API and seed 000/001's `/v1/cart` API over one
+//! storage trait.
+//!
+//! - [`config`]: settings; [`store`]: the storage trait and its backends;
+//! - [`service`]: the cart rules (validation, catalog check, optimistic writes);
+//! - [`catalog_client`]: calls to the catalog; [`api`]: HTTP handlers; [`error`]: the error enum.
+
+pub mod api;
+pub mod catalog_client;
+pub mod config;
+pub mod error;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use prometheus::{IntCounterVec, Opts};
+use shopstack_common::Platform;
+use shopstack_common::config::ServiceDefaults;
+use shopstack_common::metrics::register;
+use shopstack_common::simulation::SimulationProfile;
+
+use catalog_client::CatalogClient;
+pub use config::CartConfig;
+use service::CartService;
+use store::{CartStore, MemoryStore};
+
+pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
+    name: "cart",
+    port: 8002,
+    simulation: SimulationProfile::SEED_CART,
+};
+
+/// How often the in-memory store drops expired carts.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
+
+#[derive(Clone)]
+pub struct AppState {
+    pub platform: Platform,
+    pub carts: CartService,
+}
+
+impl AppState {
+    pub async fn new(config: &CartConfig, platform: Platform) -> anyhow::Result<Self> {
+        let registry = platform.metrics().registry();
+        let operations = register(
+            registry,
+            IntCounterVec::new(
+                Opts::new(
+                    "cart_operations_total",
+                    "Cart operations by operation and result.",
+                ),
+                &["op", "result"],
+            )?,
+        )?;
+        let memory = Arc::new(MemoryStore::new(config.cart_ttl));
+        spawn_sweeper(memory.clone());
+        let store: Arc<dyn CartStore> = memory;
+        let catalog = CatalogClient::new(
+            platform.client().clone(),
+            config.catalog_service_url.0.clone(),
+            config.catalog_timeout,
+        );
+        let carts = CartService::new(store, catalog, config.max_item_quantity, operations);
+        tracing::info!(store = carts.store().backend(), "cart store ready");
+        Ok(Self { platform, carts })
+    }
+}
+
+fn spawn_sweeper(store: Arc<MemoryStore>) {
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(SWEEP_INTERVAL);
+        loop {
+            ticker.tick().await;
+            let expired = store.sweep_expired();
+            if !expired.is_empty() {
+                tracing::info!(carts = expired.len(), "expired carts removed");
+            }
+        }
+    });
+}
+
+/// The cart's router, ready to serve.
+pub fn app(state: AppState) -> Router {
+    let platform = state.platform.clone();
+    platform.service_router(api::router(state), api::INFO)
+}

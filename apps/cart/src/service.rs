@@ -1,0 +1,296 @@
+//! The cart's rules, independent of HTTP: validation, the catalog check, and optimistic
+//! read-modify-write against the store.
+
+use std::sync::Arc;
+
+use prometheus::IntCounterVec;
+use serde::Serialize;
+use utoipa::ToSchema;
+
+use crate::catalog_client::CatalogClient;
+use crate::error::CartError;
+use crate::store::{CartStore, StoreError, StoredCart};
+
+/// How often a write re-reads and retries after losing a version race before answering 409.
+const MAX_WRITE_ATTEMPTS: usize = 5;
+
+/// Longest user or product id accepted.
+const MAX_ID_LEN: usize = 128;
+
+/// One cart line on the wire (seed 000).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct CartItem {
+    #[schema(example = "prod-123")]
+    pub product_id: String,
+    #[schema(example = 2)]
+    pub quantity: u32,
+}
+
+/// A cart on the wire: seed 000's shape plus the version behind `ETag`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
+pub struct CartView {
+    #[schema(example = "user-123")]
+    pub user_id: String,
+    pub items: Vec<CartItem>,
+    /// Number of lines (seed 000).
+    pub total_items: usize,
+    /// Bumped by every change; sent as `ETag: "v{version}"`, checked against `If-Match`.
+    pub version: u64,
+}
+
+impl CartView {
+    pub fn of(user_id: &str, cart: &StoredCart) -> Self {
+        let items: Vec<CartItem> = cart
+            .lines
+            .iter()
+            .map(|(product_id, &quantity)| CartItem {
+                product_id: product_id.clone(),
+                quantity,
+            })
+            .collect();
+        Self {
+            user_id: user_id.to_owned(),
+            total_items: items.len(),
+            items,
+            version: cart.version,
+        }
+    }
+}
+
+/// What an item write does to the line's quantity.
+#[derive(Debug, Clone, Copy)]
+enum LineChange {
+    /// Add to the current quantity (seed 000's HINCRBY).
+    Add(u32),
+    /// Replace the quantity of an existing line.
+    Set(u32),
+    /// Remove an existing line.
+    Remove,
+}
+
+#[derive(Clone)]
+pub struct CartService {
+    store: Arc<dyn CartStore>,
+    catalog: CatalogClient,
+    max_quantity: u32,
+    operations: IntCounterVec,
+}
+
+impl CartService {
+    pub fn new(
+        store: Arc<dyn CartStore>,
+        catalog: CatalogClient,
+        max_quantity: u32,
+        operations: IntCounterVec,
+    ) -> Self {
+        Self {
+            store,
+            catalog,
+            max_quantity,
+            operations,
+        }
+    }
+
+    pub fn store(&self) -> &Arc<dyn CartStore> {
+        &self.store
+    }
+
+    fn count<T>(&self, op: &str, result: &Result<T, CartError>) {
+        let label = match result {
+            Ok(_) => "ok",
+            Err(error) => error.result_label(),
+        };
+        self.operations.with_label_values(&[op, label]).inc();
+    }
+
+    pub async fn get(&self, user_id: &str) -> Result<CartView, CartError> {
+        let result = async {
+            validate_id("user_id", user_id)?;
+            let cart = self.store.load(user_id).await.map_err(store_error)?;
+            Ok(CartView::of(user_id, &cart))
+        }
+        .await;
+        self.count("get", &result);
+        result
+    }
+
+    pub async fn add(
+        &self,
+        user_id: &str,
+        product_id: &str,
+        quantity: i64,
+        if_match: Option<u64>,
+    ) -> Result<CartView, CartError> {
+        let result = async {
+            validate_id("user_id", user_id)?;
+            validate_id("product_id", product_id)?;
+            let quantity = self.validate_quantity(quantity)?;
+            self.catalog.product(product_id).await.map_err(catalog_error)?;
+            self.change_line(user_id, product_id, LineChange::Add(quantity), if_match)
+                .await
+        }
+        .await;
+        self.count("add", &result);
+        result
+    }
+
+    pub async fn set_quantity(
+        &self,
+        user_id: &str,
+        product_id: &str,
+        quantity: i64,
+        if_match: Option<u64>,
+    ) -> Result<CartView, CartError> {
+        let result = async {
+            validate_id("user_id", user_id)?;
+            validate_id("product_id", product_id)?;
+            let quantity = self.validate_quantity(quantity)?;
+            self.change_line(user_id, product_id, LineChange::Set(quantity), if_match)
+                .await
+        }
+        .await;
+        self.count("update", &result);
+        result
+    }
+
+    pub async fn remove(
+        &self,
+        user_id: &str,
+        product_id: &str,
+        if_match: Option<u64>,
+    ) -> Result<CartView, CartError> {
+        let result = async {
+            validate_id("user_id", user_id)?;
+            validate_id("product_id", product_id)?;
+            self.change_line(user_id, product_id, LineChange::Remove, if_match)
+                .await
+        }
+        .await;
+        self.count("remove", &result);
+        result
+    }
+
+    pub async fn clear(&self, user_id: &str, if_match: Option<u64>) -> Result<CartView, CartError> {
+        let result = async {
+            validate_id("user_id", user_id)?;
+            for _ in 0..MAX_WRITE_ATTEMPTS {
+                let cart = self.store.load(user_id).await.map_err(store_error)?;
+                check_precondition(&cart, if_match)?;
+                match self.store.clear(user_id, cart.version).await {
+                    Ok(cleared) => return Ok(CartView::of(user_id, &cleared)),
+                    Err(StoreError::VersionConflict { current }) if if_match.is_some() => {
+                        return Err(CartError::PreconditionFailed { current });
+                    }
+                    Err(StoreError::VersionConflict { .. }) => continue,
+                    Err(error) => return Err(store_error(error)),
+                }
+            }
+            Err(CartError::Busy)
+        }
+        .await;
+        self.count("clear", &result);
+        result
+    }
+
+    /// Read, compute the new line, compare-and-set; re-read on a lost race unless the caller
+    /// pinned a version with `If-Match`.
+    async fn change_line(
+        &self,
+        user_id: &str,
+        product_id: &str,
+        change: LineChange,
+        if_match: Option<u64>,
+    ) -> Result<CartView, CartError> {
+        for _ in 0..MAX_WRITE_ATTEMPTS {
+            let cart = self.store.load(user_id).await.map_err(store_error)?;
+            check_precondition(&cart, if_match)?;
+            let current = cart.quantity_of(product_id);
+            let target = match change {
+                LineChange::Add(quantity) => {
+                    let target = current.saturating_add(quantity);
+                    if target > self.max_quantity {
+                        return Err(CartError::BadRequest(format!(
+                            "The line would hold {target} units; the maximum per product is {}.",
+                            self.max_quantity
+                        )));
+                    }
+                    target
+                }
+                LineChange::Set(_) | LineChange::Remove if current == 0 => {
+                    return Err(CartError::ItemNotInCart(product_id.to_owned()));
+                }
+                LineChange::Set(quantity) => quantity,
+                LineChange::Remove => 0,
+            };
+            match self
+                .store
+                .write_line(user_id, product_id, target, cart.version)
+                .await
+            {
+                Ok(written) => return Ok(CartView::of(user_id, &written)),
+                Err(StoreError::VersionConflict { current }) if if_match.is_some() => {
+                    return Err(CartError::PreconditionFailed { current });
+                }
+                Err(StoreError::VersionConflict { .. }) => continue,
+                Err(error) => return Err(store_error(error)),
+            }
+        }
+        Err(CartError::Busy)
+    }
+
+    fn validate_quantity(&self, quantity: i64) -> Result<u32, CartError> {
+        if quantity <= 0 {
+            return Err(CartError::BadRequest(format!(
+                "quantity must be at least 1 (got {quantity})"
+            )));
+        }
+        u32::try_from(quantity)
+            .ok()
+            .filter(|&quantity| quantity <= self.max_quantity)
+            .ok_or_else(|| {
+                CartError::BadRequest(format!(
+                    "quantity must be at most {} (got {quantity})",
+                    self.max_quantity
+                ))
+            })
+    }
+}
+
+fn check_precondition(cart: &StoredCart, if_match: Option<u64>) -> Result<(), CartError> {
+    match if_match {
+        Some(expected) if expected != cart.version => Err(CartError::PreconditionFailed {
+            current: cart.version,
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn store_error(error: StoreError) -> CartError {
+    if let StoreError::Unavailable(cause) = &error {
+        tracing::warn!(%cause, "cart store unavailable");
+    }
+    error.into()
+}
+
+fn catalog_error(error: crate::catalog_client::CatalogError) -> CartError {
+    if !matches!(error, crate::catalog_client::CatalogError::NotFound(_)) {
+        tracing::warn!(%error, "catalog call failed");
+    }
+    error.into()
+}
+
+/// Ids are 1-128 characters from a URL- and Redis-key-safe alphabet.
+pub fn validate_id(what: &str, value: &str) -> Result<(), CartError> {
+    let valid = !value.is_empty()
+        && value.len() <= MAX_ID_LEN
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(CartError::BadRequest(format!(
+            "{what} must be 1-{MAX_ID_LEN} characters of letters, digits, '-', '_', '.', '@' or ':' (got {value:?})"
+        )))
+    }
+}

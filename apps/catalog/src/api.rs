@@ -1,0 +1,91 @@
+//! Catalog HTTP handlers (seed 003's API).
+
+use axum::extract::State;
+use serde::{Deserialize, Serialize};
+use shopstack_common::ApiInfo;
+use shopstack_common::Problem;
+use shopstack_common::extract::{Json, Path, Query};
+use shopstack_common::pagination::{PageParams, Pagination};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::AppState;
+use crate::error::CatalogError;
+use crate::products::Product;
+
+pub const INFO: ApiInfo = ApiInfo {
+    title: "ShopStack catalog",
+    description: "Products, search and pagination (seed 003), with the stock each product has left.",
+};
+
+const TAG: &str = "catalog";
+
+pub fn router(state: AppState) -> OpenApiRouter {
+    OpenApiRouter::new()
+        .routes(routes!(list_products))
+        .routes(routes!(get_product))
+        .with_state(state)
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct SearchParams {
+    /// Words that must all appear in the name, description or categories (case-insensitive).
+    q: Option<String>,
+    /// Only products in this category.
+    category: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ProductList {
+    pub products: Vec<Product>,
+    pub pagination: Pagination,
+}
+
+/// List products, optionally searched, a page at a time.
+#[utoipa::path(get, path = "/catalog", tag = TAG, params(SearchParams, PageParams), responses(
+    (status = 200, body = ProductList),
+    (status = 400, description = "page or page_size below 1", body = Problem, content_type = "application/problem+json"),
+))]
+async fn list_products(
+    State(state): State<AppState>,
+    Query(search): Query<SearchParams>,
+    Query(paging): Query<PageParams>,
+) -> Result<Json<ProductList>, Problem> {
+    let page = paging.resolve()?;
+    let matches: Vec<&Product> = state
+        .catalog
+        .search(search.q.as_deref(), search.category.as_deref())
+        .collect();
+    let total = matches.len() as u64;
+    let products = matches
+        .into_iter()
+        .skip(usize::try_from(page.offset()).unwrap_or(usize::MAX))
+        .take(page.page_size as usize)
+        .cloned()
+        .collect();
+    Ok(Json(ProductList {
+        products,
+        pagination: page.describe(total),
+    }))
+}
+
+/// One product by id.
+#[utoipa::path(get, path = "/catalog/{id}", tag = TAG,
+    params(("id" = String, Path, description = "Product id, e.g. prod-123")),
+    responses(
+        (status = 200, body = Product),
+        (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+    ))]
+async fn get_product(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Product>, CatalogError> {
+    state
+        .catalog
+        .get(&id)
+        .cloned()
+        .map(Json)
+        .ok_or(CatalogError::ProductNotFound(id))
+}

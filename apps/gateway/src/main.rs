@@ -1,0 +1,14 @@
+use std::process::ExitCode;
+
+use clap::Parser;
+use gateway::{DEFAULTS, GatewayConfig, GatewayState, app};
+use shopstack_common::server;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let config = GatewayConfig::parse();
+    server::run(config.common.clone(), DEFAULTS, |platform| async move {
+        Ok(app(GatewayState::new(&config, platform)?))
+    })
+    .await
+}

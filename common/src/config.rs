@@ -1,0 +1,346 @@
+//! Settings every service shares, read from the environment or the same-named `--flags`.
+//!
+//! Each service's own config struct flattens [`CommonConfig`] into its clap parser and calls
+//! [`CommonConfig::resolve`] with its defaults. Everything is validated here, before any port is
+//! bound; a bad value ends the process with exit code 2 and a message naming the variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::builder::BoolishValueParser;
+use reqwest::Url;
+
+use crate::simulation::{AppliesTo, SimulationProfile};
+
+/// Options shared by every ShopStack binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// Listen port [default: the service's own, 8000-8003].
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+
+    /// Service name in logs, traces, metrics and /healthz [default: the binary's name].
+    #[arg(long, env = "SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// Service version in traces and /healthz.
+    #[arg(long, env = "SERVICE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub service_version: String,
+
+    /// Deployment environment (development, staging, production).
+    #[arg(long, env = "ENVIRONMENT", default_value = "development")]
+    pub environment: String,
+
+    /// Pod name (injected by Kubernetes).
+    #[arg(long, env = "POD_NAME", default_value = "local-dev")]
+    pub pod_name: String,
+
+    /// Node name (injected by Kubernetes).
+    #[arg(long, env = "NODE_NAME", default_value = "local-dev")]
+    pub node_name: String,
+
+    /// Log level or tracing filter directive (e.g. `info`, `debug,hyper=info`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Also append JSON logs to this file (seed 000's log-shipper sidecar tails it).
+    #[arg(long, env = "LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// OTLP/gRPC endpoint for traces, e.g. http://localhost:4317. `OTLP_ENDPOINT` is accepted too.
+    /// Unset: spans are still created (trace ids appear in logs) but not exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// `off` disables every injected latency and failure (benchmarks); `on` uses the profile below.
+    #[arg(long, env = "SIMULATION", default_value = "on", value_parser = BoolishValueParser::new())]
+    pub simulation: bool,
+
+    /// Injected latency range in ms, `MIN-MAX` or `N` [default: the service's seed 003 profile].
+    #[arg(long, env = "SIM_LATENCY_MS")]
+    pub sim_latency_ms: Option<String>,
+
+    /// Share of requests (0..=1) that get the injected latency.
+    #[arg(long, env = "SIM_LATENCY_RATE")]
+    pub sim_latency_rate: Option<f64>,
+
+    /// Share of requests (0..=1) answered with an injected failure.
+    #[arg(long, env = "SIM_FAILURE_RATE")]
+    pub sim_failure_rate: Option<f64>,
+
+    /// HTTP status of an injected failure.
+    #[arg(long, env = "SIM_FAILURE_STATUS")]
+    pub sim_failure_status: Option<u16>,
+
+    /// Which business routes the simulation applies to: reads, writes, all or none.
+    #[arg(long, env = "SIM_APPLIES_TO")]
+    pub sim_applies_to: Option<AppliesTo>,
+
+    /// Honour per-request `x-fault-delay-ms` / `x-fault-abort` headers (Envoy-style).
+    #[arg(long, env = "SIM_HEADER_FAULTS", value_parser = BoolishValueParser::new())]
+    pub sim_header_faults: Option<bool>,
+
+    /// Bearer token for `/admin/*`. Unset: the admin API answers 401 to everyone.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Enable seed 000's `POST /stress` CPU/memory load generator.
+    #[arg(long, env = "STRESS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub stress_enabled: bool,
+
+    /// Largest accepted request body, in bytes (413 beyond).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// On SIGTERM, keep serving (with /readyz failing) this long so load balancers notice, in ms.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 1000)]
+    pub shutdown_drain_ms: u64,
+
+    /// Then wait at most this long for in-flight requests to finish, in ms.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// What differs between services when resolving [`CommonConfig`].
+#[derive(Debug, Clone)]
+pub struct ServiceDefaults {
+    pub name: &'static str,
+    pub port: u16,
+    pub simulation: SimulationProfile,
+}
+
+/// Who this process is: in every log line, span resource and `/healthz`.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    pub name: String,
+    pub version: String,
+    pub environment: String,
+    pub pod_name: String,
+    pub node_name: String,
+}
+
+/// [`CommonConfig`] after defaults and validation.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub identity: ServiceIdentity,
+    pub bind_addr: IpAddr,
+    pub port: u16,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+    pub otlp_endpoint: Option<Url>,
+    pub simulation: SimulationProfile,
+    pub admin_token: Option<String>,
+    pub stress_enabled: bool,
+    pub max_body_bytes: usize,
+    pub shutdown_drain: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl CommonConfig {
+    /// Apply the service's defaults and the seed-named aliases, then validate everything.
+    pub fn resolve(self, defaults: ServiceDefaults) -> anyhow::Result<Settings> {
+        let name = self.service_name.unwrap_or_else(|| defaults.name.to_string());
+        if name.trim().is_empty() {
+            bail!("SERVICE_NAME must not be empty");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .with_context(|| format!("LOG_LEVEL={:?} is not a valid level or filter", self.log_level))?;
+
+        // Seed 003 called it OTLP_ENDPOINT; the standard name wins when both are set.
+        let otlp_endpoint = self
+            .otlp_endpoint
+            .or_else(|| std::env::var("OTLP_ENDPOINT").ok())
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| parse_http_url(&value).context("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .transpose()?;
+
+        let mut simulation = defaults.simulation;
+        simulation.enabled = self.simulation;
+        if let Some(range) = self.sim_latency_ms {
+            let (min, max) = parse_latency_range(&range).context("SIM_LATENCY_MS")?;
+            simulation.latency_min_ms = min;
+            simulation.latency_max_ms = max;
+        }
+        if let Some(rate) = self.sim_latency_rate {
+            simulation.latency_rate = rate;
+        }
+        if let Some(rate) = self.sim_failure_rate {
+            simulation.failure_rate = rate;
+        }
+        if let Some(status) = self.sim_failure_status {
+            simulation.failure_status = status;
+        }
+        if let Some(applies_to) = self.sim_applies_to {
+            simulation.applies_to = applies_to;
+        }
+        if let Some(header_faults) = self.sim_header_faults {
+            simulation.header_faults = header_faults;
+        }
+        simulation
+            .validate()
+            .map_err(|problem| anyhow::anyhow!("simulation settings (SIM_*): {problem}"))?;
+
+        let admin_token = self.admin_token.filter(|token| !token.is_empty());
+        if let Some(token) = &admin_token
+            && token.len() < 8
+        {
+            bail!("ADMIN_TOKEN must be at least 8 characters");
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("MAX_BODY_BYTES must be at least 1024");
+        }
+
+        Ok(Settings {
+            identity: ServiceIdentity {
+                name,
+                version: self.service_version,
+                environment: self.environment,
+                pod_name: self.pod_name,
+                node_name: self.node_name,
+            },
+            bind_addr: self.bind_addr,
+            port: self.port.unwrap_or(defaults.port),
+            log_level: self.log_level,
+            log_file: self.log_file,
+            otlp_endpoint,
+            simulation,
+            admin_token,
+            stress_enabled: self.stress_enabled,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_drain: Duration::from_millis(self.shutdown_drain_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        })
+    }
+}
+
+impl Settings {
+    /// Settings for a service started inside a test: port 0, simulation off, short shutdown.
+    pub fn for_tests(name: &str) -> Self {
+        Self {
+            identity: ServiceIdentity {
+                name: name.to_string(),
+                version: "test".into(),
+                environment: "test".into(),
+                pod_name: format!("{name}-test"),
+                node_name: "test-node".into(),
+            },
+            bind_addr: IpAddr::from([127, 0, 0, 1]),
+            port: 0,
+            log_level: "info".into(),
+            log_file: None,
+            otlp_endpoint: None,
+            simulation: SimulationProfile::OFF,
+            admin_token: Some("test-admin-token".into()),
+            stress_enabled: true,
+            max_body_bytes: 64 * 1024,
+            shutdown_drain: Duration::from_millis(200),
+            shutdown_grace: Duration::from_secs(5),
+        }
+    }
+}
+
+/// A `http://` or `https://` URL with a host.
+pub fn parse_http_url(value: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(value.trim()).with_context(|| format!("{value:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        bail!("{value:?} must be an http:// or https:// URL with a host");
+    }
+    Ok(url)
+}
+
+/// Upstream base URLs from a comma-separated list (several means replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlList(pub Vec<Url>);
+
+impl std::str::FromStr for UrlList {
+    type Err = anyhow::Error;
+
+    fn from_str(value: &str) -> anyhow::Result<Self> {
+        parse_url_list(value).map(UrlList)
+    }
+}
+
+/// A comma-separated list of upstream base URLs (several means replicas).
+pub fn parse_url_list(value: &str) -> anyhow::Result<Vec<Url>> {
+    let urls = value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(parse_http_url)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        bail!("at least one URL is required");
+    }
+    Ok(urls)
+}
+
+/// `20-60` → (20, 60); `50` → (50, 50).
+fn parse_latency_range(value: &str) -> anyhow::Result<(u64, u64)> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .with_context(|| format!("{value:?}: expected MIN-MAX or N milliseconds"))
+    };
+    match value.split_once('-') {
+        Some((min, max)) => Ok((parse(min)?, parse(max)?)),
+        None => {
+            let both = parse(value)?;
+            Ok((both, both))
+        }
+    }
+}
+
+/// Duration written as `30d`, `12h`, `15m`, `45s` or `250ms`.
+pub fn parse_duration(value: &str) -> anyhow::Result<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .with_context(|| format!("{value:?}: a unit is required (ms, s, m, h, d)"))?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{value:?}: expected a number followed by a unit"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        other => bail!("{value:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_range_forms() {
+        assert_eq!(parse_latency_range("20-60").ok(), Some((20, 60)));
+        assert_eq!(parse_latency_range("5").ok(), Some((5, 5)));
+        assert!(parse_latency_range("fast").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").ok(), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10y").is_err());
+    }
+
+    #[test]
+    fn url_lists() {
+        let urls = parse_url_list("http://a:1, http://b:2").unwrap_or_default();
+        assert_eq!(urls.len(), 2);
+        assert!(parse_url_list("ftp://a").is_err());
+        assert!(parse_url_list(" , ").is_err());
+    }
+}

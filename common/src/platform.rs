@@ -1,0 +1,173 @@
+//! [`Platform`]: the shared plumbing one service instance owns, and the router finishing that
+//! wraps a service's business routes with everything every service must have.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::Method;
+use axum::response::{IntoResponse, Response};
+use tokio::sync::Semaphore;
+use tower_http::catch_panic::CatchPanicLayer;
+use utoipa::openapi::OpenApi;
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_swagger_ui::SwaggerUi;
+
+use crate::client::HttpClient;
+use crate::config::{ServiceIdentity, Settings};
+use crate::health::Health;
+use crate::metrics::Metrics;
+use crate::observe::observe_request;
+use crate::problem::Problem;
+use crate::simulation::{Simulation, inject_faults};
+
+/// How often dependency checks refresh `dependency_up` between probes.
+const HEALTH_MONITOR_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Cheap to clone; one per service instance (tests run several in one process).
+#[derive(Clone)]
+pub struct Platform(Arc<Inner>);
+
+struct Inner {
+    settings: Settings,
+    metrics: Metrics,
+    health: Health,
+    simulation: Simulation,
+    client: HttpClient,
+    /// Seed 000's `/stress` allocates up to 1 GB: one run at a time.
+    stress_slot: Arc<Semaphore>,
+}
+
+/// Title and description of a service's OpenAPI document.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiInfo {
+    pub title: &'static str,
+    pub description: &'static str,
+}
+
+impl Platform {
+    pub fn new(settings: Settings) -> anyhow::Result<Self> {
+        let metrics = Metrics::new(&settings.identity)?;
+        let simulation = Simulation::new(settings.simulation.clone(), metrics.registry())?;
+        Ok(Self(Arc::new(Inner {
+            client: HttpClient::new()?,
+            health: Health::default(),
+            stress_slot: Arc::new(Semaphore::new(1)),
+            settings,
+            metrics,
+            simulation,
+        })))
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.0.settings
+    }
+
+    pub fn identity(&self) -> &ServiceIdentity {
+        &self.0.settings.identity
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.0.metrics
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.0.health
+    }
+
+    pub fn simulation(&self) -> &Simulation {
+        &self.0.simulation
+    }
+
+    pub fn client(&self) -> &HttpClient {
+        &self.0.client
+    }
+
+    pub(crate) fn stress_slot(&self) -> Arc<Semaphore> {
+        self.0.stress_slot.clone()
+    }
+
+    /// Start background work shared by all services (the dependency monitor).
+    pub fn start_background_tasks(&self) {
+        self.health()
+            .spawn_monitor(self.metrics().dependency_up.clone(), HEALTH_MONITOR_INTERVAL);
+    }
+
+    /// The standard service router: `api` (business routes, wrapped in the simulation) plus the
+    /// common routes, `/openapi.json`, `/docs`, and the common layers.
+    pub fn service_router(&self, api: OpenApiRouter, info: ApiInfo) -> Router {
+        let (router, openapi) = self.with_common_routes(api).split_for_parts();
+        let openapi = self.document(openapi, info);
+        self.finish(router.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)))
+    }
+
+    /// `api` wrapped in the simulation, merged with the common routes (for services, like the
+    /// gateway, that assemble their OpenAPI document themselves).
+    pub fn with_common_routes(&self, api: OpenApiRouter) -> OpenApiRouter {
+        api.layer(axum::middleware::from_fn_with_state(
+            self.simulation().clone(),
+            inject_faults,
+        ))
+        .merge(crate::routes::router(self.clone()))
+    }
+
+    /// Fill in the document's info and the admin bearer scheme.
+    pub fn document(&self, mut openapi: OpenApi, info: ApiInfo) -> OpenApi {
+        openapi.info.title = info.title.to_owned();
+        openapi.info.description = Some(info.description.to_owned());
+        openapi.info.version = self.identity().version.clone();
+        openapi.info.license = None;
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "admin_token",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        openapi
+    }
+
+    /// The interactive `/docs` page (Swagger UI, served from the binary: no CDN) for a document
+    /// served elsewhere at `openapi_url`.
+    pub fn docs_page(openapi_url: &str) -> Router {
+        SwaggerUi::new("/docs")
+            .config(utoipa_swagger_ui::Config::from(openapi_url.to_owned()))
+            .into()
+    }
+
+    /// Fallbacks and the layers every service wears: body limit, panic → 500 problem, and the
+    /// request observer outermost so it sees every response, including those three.
+    pub fn finish(&self, router: Router) -> Router {
+        router
+            .fallback(not_found)
+            .method_not_allowed_fallback(method_not_allowed)
+            .layer(DefaultBodyLimit::max(self.settings().max_body_bytes))
+            .layer(CatchPanicLayer::custom(panic_to_problem))
+            .layer(axum::middleware::from_fn_with_state(
+                self.clone(),
+                observe_request,
+            ))
+    }
+}
+
+async fn not_found(method: Method, uri: axum::http::Uri) -> Problem {
+    Problem::not_found(format!("No route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Problem {
+    Problem::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+fn panic_to_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("unknown panic");
+    tracing::error!(panic = detail, "handler panicked");
+    Problem::internal().into_response()
+}
