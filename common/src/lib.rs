@@ -15,6 +15,7 @@
 //! - [`health`]: dependency checks and draining state behind the probes ([`routes`]).
 //! - [`simulation`]: injected latency and failures.
 //! - [`client`]: the outbound HTTP client that continues traces.
+//! - [`events`]: domain events on NATS JetStream (or logged when `NATS_URL` is unset).
 //! - [`problem`]: RFC 9457 errors; [`extract`]: extractors that reject with them.
 //! - [`server`]: bind, serve, drain and stop; [`money`]: exact amounts; [`testing`]: test servers.
 #![forbid(unsafe_code)]
@@ -22,6 +23,7 @@
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod metrics;
