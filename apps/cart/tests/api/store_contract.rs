@@ -67,3 +67,13 @@ async fn memory_store_expires_idle_carts() {
     assert!(store.load("idle").await.unwrap().lines.is_empty());
     assert_eq!(store.sweep_expired(), vec!["idle".to_owned()]);
 }
+
+#[tokio::test]
+async fn redis_store_meets_the_contract() {
+    let redis = shopstack_common::testing::RedisServer::start().unwrap();
+    let connection = shopstack_common::redis::Redis::connect(&redis.url())
+        .await
+        .unwrap();
+    let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
+    store_contract(Arc::new(store), "contract-user").await;
+}
