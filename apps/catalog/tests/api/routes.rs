@@ -563,7 +563,10 @@ async fn readiness_fails_first_and_in_flight_requests_finish_on_shutdown() {
 /// The real binary: SIGTERM → readiness fails, the in-flight request finishes, exit code 0.
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
+    let log_file = std::env::temp_dir().join(format!("shopstack-catalog-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_file);
     let mut child = Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .env("LOG_FILE", &log_file)
         .env("PORT", "0")
         .env("BIND_ADDR", "127.0.0.1")
         .env("SIMULATION", "on")
@@ -614,4 +617,39 @@ async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
         .unwrap()
         .unwrap();
     assert!(exit.success(), "catalog exited with {exit}");
+
+    // LOG_FILE got the same JSON lines, down to the last one written at shutdown.
+    let written = std::fs::read_to_string(&log_file).unwrap();
+    let lines: Vec<Value> = written.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
+    assert!(lines.iter().any(|line| line["route"] == "/catalog/{id}" && line["status"] == 200));
+    assert!(lines.iter().any(|line| line["message"] == "server stopped"));
+    let _ = std::fs::remove_file(&log_file);
+}
+
+/// A bad setting stops the binary before it binds anything, with exit code 2 and a message.
+#[test]
+fn invalid_configuration_exits_with_code_2() {
+    for (name, value) in [
+        ("SIM_FAILURE_RATE", "1.5"),
+        ("SIM_LATENCY_MS", "90-30"),
+        ("LOG_LEVEL", "loud[["),
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "not a url"),
+        ("PORT", "99999"),
+        ("REDIS_URL", "http://not-redis"),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_catalog"))
+            .env("PORT", "0")
+            .env(name, value)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(2), "{name}={value}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!stderr.trim().is_empty(), "{name}={value} must say what is wrong");
+    }
+    let help = Command::new(env!("CARGO_BIN_EXE_catalog")).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let text = String::from_utf8_lossy(&help.stdout);
+    for variable in ["PORT", "REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "SIMULATION", "ADMIN_TOKEN", "LOG_FILE"] {
+        assert!(text.contains(variable), "--help names {variable}");
+    }
 }
