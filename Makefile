@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart test lint fmt clean
+.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ run-catalog: ## Run the catalog on :8001
 run-cart: ## Run the cart on :8002
 	$(CARGO) run -p cart
 
+run-orders: ## Run the orders service on :8003 (SQLite under ./data/ unless DATABASE_URL is set)
+	$(CARGO) run -p orders
+
 test: ## Run every test (the command CI runs)
 	$(CARGO) test --workspace --no-fail-fast
 
@@ -36,5 +39,5 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 clean: ## Stop stray local services and remove build output
-	-pkill -x gateway; pkill -x catalog; pkill -x cart; true
+	-pkill -x gateway; pkill -x catalog; pkill -x cart; pkill -x orders; true
 	$(CARGO) clean

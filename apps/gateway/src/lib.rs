@@ -41,7 +41,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 
 pub const INFO: ApiInfo = ApiInfo {
     title: "ShopStack gateway",
-    description: "The front door: every catalog and cart route, proxied, with JSON 502/503/504 naming the backend that failed.",
+    description: "The front door: every catalog, cart and orders route, proxied, with JSON 502/503/504 naming the backend that failed.",
 };
 
 #[derive(Clone)]
@@ -59,6 +59,7 @@ impl GatewayState {
         let upstreams = Upstreams::new(
             config.catalog_service_url.0.clone(),
             config.cart_service_url.0.clone(),
+            config.orders_service_url.0.clone(),
         );
         for backend in Backend::ALL {
             let upstream = upstreams.get(backend).clone();

@@ -8,16 +8,18 @@ use axum::http::Method;
 pub enum Backend {
     Catalog,
     Cart,
+    Orders,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Catalog, Backend::Cart];
+    pub const ALL: [Backend; 3] = [Backend::Catalog, Backend::Cart, Backend::Orders];
 
     /// The `upstream` label and the name in errors and `/healthz`.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Catalog => "catalog",
             Backend::Cart => "cart",
+            Backend::Orders => "orders",
         }
     }
 }
@@ -59,7 +61,7 @@ const fn rewrite(
 
 /// Every route the gateway proxies.
 pub fn table() -> Vec<RouteSpec> {
-    use Backend::{Cart, Catalog};
+    use Backend::{Cart, Catalog, Orders};
     vec![
         // Catalog (seed 003)
         to(Method::GET, "/catalog", Catalog),
@@ -77,6 +79,14 @@ pub fn table() -> Vec<RouteSpec> {
         to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart),
         // Operators set stock (admin token checked by the catalog).
         to(Method::PUT, "/admin/stock/{product_id}", Catalog),
+        // Orders (seed 004) and checkout
+        to(Method::POST, "/api/orders", Orders),
+        to(Method::GET, "/api/orders", Orders),
+        to(Method::POST, "/api/orders/checkout", Orders),
+        to(Method::GET, "/api/orders/{id}", Orders),
+        to(Method::PATCH, "/api/orders/{id}/status", Orders),
+        to(Method::POST, "/api/orders/{id}/cancel", Orders),
+        to(Method::GET, "/api/users/{user_id}/orders", Orders),
         // Each backend's simulation, reachable through :8000 for load tests.
         rewrite(
             Method::GET,
@@ -92,5 +102,17 @@ pub fn table() -> Vec<RouteSpec> {
         ),
         rewrite(Method::GET, "/admin/cart/simulation", Cart, "/admin/simulation"),
         rewrite(Method::PUT, "/admin/cart/simulation", Cart, "/admin/simulation"),
+        rewrite(
+            Method::GET,
+            "/admin/orders/simulation",
+            Orders,
+            "/admin/simulation",
+        ),
+        rewrite(
+            Method::PUT,
+            "/admin/orders/simulation",
+            Orders,
+            "/admin/simulation",
+        ),
     ]
 }

@@ -36,13 +36,15 @@ impl Upstream {
 pub struct Upstreams {
     catalog: Arc<Upstream>,
     cart: Arc<Upstream>,
+    orders: Arc<Upstream>,
 }
 
 impl Upstreams {
-    pub fn new(catalog: Vec<Url>, cart: Vec<Url>) -> Self {
+    pub fn new(catalog: Vec<Url>, cart: Vec<Url>, orders: Vec<Url>) -> Self {
         Self {
             catalog: Arc::new(Upstream::new(Backend::Catalog, catalog)),
             cart: Arc::new(Upstream::new(Backend::Cart, cart)),
+            orders: Arc::new(Upstream::new(Backend::Orders, orders)),
         }
     }
 
@@ -50,6 +52,7 @@ impl Upstreams {
         match backend {
             Backend::Catalog => &self.catalog,
             Backend::Cart => &self.cart,
+            Backend::Orders => &self.orders,
         }
     }
 }
