@@ -218,3 +218,168 @@ async fn every_order_event_arrives_exactly_once_across_a_nats_outage(engine: Eng
         events.iter().map(|e| e["id"].as_str().unwrap()).collect();
     assert_eq!(event_ids.len(), ORDERS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cart_publishes_its_changes() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::sqlite();
+    let stack = spawn_stack(&db, Some(&nats.url()), &[]).await;
+    let subscriber = async_nats::connect(nats.url()).await.unwrap();
+    let mut events = subscriber.subscribe("cart.>").await.unwrap();
+    subscriber.flush().await.unwrap();
+    let http = client();
+
+    add_to_cart(&stack, "watched", "prod-110", 2).await;
+    let response = http
+        .patch(stack.url("/v1/cart/watched/items/prod-110"))
+        .json(&json!({"quantity": 5}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    add_to_cart(&stack, "watched", "prod-111", 1).await;
+    let response = http
+        .delete(stack.url("/v1/cart/watched/items/prod-111"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let response = http.delete(stack.url("/v1/cart/watched")).send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let mut received = Vec::new();
+    while received.len() < 5 {
+        let message = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("five cart events within 10 s")
+            .unwrap();
+        received.push(serde_json::from_slice::<Value>(&message.payload).unwrap());
+    }
+    let summary: Vec<(String, Value, Value)> = received
+        .iter()
+        .map(|event| {
+            (
+                event["type"].as_str().unwrap().to_owned(),
+                event["data"]["product_id"].clone(),
+                event["data"]["quantity"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            ("cart.item.added".into(), json!("prod-110"), json!(2)),
+            ("cart.item.updated".into(), json!("prod-110"), json!(5)),
+            ("cart.item.added".into(), json!("prod-111"), json!(1)),
+            ("cart.item.removed".into(), json!("prod-111"), Value::Null),
+            ("cart.cleared".into(), Value::Null, Value::Null),
+        ]
+    );
+    let versions: Vec<u64> = received
+        .iter()
+        .map(|event| event["data"]["cart_version"].as_u64().unwrap())
+        .collect();
+    assert!(versions.windows(2).all(|pair| pair[0] < pair[1]), "{versions:?}");
+    for event in &received {
+        assert_eq!(event["data"]["user_id"], "watched");
+        assert_eq!(event["source"], "/shopstack/cart");
+        assert!(
+            event["traceparent"]
+                .as_str()
+                .is_some_and(|tp| tp.starts_with("00-"))
+        );
+    }
+    assert_eq!(received[4]["data"]["lines_cleared"], 1);
+}
+
+/// The cart cleans up after an order only while the cart is exactly as it was checked out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cart_consumes_order_created_idempotently() {
+    let nats = NatsServer::start().await;
+    let db = TestDb::sqlite();
+    let stack = spawn_stack(&db, Some(&nats.url()), &[]).await;
+    add_to_cart(&stack, "leftover", "prod-112", 2).await;
+    let cart = get_cart(&stack, "leftover").await;
+    let order_created = |version: &Value, quantity: i64| {
+        shopstack_common::events::Event::new(
+            "order.created",
+            "orders",
+            None,
+            json!({
+                "order_id": uuid::Uuid::now_v7().to_string(),
+                "user_id": "leftover",
+                "source": "checkout",
+                "cart_version": version,
+                "items": [{"product_id": "prod-112", "quantity": quantity}],
+            }),
+        )
+    };
+    let publisher = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let publish = |event: shopstack_common::events::Event| {
+        let publisher = publisher.clone();
+        async move {
+            // The cart's consumer created the stream when it started.
+            let ok = eventually(Duration::from_secs(10), || {
+                let publisher = publisher.clone();
+                let event = event.clone();
+                async move {
+                    match publisher
+                        .publish(
+                            event.event_type.clone(),
+                            serde_json::to_vec(&event).unwrap().into(),
+                        )
+                        .await
+                    {
+                        Ok(ack) => ack.await.is_ok(),
+                        Err(_) => false,
+                    }
+                }
+            })
+            .await;
+            assert!(ok, "published");
+        }
+    };
+    let consumed = |result: &'static str| {
+        let url = stack.cart.url("/metrics");
+        async move {
+            metric(
+                &url,
+                "events_consumed_total",
+                &["type=\"order.created\"", &format!("result=\"{result}\"")],
+            )
+            .await
+            .unwrap_or(0.0)
+        }
+    };
+
+    // An order for other quantities than the cart holds: left alone.
+    publish(order_created(&cart["version"], 1)).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            consumed("ignored").await >= 1.0
+        })
+        .await
+    );
+    assert_eq!(get_cart(&stack, "leftover").await, cart);
+
+    // The order of exactly this cart: cleared, and its reservation released.
+    let stock_before = stock_of(&stack, "prod-112").await;
+    let event = order_created(&cart["version"], 2);
+    publish(event.clone()).await;
+    assert!(eventually(Duration::from_secs(10), || async { consumed("ok").await >= 1.0 }).await);
+    assert_eq!(get_cart(&stack, "leftover").await["items"], json!([]));
+    assert_eq!(stock_of(&stack, "prod-112").await, stock_before + 2);
+
+    // The same event again (a redelivery), after the user started a new cart: nothing happens.
+    add_to_cart(&stack, "leftover", "prod-112", 2).await;
+    let new_cart = get_cart(&stack, "leftover").await;
+    publish(event).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            consumed("ignored").await >= 2.0
+        })
+        .await
+    );
+    assert_eq!(get_cart(&stack, "leftover").await, new_cart);
+    assert_eq!(consumed("ok").await, 1.0);
+}

@@ -153,10 +153,14 @@ pub async fn spawn_catalog() -> TestServer {
     TestServer::start(platform, catalog::app(state)).await.unwrap()
 }
 
-pub async fn spawn_cart(catalog_url: &str) -> TestServer {
+pub async fn spawn_cart(catalog_url: &str, nats_url: Option<&str>) -> TestServer {
     telemetry::init_for_tests();
     let platform = Platform::new(Settings::for_tests("cart")).unwrap();
-    let config = cart::CartConfig::parse_from(["cart", "--catalog-service-url", catalog_url]);
+    let mut args = vec!["cart", "--catalog-service-url", catalog_url];
+    if let Some(nats_url) = nats_url {
+        args.extend(["--nats-url", nats_url]);
+    }
+    let config = cart::CartConfig::parse_from(args);
     let state = cart::AppState::new(&config, platform.clone()).await.unwrap();
     TestServer::start(platform, cart::app(state)).await.unwrap()
 }
@@ -212,7 +216,7 @@ pub async fn spawn_gateway(catalog_url: &str, cart_url: &str, orders_url: &str) 
 
 pub async fn spawn_stack(db: &TestDb, nats_url: Option<&str>, flags: &[&str]) -> Stack {
     let catalog = spawn_catalog().await;
-    let cart = spawn_cart(&catalog.url("")).await;
+    let cart = spawn_cart(&catalog.url(""), nats_url).await;
     let (orders, orders_state) =
         spawn_orders(&db.url, &catalog.url(""), &cart.url(""), nats_url, flags).await;
     let gateway = spawn_gateway(&catalog.url(""), &cart.url(""), &orders.url("")).await;
