@@ -138,16 +138,20 @@ pub struct Cli {
 }
 
 const ABOUT: &str = "ShopStack load test (Goose): seed 003's browse/cart mix, seed 000's journey, \
-a health/metrics poller, thresholds, incidents on a timer and a truth check against the gateway's metrics.";
+a health/metrics poller, thresholds, incidents on a timer and a truth check against the gateway's \
+metrics. --host defaults to http://127.0.0.1:8000 (`make run-all`); --hatch-rate and --spawn-rate \
+are accepted for --increase-rate.";
 
 const EXAMPLES: &str = "Examples:
-  loadtest                                    # every scenario against http://127.0.0.1:8000
-  loadtest -u 50 --hatch-rate 10 -t 60s       # what `make load-test` runs
+  loadtest                                  # all scenarios, local stack
+  loadtest -u 50 --hatch-rate 10 -t 60s     # what `make load-test` runs
   loadtest --scenarios browse,cart -u 20 -t 30s
-  loadtest -t 90s --fault-at 30s:cart.failure_rate=0.2 --fault-at 60s:cart.failure_rate=0.01
-  loadtest -t 20s --threshold-p95-ms 1        # an impossible threshold: the run fails
+  loadtest -t 90s --fault-at 30s:cart.failure_rate=0.2 \\
+                  --fault-at 60s:cart.failure_rate=0.01
+  loadtest -t 20s --threshold-p95-ms 1      # impossible: the run fails
 Scenarios (for --scenarios): browse, cart, journey, poller.
-Exit status: 0 passed; 1 a threshold or the truth check failed; 2 bad options; 3 target not reachable.";
+Exit status: 0 passed; 1 a threshold, the truth check or a fault step failed;
+2 bad options; 3 the target is not running or not usable.";
 
 /// The command: Goose's, with ShopStack's options and help added.
 pub fn command() -> clap::Command {

@@ -35,7 +35,7 @@ pub async fn preflight(client: &reqwest::Client, host: &str) -> Result<Option<St
         .get(format!("{host}/healthz"))
         .send()
         .await
-        .map_err(|error| Unreachable::Down(format!("{error}")))?;
+        .map_err(|error| Unreachable::Down(describe(&error)))?;
     let status = response.status();
     if status.is_success() {
         return Ok(None);
@@ -47,6 +47,21 @@ pub async fn preflight(client: &reqwest::Client, host: &str) -> Result<Option<St
         )));
     }
     Ok(Some(format!("{status}: {}", body.trim())))
+}
+
+/// A request error with its innermost cause, e.g. `Connection refused (os error 111)`.
+pub fn describe(error: &reqwest::Error) -> String {
+    let mut innermost: &dyn std::error::Error = error;
+    while let Some(source) = innermost.source() {
+        innermost = source;
+    }
+    if error.is_connect() {
+        format!("could not connect: {innermost}")
+    } else if error.is_timeout() {
+        format!("no answer within {}s", REQUEST_TIMEOUT.as_secs())
+    } else {
+        format!("{error}: {innermost}")
+    }
 }
 
 #[derive(Deserialize)]
