@@ -153,7 +153,10 @@ mod tests {
     fn bare_numbers_find_their_product() {
         let catalog = Catalog::from_json(EMBEDDED_PRODUCTS).unwrap_or_else(|e| panic!("{e:#}"));
         assert_eq!(catalog.lookup("123").map(|p| p.id.as_str()), Some("prod-123"));
-        assert_eq!(catalog.lookup("prod-123").map(|p| p.id.as_str()), Some("prod-123"));
+        assert_eq!(
+            catalog.lookup("prod-123").map(|p| p.id.as_str()),
+            Some("prod-123")
+        );
         assert!(catalog.lookup("999999").is_none());
         assert!(catalog.get("123").is_none(), "exact lookups stay exact");
     }

@@ -419,7 +419,12 @@ async fn openapi_merges_backend_documents_and_adds_gateway_errors() {
 async fn operators_set_stock_through_the_gateway() {
     let stack = spawn_stack().await;
     let url = stack.gateway.url("/admin/stock/prod-111");
-    let anonymous = client().put(&url).json(&json!({"stock": 3})).send().await.unwrap();
+    let anonymous = client()
+        .put(&url)
+        .json(&json!({"stock": 3}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     let set = client()
         .put(&url)
@@ -429,7 +434,14 @@ async fn operators_set_stock_through_the_gateway() {
         .await
         .unwrap();
     assert_eq!(set.status(), StatusCode::OK);
-    let product = json_of(client().get(stack.gateway.url("/catalog/prod-111")).send().await.unwrap()).await;
+    let product = json_of(
+        client()
+            .get(stack.gateway.url("/catalog/prod-111"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(product["stock"], 3);
     let add = |quantity: u32| {
         client()
@@ -440,7 +452,10 @@ async fn operators_set_stock_through_the_gateway() {
     assert_eq!(add(2).await.unwrap().status(), StatusCode::OK);
     let refused = add(2).await.unwrap();
     assert_eq!(refused.status(), StatusCode::CONFLICT);
-    assert_eq!(json_of(refused).await["message"], "Insufficient stock. Only 1 available.");
+    assert_eq!(
+        json_of(refused).await["message"],
+        "Insufficient stock. Only 1 available."
+    );
 }
 
 #[tokio::test]

@@ -211,6 +211,14 @@ pub fn console(summary: &Summary) -> String {
             scenario.name, scenario.users, scenario.iterations, scenario.requests, scenario.errors
         );
     }
+    let (requests, failed) = summary.requests.iter().fold((0, 0), |(total, failed), request| {
+        (total + request.requests, failed + request.failures)
+    });
+    let _ = writeln!(
+        out,
+        "Total requests: {requests} ({failed} failed) in {:.1}s",
+        summary.duration_s
+    );
     let _ = writeln!(out, "Stress step (journey): {}", summary.stress);
     if !summary.faults.is_empty() {
         let _ = writeln!(out, "Incidents:");

@@ -93,9 +93,18 @@ fn context(
     })
 }
 
+/// `ping` is for benchmarks: it runs only when `--scenarios` names it (not through a wildcard).
+fn names_ping(config: &GooseConfiguration) -> bool {
+    config
+        .scenarios
+        .as_ref()
+        .is_some_and(|scenarios| scenarios.active.iter().any(|name| name == scenarios::ping::NAME))
+}
+
 fn attack(config: GooseConfiguration, ctx: &Arc<Context>) -> Result<GooseAttack, GooseError> {
+    let with_ping = names_ping(&config);
     let mut attack = GooseAttack::initialize_with_config(config)?;
-    for scenario in scenarios::all(ctx)? {
+    for scenario in scenarios::all(ctx, with_ping)? {
         attack = attack.register_scenario(scenario);
     }
     Ok(attack)
@@ -198,11 +207,14 @@ impl Run {
                 return Err(ExitStatus::Unreachable);
             }
         }
-        let selected: Vec<&'static str> = scenarios::NAMES
+        let mut selected: Vec<&'static str> = scenarios::NAMES
             .iter()
             .copied()
             .filter(|name| is_selected(&cli.goose, name))
             .collect();
+        if names_ping(&cli.goose) {
+            selected.push(scenarios::ping::NAME);
+        }
 
         let (products, search_terms) = target::catalog(&client, &host).await.map_err(|error| {
             eprintln!("loadtest: could not read the catalog's product ids: {error:#}");

@@ -620,8 +620,15 @@ async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
 
     // LOG_FILE got the same JSON lines, down to the last one written at shutdown.
     let written = std::fs::read_to_string(&log_file).unwrap();
-    let lines: Vec<Value> = written.lines().map(|line| serde_json::from_str(line).unwrap()).collect();
-    assert!(lines.iter().any(|line| line["route"] == "/catalog/{id}" && line["status"] == 200));
+    let lines: Vec<Value> = written
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|line| line["route"] == "/catalog/{id}" && line["status"] == 200)
+    );
     assert!(lines.iter().any(|line| line["message"] == "server stopped"));
     let _ = std::fs::remove_file(&log_file);
 }
@@ -646,10 +653,20 @@ fn invalid_configuration_exits_with_code_2() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!stderr.trim().is_empty(), "{name}={value} must say what is wrong");
     }
-    let help = Command::new(env!("CARGO_BIN_EXE_catalog")).arg("--help").output().unwrap();
+    let help = Command::new(env!("CARGO_BIN_EXE_catalog"))
+        .arg("--help")
+        .output()
+        .unwrap();
     assert!(help.status.success());
     let text = String::from_utf8_lossy(&help.stdout);
-    for variable in ["PORT", "REDIS_URL", "OTEL_EXPORTER_OTLP_ENDPOINT", "SIMULATION", "ADMIN_TOKEN", "LOG_FILE"] {
+    for variable in [
+        "PORT",
+        "REDIS_URL",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "SIMULATION",
+        "ADMIN_TOKEN",
+        "LOG_FILE",
+    ] {
         assert!(text.contains(variable), "--help names {variable}");
     }
 }

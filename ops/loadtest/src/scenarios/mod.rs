@@ -6,6 +6,7 @@
 //! | `cart` | 3 | seed 003's cart user: add products, view, change a quantity, remove one, clear |
 //! | `journey` | 1 | seed 000's k6 journey: add → get → stress (when the target allows it) → clear |
 //! | `poller` | 1 | a low-rate poller of `/healthz` and `/metrics` |
+//! | `ping` | – | benchmarks only (`make bench`): `GET /catalog/{id}` back to back; runs only when named |
 //!
 //! Weights decide how many users run each scenario (browse:cart is seed 003's 70:30).
 //! A new scenario is one module here with a `scenario(ctx)` builder, registered in [`all`]:
@@ -19,6 +20,7 @@
 pub mod browse;
 pub mod cart;
 pub mod journey;
+pub mod ping;
 pub mod poller;
 
 use std::sync::Arc;
@@ -77,17 +79,21 @@ impl Context {
     }
 }
 
-/// The scenario names, in the order they are registered.
+/// The mix's scenario names, in the order they are registered.
 pub const NAMES: &[&str] = &["browse", "cart", "journey", "poller"];
 
-/// Every scenario, with its weight.
-pub fn all(ctx: &Arc<Context>) -> Result<Vec<Scenario>, GooseError> {
-    Ok(vec![
+/// Every scenario of the mix, with its weight, and `ping` when asked for by name.
+pub fn all(ctx: &Arc<Context>, with_ping: bool) -> Result<Vec<Scenario>, GooseError> {
+    let mut scenarios = vec![
         browse::scenario(ctx)?,
         cart::scenario(ctx)?,
         journey::scenario(ctx)?,
         poller::scenario(ctx)?,
-    ])
+    ];
+    if with_ping {
+        scenarios.push(ping::scenario(ctx)?);
+    }
+    Ok(scenarios)
 }
 
 /// The result of one request: whether it got a 2xx, and Goose's record of it.
