@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test lint fmt clean
+.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke lint fmt clean load-test
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,8 +28,26 @@ run-cart: ## Run the cart on :8002
 run-orders: ## Run the orders service on :8003 (SQLite under ./data/ unless DATABASE_URL is set)
 	$(CARGO) run -p orders
 
+# `make load-test` knobs, e.g. `make load-test LOAD_TIME=5m LOAD_ARGS="--fault-at 60s:cart.failure_rate=0.2"`.
+LOAD_HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 50
+LOAD_RATE ?= 10
+LOAD_TIME ?= 60s
+LOAD_ARGS ?=
+
+load-test: ## Goose load test against the running stack (start it with `make run-all`); reports in reports/
+	$(CARGO) run --quiet -p loadtest -- --host $(LOAD_HOST) --users $(LOAD_USERS) --hatch-rate $(LOAD_RATE) --run-time $(LOAD_TIME) $(LOAD_ARGS)
+
 test: ## Run every test (the command CI runs)
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) bench-smoke
+
+bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose vs Locust → docs/benchmarks.md
+	python3 ops/bench/bench.py
+
+bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
+	$(CARGO) build --bins -p gateway -p catalog -p cart
+	python3 ops/bench/bench.py --smoke --no-build
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

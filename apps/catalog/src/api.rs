@@ -75,7 +75,7 @@ async fn list_products(
 
 /// One product by id.
 #[utoipa::path(get, path = "/catalog/{id}", tag = TAG,
-    params(("id" = String, Path, description = "Product id, e.g. prod-123")),
+    params(("id" = String, Path, description = "Product id, e.g. prod-123 (a bare 123 means prod-123)")),
     responses(
         (status = 200, body = Product),
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
@@ -87,7 +87,7 @@ async fn get_product(
 ) -> Result<Json<Product>, CatalogError> {
     let mut product = state
         .catalog
-        .get(&id)
+        .lookup(&id)
         .cloned()
         .ok_or(CatalogError::ProductNotFound(id))?;
     with_live_stock(&state, std::slice::from_mut(&mut product)).await?;
