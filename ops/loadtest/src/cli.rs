@@ -149,7 +149,7 @@ const EXAMPLES: &str = "Examples:
   loadtest -t 90s --fault-at 30s:cart.failure_rate=0.2 \\
                   --fault-at 60s:cart.failure_rate=0.01
   loadtest -t 20s --threshold-p95-ms 1      # impossible: the run fails
-Scenarios (for --scenarios): browse, cart, journey, poller.
+Scenarios (for --scenarios): browse, cart, journey, checkout, poller.
 Exit status: 0 passed; 1 a threshold, the truth check or a fault step failed;
 2 bad options; 3 the target is not running or not usable.";
 

@@ -1,4 +1,4 @@
-//! The `loadtest` binary against gateway + catalog + cart started in this process on port 0.
+//! The `loadtest` binary against gateway + catalog + cart + orders started in this process on port 0.
 //!
 //! Goose installs process-wide state (a Ctrl-C handler, its logger), so each run is the real
 //! binary as a child process (`CARGO_BIN_EXE_loadtest`), pointed at the in-process gateway.
@@ -24,6 +24,17 @@ struct Stack {
     cart_platform: Platform,
     _catalog: TestServer,
     _cart: TestServer,
+    _orders: TestServer,
+    _orders_db: TempDir,
+}
+
+/// A directory removed when dropped (the orders service's SQLite file).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn settings(name: &str, simulation: SimulationProfile) -> Settings {
@@ -72,6 +83,32 @@ async fn stack(catalog_simulation: SimulationProfile, cart_simulation: Simulatio
         .await
         .unwrap();
 
+    let orders_db = TempDir(std::env::temp_dir().join(format!(
+        "shopstack-loadtest-orders-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    )));
+    let orders_url = format!("sqlite://{}/orders.db", orders_db.0.display());
+    let orders_platform = Platform::new(settings("orders", SimulationProfile::OFF)).unwrap();
+    let orders_config = orders::OrdersConfig::parse_from([
+        "orders",
+        "--database-url",
+        &orders_url,
+        "--catalog-service-url",
+        &catalog_url,
+        "--cart-service-url",
+        &cart_server.url(""),
+    ]);
+    let orders_state = orders::AppState::new(&orders_config, orders_platform.clone())
+        .await
+        .unwrap();
+    let orders_server = TestServer::start(orders_platform, orders::app(orders_state))
+        .await
+        .unwrap();
+
     let gateway_platform = Platform::new(settings("gateway", SimulationProfile::OFF)).unwrap();
     let gateway_config = gateway::GatewayConfig::parse_from([
         "gateway",
@@ -79,6 +116,8 @@ async fn stack(catalog_simulation: SimulationProfile, cart_simulation: Simulatio
         &catalog_url,
         "--cart-service-url",
         &cart_server.url(""),
+        "--orders-service-url",
+        &orders_server.url(""),
     ]);
     let gateway_state = gateway::GatewayState::new(&gateway_config, gateway_platform.clone()).unwrap();
     let gateway_server = TestServer::start(gateway_platform, gateway::app(gateway_state))
@@ -89,6 +128,8 @@ async fn stack(catalog_simulation: SimulationProfile, cart_simulation: Simulatio
         cart_platform,
         _catalog: catalog_server,
         _cart: cart_server,
+        _orders: orders_server,
+        _orders_db: orders_db,
     }
 }
 
@@ -203,7 +244,7 @@ async fn every_scenario_runs_and_the_truth_check_matches_the_gateway() {
     assert_eq!(summary["passed"], true);
 
     // Every scenario ran and made requests.
-    for name in ["browse", "cart", "journey", "poller"] {
+    for name in ["browse", "cart", "journey", "checkout", "poller"] {
         let scenario = run.scenario(name);
         assert!(scenario["users"].as_u64().unwrap() > 0, "{name}: {scenario}");
         assert!(scenario["requests"].as_u64().unwrap() > 0, "{name}: {scenario}");
@@ -222,6 +263,7 @@ async fn every_scenario_runs_and_the_truth_check_matches_the_gateway() {
         "GET /v1/cart/{user_id}",
         "POST /v1/cart/{user_id}",
         "POST /stress",
+        "POST /api/orders/checkout",
         "GET /healthz",
         "GET /metrics",
     ] {

@@ -5,12 +5,12 @@
 //! | `browse` | 7 | seed 003's browsing: list pages of the catalog, view products (real ids), search |
 //! | `cart` | 3 | seed 003's cart user: add products, view, change a quantity, remove one, clear |
 //! | `journey` | 1 | seed 000's k6 journey: add → get → stress (when the target allows it) → clear |
+//! | `checkout` | 1 | a buyer: add to cart → check out (`Idempotency-Key`) → view the order → list orders → cancel (stock goes back) |
 //! | `poller` | 1 | a low-rate poller of `/healthz` and `/metrics` |
 //! | `ping` | – | benchmarks only (`make bench`): `GET /catalog/{id}` back to back; runs only when named |
 //!
 //! Weights decide how many users run each scenario (browse:cart is seed 003's 70:30).
-//! A new scenario is one module here with a `scenario(ctx)` builder, registered in [`all`]:
-//! that is where the orders work adds `checkout` once the gateway routes `/api/orders`.
+//! A new scenario is one module here with a `scenario(ctx)` builder, registered in [`all`].
 //!
 //! Every request is named by its route template (`GET /catalog/{id}`, never the raw URL), so
 //! Goose's report groups requests the way the gateway's `http_requests_total{route}` does and
@@ -19,6 +19,7 @@
 
 pub mod browse;
 pub mod cart;
+pub mod checkout;
 pub mod journey;
 pub mod ping;
 pub mod poller;
@@ -80,7 +81,7 @@ impl Context {
 }
 
 /// The mix's scenario names, in the order they are registered.
-pub const NAMES: &[&str] = &["browse", "cart", "journey", "poller"];
+pub const NAMES: &[&str] = &["browse", "cart", "journey", "checkout", "poller"];
 
 /// Every scenario of the mix, with its weight, and `ping` when asked for by name.
 pub fn all(ctx: &Arc<Context>, with_ping: bool) -> Result<Vec<Scenario>, GooseError> {
@@ -88,6 +89,7 @@ pub fn all(ctx: &Arc<Context>, with_ping: bool) -> Result<Vec<Scenario>, GooseEr
         browse::scenario(ctx)?,
         cart::scenario(ctx)?,
         journey::scenario(ctx)?,
+        checkout::scenario(ctx)?,
         poller::scenario(ctx)?,
     ];
     if with_ping {
