@@ -6,8 +6,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shopstack_common::extract::{Json, Path, Query};
+use shopstack_common::observe::REQUEST_ID;
 use shopstack_common::pagination::{PageParams, Pagination};
 use shopstack_common::{ApiInfo, Problem};
+use tracing::Instrument as _;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -151,6 +153,22 @@ fn placed(message: &str, placed: Placed) -> Response {
     response
 }
 
+/// Run an order placement on a task of its own, in the request's span and with its request id,
+/// so it completes even if the client (or the gateway's timeout) abandons the request: a
+/// placement is never cut between two steps by a disconnect.
+async fn run_to_completion<F>(placement: F) -> Result<Placed, OrdersError>
+where
+    F: Future<Output = Result<Placed, OrdersError>> + Send + 'static,
+{
+    let placement = placement.instrument(tracing::Span::current());
+    let task = match REQUEST_ID.try_with(Clone::clone) {
+        Ok(request_id) => tokio::spawn(REQUEST_ID.scope(request_id, placement)),
+        Err(_) => tokio::spawn(placement),
+    };
+    task.await
+        .map_err(|error| OrdersError::Internal(format!("order placement task failed: {error}")))?
+}
+
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, OrdersError> {
     match headers.get("idempotency-key") {
         None => Ok(None),
@@ -240,7 +258,8 @@ async fn create_order(
         notes,
         items,
     };
-    let result = state.orders.place(request, key).await?;
+    let orders = state.orders.clone();
+    let result = run_to_completion(async move { orders.place(request, key).await }).await?;
     Ok(placed("Order created successfully", result))
 }
 
@@ -271,7 +290,8 @@ async fn checkout(
         billing_address: optional_text("billing_address", body.billing_address.as_deref())?,
         notes: optional_text("notes", body.notes.as_deref())?,
     };
-    let result = state.orders.checkout(request, key).await?;
+    let orders = state.orders.clone();
+    let result = run_to_completion(async move { orders.checkout(request, key).await }).await?;
     Ok(placed("Order placed from cart successfully", result))
 }
 
