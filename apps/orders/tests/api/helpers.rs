@@ -384,14 +384,23 @@ impl NatsServer {
     /// Start it (again) on the same port and store.
     pub async fn restart(&mut self) {
         self.kill();
-        let binary = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(&binary)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|error| panic!("{binary} is needed for this test: {error}"));
+        let candidates = match std::env::var("NATS_SERVER_BIN") {
+            Ok(binary) => vec![binary],
+            // Debian installs it in /usr/sbin, which a non-root PATH may lack.
+            Err(_) => vec!["nats-server".into(), "/usr/sbin/nats-server".into()],
+        };
+        let child = candidates
+            .iter()
+            .find_map(|binary| {
+                Command::new(binary)
+                    .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+                    .arg(&self.store)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .ok()
+            })
+            .unwrap_or_else(|| panic!("nats-server is needed for this test (tried {candidates:?})"));
         self.child = Some(child);
         let url = self.url();
         let up = eventually(Duration::from_secs(10), || {
