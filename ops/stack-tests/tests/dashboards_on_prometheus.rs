@@ -196,7 +196,7 @@ async fn traffic_round(client: &Client, gateway: &str, catalog: &str, cart: &str
         let _ = request.send().await;
     }
     // An upstream timeout: the catalog sleeps 1 s, the gateway gives up after 300 ms.
-    if round % 2 == 0 {
+    if round.is_multiple_of(2) {
         let _ = client
             .get(format!("{gateway}/catalog/prod-115"))
             .header("x-fault-delay-ms", "1000")
