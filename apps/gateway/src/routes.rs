@@ -75,6 +75,8 @@ pub fn table() -> Vec<RouteSpec> {
         to(Method::POST, "/v1/cart/{user_id}/items", Cart),
         to(Method::PATCH, "/v1/cart/{user_id}/items/{product_id}", Cart),
         to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart),
+        // Operators set stock (admin token checked by the catalog).
+        to(Method::PUT, "/admin/stock/{product_id}", Catalog),
         // Each backend's simulation, reachable through :8000 for load tests.
         rewrite(
             Method::GET,
