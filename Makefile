@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart test bench bench-smoke lint fmt clean \
+.PHONY: help build run-all run-gateway run-catalog run-cart test bench bench-smoke lint fmt clean load-test \
 	observability-tools check-observability compose-up compose-down docker-build
 
 # Docker: `docker compose` (v2) when present, else Debian's docker-compose (validation only).
@@ -32,6 +32,16 @@ run-catalog: ## Run the catalog on :8001
 
 run-cart: ## Run the cart on :8002
 	$(CARGO) run -p cart
+
+# `make load-test` knobs, e.g. `make load-test LOAD_TIME=5m LOAD_ARGS="--fault-at 60s:cart.failure_rate=0.2"`.
+LOAD_HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 50
+LOAD_RATE ?= 10
+LOAD_TIME ?= 60s
+LOAD_ARGS ?=
+
+load-test: ## Goose load test against the running stack (start it with `make run-all`); reports in reports/
+	$(CARGO) run --quiet -p loadtest -- --host $(LOAD_HOST) --users $(LOAD_USERS) --hatch-rate $(LOAD_RATE) --run-time $(LOAD_TIME) $(LOAD_ARGS)
 
 test: check-observability ## Run every test (the command CI runs)
 	$(CARGO) test --workspace --no-fail-fast
