@@ -18,6 +18,7 @@
 //! - [`events`]: domain events on NATS JetStream (or logged when `NATS_URL` is unset).
 //! - [`problem`]: RFC 9457 errors; [`extract`]: extractors that reject with them.
 //! - [`server`]: bind, serve, drain and stop; [`money`]: exact amounts; [`testing`]: test servers.
+//! - [`probe`]: `<binary> healthcheck`, the container probe (no curl in a distroless image).
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -32,6 +33,7 @@ pub mod money;
 pub mod observe;
 pub mod pagination;
 pub mod platform;
+pub mod probe;
 pub mod problem;
 pub mod propagation;
 pub mod redis;

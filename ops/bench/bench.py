@@ -262,7 +262,8 @@ end
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.bins = ROOT / "target" / ("debug" if args.smoke else "release")
+        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+        self.bins = target / ("debug" if args.smoke else "release")
         self.results = {}
         self.memory = {}
         self.generators = {}
