@@ -7,7 +7,6 @@
 //! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. Export happens only
 //! when an endpoint is configured.
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -18,7 +17,7 @@ use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::SdkTracerProvider;
-use serde_json::{Map, Value};
+use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Subscriber};
@@ -253,12 +252,25 @@ pub fn record_trace_ids(span: &tracing::Span) -> Option<String> {
     Some(trace_id)
 }
 
+/// Fields as (name, value) pairs: names are `&'static str` (tracing's field names), so
+/// collecting them allocates only for the values.
+type Fields = Vec<(&'static str, Value)>;
+
+/// Set `name` to `value`, replacing an earlier value of the same name.
+fn upsert(fields: &mut Fields, name: &'static str, value: Value) {
+    match fields.iter_mut().find(|(existing, _)| *existing == name) {
+        Some(slot) => slot.1 = value,
+        None => fields.push((name, value)),
+    }
+}
+
 /// The span fields a log line inherits, kept in the span's extensions.
 #[derive(Default)]
-struct SpanFields(Map<String, Value>);
+struct SpanFields(Fields);
 
 /// Stores span fields as JSON for [`JsonLogLayer`]. Only plain names are kept: dotted names
-/// (`http.route`, `otel.kind`) are OpenTelemetry attributes for traces, not log fields.
+/// (`http.route`, `otel.kind`) are OpenTelemetry attributes for traces, not log fields — they
+/// are skipped before their values are even formatted.
 struct SpanFieldsLayer;
 
 impl<S> Layer<S> for SpanFieldsLayer
@@ -267,39 +279,53 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut visitor = JsonVisitor::default();
+        let mut visitor = FieldVisitor::default();
         attrs.record(&mut visitor);
-        span.extensions_mut()
-            .insert(SpanFields(visitor.into_log_fields()));
+        span.extensions_mut().insert(SpanFields(visitor.fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut visitor = JsonVisitor::default();
+        let mut visitor = FieldVisitor::default();
         values.record(&mut visitor);
+        if visitor.fields.is_empty() {
+            return;
+        }
         let mut extensions = span.extensions_mut();
-        if let Some(fields) = extensions.get_mut::<SpanFields>() {
-            fields.0.extend(visitor.into_log_fields());
+        if let Some(SpanFields(fields)) = extensions.get_mut::<SpanFields>() {
+            for (name, value) in visitor.fields {
+                upsert(fields, name, value);
+            }
         }
     }
 }
 
-/// Writes one JSON object per event: timestamp, level, message, service, pod_name, the fields
-/// of the enclosing spans (trace_id, span_id, method, route, …) and the event's own fields.
+/// Writes one JSON object per event: timestamp, level, message, service, pod_name, target, the
+/// fields of the enclosing spans (trace_id, span_id, method, route, …; inner spans win) and the
+/// event's own fields (which win over all). The line is written straight into one buffer.
 struct JsonLogLayer<W> {
-    service: String,
-    pod_name: String,
+    service: Value,
+    pod_name: Value,
     writer: W,
 }
 
 impl<W> JsonLogLayer<W> {
     fn new(identity: &ServiceIdentity, writer: W) -> Self {
         Self {
-            service: identity.name.clone(),
-            pod_name: identity.pod_name.clone(),
+            service: Value::String(identity.name.clone()),
+            pod_name: Value::String(identity.pod_name.clone()),
             writer,
         }
     }
+}
+
+fn write_member(line: &mut Vec<u8>, name: &str, value: &impl serde::Serialize) {
+    if line.len() > 1 {
+        line.push(b',');
+    }
+    let _ = serde_json::to_writer(&mut *line, name);
+    line.push(b':');
+    let _ = serde_json::to_writer(&mut *line, value);
 }
 
 impl<S, W> Layer<S> for JsonLogLayer<W>
@@ -308,93 +334,126 @@ where
     W: for<'a> MakeWriter<'a> + 'static,
 {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut line = Map::new();
-        line.insert(
-            "timestamp".into(),
-            Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)),
-        );
+        let mut visitor = FieldVisitor {
+            keep_dotted: true,
+            ..FieldVisitor::default()
+        };
+        event.record(&mut visitor);
+        let event_fields = visitor.fields;
+        let message = event_fields
+            .iter()
+            .find(|(name, _)| *name == "message")
+            .map(|(_, value)| value);
+
         let metadata = event.metadata();
-        line.insert(
-            "level".into(),
-            Value::String(metadata.level().as_str().to_ascii_lowercase()),
+        let mut line = Vec::with_capacity(512);
+        line.push(b'{');
+        write_member(
+            &mut line,
+            "timestamp",
+            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         );
-        line.insert("message".into(), Value::String(String::new()));
-        line.insert("service".into(), Value::String(self.service.clone()));
-        line.insert("pod_name".into(), Value::String(self.pod_name.clone()));
-        line.insert("target".into(), Value::String(metadata.target().to_owned()));
+        write_member(
+            &mut line,
+            "level",
+            &metadata.level().as_str().to_ascii_lowercase(),
+        );
+        write_member(&mut line, "message", message.unwrap_or(&Value::Null));
+
+        // Defaults, then span fields root to leaf, then the event's fields: later ones win.
+        let mut inherited: Vec<(&str, Value)> = vec![
+            ("service", self.service.clone()),
+            ("pod_name", self.pod_name.clone()),
+            ("target", Value::String(metadata.target().to_owned())),
+        ];
         if let Some(scope) = ctx.event_scope(event) {
             for span in scope.from_root() {
-                if let Some(fields) = span.extensions().get::<SpanFields>() {
-                    for (key, value) in &fields.0 {
-                        line.insert(key.clone(), value.clone());
+                if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
+                    for (name, value) in fields {
+                        match inherited.iter_mut().find(|(existing, _)| existing == name) {
+                            Some(slot) => slot.1 = value.clone(),
+                            None => inherited.push((name, value.clone())),
+                        }
                     }
                 }
             }
         }
-        let mut visitor = JsonVisitor::default();
-        event.record(&mut visitor);
-        for (key, value) in visitor.fields {
-            let key = if key == "message" {
-                key
-            } else {
-                key.trim_start_matches("log.").to_owned()
-            };
-            line.insert(key, value);
+        for (name, value) in &inherited {
+            if !event_fields.iter().any(|(own, _)| own == name) {
+                write_member(&mut line, name, value);
+            }
         }
-        let mut bytes = serde_json::to_vec(&Value::Object(line)).unwrap_or_default();
-        bytes.push(b'\n');
+        for (name, value) in &event_fields {
+            if *name != "message" {
+                write_member(&mut line, name.trim_start_matches("log."), value);
+            }
+        }
+        line.extend_from_slice(b"}\n");
         let mut writer = self.writer.make_writer();
-        let _ = writer.write_all(&bytes);
+        let _ = writer.write_all(&line);
     }
 }
 
 #[derive(Default)]
-struct JsonVisitor {
-    fields: BTreeMap<String, Value>,
+struct FieldVisitor {
+    fields: Fields,
+    /// Events keep every field; spans only plain (undotted) names.
+    keep_dotted: bool,
 }
 
-impl JsonVisitor {
-    fn into_log_fields(self) -> Map<String, Value> {
-        self.fields
-            .into_iter()
-            .filter(|(key, _)| !key.contains('.'))
-            .collect()
+impl FieldVisitor {
+    fn wants(&self, field: &Field) -> bool {
+        self.keep_dotted || !field.name().contains('.')
     }
 
     fn put(&mut self, field: &Field, value: Value) {
-        self.fields.insert(field.name().to_owned(), value);
+        upsert(&mut self.fields, field.name(), value);
     }
 }
 
-impl Visit for JsonVisitor {
+impl Visit for FieldVisitor {
     fn record_f64(&mut self, field: &Field, value: f64) {
-        self.put(
-            field,
-            serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
-        );
+        if self.wants(field) {
+            self.put(
+                field,
+                serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
+            );
+        }
     }
 
     fn record_i64(&mut self, field: &Field, value: i64) {
-        self.put(field, Value::from(value));
+        if self.wants(field) {
+            self.put(field, Value::from(value));
+        }
     }
 
     fn record_u64(&mut self, field: &Field, value: u64) {
-        self.put(field, Value::from(value));
+        if self.wants(field) {
+            self.put(field, Value::from(value));
+        }
     }
 
     fn record_bool(&mut self, field: &Field, value: bool) {
-        self.put(field, Value::Bool(value));
+        if self.wants(field) {
+            self.put(field, Value::Bool(value));
+        }
     }
 
     fn record_str(&mut self, field: &Field, value: &str) {
-        self.put(field, Value::String(value.to_owned()));
+        if self.wants(field) {
+            self.put(field, Value::String(value.to_owned()));
+        }
     }
 
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
-        self.put(field, Value::String(value.to_string()));
+        if self.wants(field) {
+            self.put(field, Value::String(value.to_string()));
+        }
     }
 
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        self.put(field, Value::String(format!("{value:?}")));
+        if self.wants(field) {
+            self.put(field, Value::String(format!("{value:?}")));
+        }
     }
 }
