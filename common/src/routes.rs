@@ -229,17 +229,26 @@ struct StressReport {
 }
 
 /// Seed 000's artificial CPU and memory load (HPA demos). Off unless `STRESS_ENABLED=true`;
-/// one run at a time.
+/// one run at a time; with `STRESS_REQUIRE_ADMIN=true` (the gateway sets it when its edge auth
+/// is on) it needs the admin token.
 #[utoipa::path(post, path = "/stress", tag = OPERATIONS_TAG, params(StressParams), responses(
     (status = 200, body = StressReport),
     (status = 400, description = "A parameter is above its cap", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "STRESS_REQUIRE_ADMIN is on and the admin token is missing or wrong", body = Problem, content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String))),
     (status = 403, description = "Stress is disabled on this service", body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "A stress run is already in progress", body = Problem, content_type = "application/problem+json"),
 ))]
 async fn stress(
     State(platform): State<Platform>,
-    Query(params): Query<StressParams>,
+    headers: HeaderMap,
+    params: Result<Query<StressParams>, Problem>,
 ) -> Result<Json<StressReport>, Problem> {
+    // Authorise before looking at the parameters: an anonymous caller learns nothing.
+    if platform.settings().stress_require_admin {
+        admin::authorize(platform.settings().admin_token.as_deref(), &headers)?;
+    }
+    let Query(params) = params?;
     if !platform.settings().stress_enabled {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,

@@ -1,12 +1,33 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway::{DEFAULTS, GatewayConfig, GatewayState, app};
+use gateway::config::Command;
+use gateway::{DEFAULTS, GatewayConfig, GatewayState, app, auth};
 use shopstack_common::server;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let config = GatewayConfig::parse();
+    let mut config = GatewayConfig::parse();
+    if let Some(Command::MintToken(args)) = &config.command {
+        return match auth::mint_command(&config, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Err(error) = config
+        .validate()
+        .and_then(|()| auth::Auth::from_config(&config).map(drop))
+    {
+        eprintln!("error: invalid configuration: {error:#}");
+        return ExitCode::from(2);
+    }
+    // With edge auth on, the gateway's own /stress needs the admin token too.
+    if config.auth_enabled() {
+        config.common.stress_require_admin = true;
+    }
     server::run(config.common.clone(), DEFAULTS, |platform| async move {
         Ok(app(GatewayState::new(&config, platform)?))
     })
