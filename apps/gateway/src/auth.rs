@@ -26,7 +26,15 @@ pub struct Auth {
     validation: Validation,
 }
 
-/// The claims the gateway reads; others are ignored.
+/// What the gateway reads from a verified token (the validation checks `exp`, `nbf`, `iss`,
+/// `aud` and that `sub` is present before this is looked at).
+#[derive(Debug, Deserialize)]
+struct Verified {
+    #[serde(default)]
+    sub: String,
+}
+
+/// The claims `mint-token` writes.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
     pub sub: String,
@@ -142,7 +150,20 @@ impl Auth {
                 description: "The Authorization header must be `Bearer <token>`.",
             });
         };
-        match jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation) {
+        if let Some(algorithm) = header_algorithm(token)
+            && !self
+                .validation
+                .algorithms
+                .iter()
+                .any(|allowed| Algorithm::from_str(&algorithm).is_ok_and(|named| named == *allowed))
+        {
+            // `none`, an HMAC token against a public key, or anything else off the list.
+            return Caller::Refused(AuthFailure {
+                reason: "algorithm",
+                description: "The token is signed with an algorithm this gateway does not accept.",
+            });
+        }
+        match jsonwebtoken::decode::<Verified>(token, &self.key, &self.validation) {
             Ok(data) if !data.claims.sub.is_empty() => Caller::User(data.claims.sub),
             Ok(_) => Caller::Refused(AuthFailure {
                 reason: "missing_claim",
@@ -151,6 +172,17 @@ impl Auth {
             Err(error) => Caller::Refused(classify(error.kind())),
         }
     }
+}
+
+/// The `alg` a token's header names, if the header is readable at all.
+fn header_algorithm(token: &str) -> Option<String> {
+    use base64::Engine as _;
+    let header = token.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .ok()?;
+    let header: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    header.get("alg")?.as_str().map(str::to_owned)
 }
 
 fn classify(kind: &ErrorKind) -> AuthFailure {

@@ -44,6 +44,9 @@ pub enum GatewayError {
     /// 404: another user's resource; answered as if it did not exist.
     #[error("Not found.")]
     NotYours,
+    /// 400: the request body could not be read (the client broke off mid-body).
+    #[error("The request body could not be read.")]
+    BadRequestBody,
     /// 413: the request body is above the limit.
     #[error("The request body is larger than {limit} bytes.")]
     BodyTooLarge { limit: usize },
@@ -62,6 +65,7 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } | GatewayError::AdminOnly(_) => "unauthorized",
             GatewayError::NotYours => "not_found",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::BadRequestBody => "bad_request",
         }
     }
 }
@@ -121,6 +125,7 @@ impl IntoResponse for GatewayError {
             }
             GatewayError::AdminOnly(problem) => problem,
             GatewayError::NotYours => Problem::not_found(detail),
+            GatewayError::BadRequestBody => Problem::bad_request(detail),
             GatewayError::BodyTooLarge { limit } => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", detail).with("limit", limit)
             }

@@ -17,6 +17,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::Response;
+use futures::StreamExt;
 use shopstack_common::admin;
 
 use crate::GatewayState;
@@ -58,17 +59,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The client's address: the peer, or with `TRUST_FORWARDED_FOR` the last `X-Forwarded-For`
 /// entry (the one the proxy in front of the gateway added).
 fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> IpAddr {
-    if trust_forwarded_for
-        && let Some(ip) = parts
+    if trust_forwarded_for {
+        let entries: Vec<&str> = parts
             .headers
             .get_all("x-forwarded-for")
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
-            .filter_map(|entry| entry.trim().parse::<IpAddr>().ok())
+            .collect();
+        if let Some(ip) = entries
             .last()
-    {
-        return ip;
+            .and_then(|entry| entry.trim().parse::<IpAddr>().ok())
+        {
+            return ip;
+        }
     }
     parts
         .extensions
@@ -117,7 +121,13 @@ pub async fn forward(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<usize>().ok());
-    if declared_length.is_some_and(|length| length > limit) {
+    if let Some(length) = declared_length.filter(|&length| length > limit) {
+        // Read a moderately oversized body before answering, so the client reads the 413
+        // instead of a reset; a client waiting for `100 Continue` never sends it.
+        let expects_continue = parts.headers.contains_key(header::EXPECT);
+        if !expects_continue && length <= limit + DRAIN_MAX_BYTES {
+            drain(body.into_data_stream(), DRAIN_MAX_BYTES + limit).await;
+        }
         return Err(GatewayError::BodyTooLarge { limit });
     }
 
@@ -143,9 +153,7 @@ pub async fn forward(
 
     let user = authorize(&state, spec, caller, &mut parts).await?;
 
-    let body: Bytes = axum::body::to_bytes(body, limit)
-        .await
-        .map_err(|_| GatewayError::BodyTooLarge { limit })?;
+    let body = read_body(body, limit).await?;
 
     if let (Access::OwnerInBody(member), Some(user)) = (spec.access, user.as_deref()) {
         let named = serde_json::from_slice::<serde_json::Value>(&body)
@@ -194,6 +202,39 @@ pub async fn forward(
     call(&state, spec, &upstream, outbound, started + state.edge.deadline)
         .await
         .map(Answer::into_response)
+}
+
+/// Extra bytes of an oversized body read (and discarded) before answering 413.
+const DRAIN_MAX_BYTES: usize = 1024 * 1024;
+/// Longest spent draining an oversized body.
+const DRAIN_MAX_TIME: Duration = Duration::from_secs(1);
+
+/// The whole body, or 413 once it passes `limit` (after draining a bounded rest).
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let mut stream = body.into_data_stream();
+    let mut collected = Vec::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|_| GatewayError::BadRequestBody)?;
+        if collected.len() + chunk.len() > limit {
+            drain(stream, DRAIN_MAX_BYTES).await;
+            return Err(GatewayError::BodyTooLarge { limit });
+        }
+        collected.extend_from_slice(&chunk);
+    }
+    Ok(Bytes::from(collected))
+}
+
+async fn drain(mut stream: axum::body::BodyDataStream, max_bytes: usize) {
+    let _ = tokio::time::timeout(DRAIN_MAX_TIME, async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = stream.next().await {
+            seen += chunk.len();
+            if seen > max_bytes {
+                break;
+            }
+        }
+    })
+    .await;
 }
 
 /// Step 4: may this caller use this route? Returns the user the request acts for, if any.
@@ -301,8 +342,12 @@ async fn call(
         let outcome = send_once(state, spec, upstream, index, &outbound, timeout).await;
         drop(in_flight);
         let success = matches!(&outcome, Ok(answer) if !answer.status.is_server_error());
-        permit.finish(success);
-        upstream.report(index, success);
+        if upstream.report(index, success) {
+            permit.finish(success);
+        } else {
+            // One bad replica among good ones: ejection's business, not the breaker's.
+            drop(permit);
+        }
         if success {
             return outcome;
         }

@@ -186,20 +186,36 @@ impl Upstream {
         (index, InFlight(replica))
     }
 
-    /// The outcome of an attempt at replica `index`, for outlier detection.
-    pub fn report(self: &Arc<Self>, index: usize, success: bool) {
+    /// The outcome of an attempt at replica `index`, for outlier detection. Returns whether it
+    /// also counts for the circuit breaker: a success always does; a failure only when no other
+    /// replica is in rotation to take over (ejection deals with one bad replica among good
+    /// ones, the breaker with a backend that is failing as a whole) or when ejection is off.
+    pub fn report(self: &Arc<Self>, index: usize, success: bool) -> bool {
         let Some(replica) = self.replicas.get(index) else {
-            return;
+            return success;
         };
         if success {
             replica.consecutive_failures.store(0, Ordering::Release);
-            return;
+            return true;
+        }
+        let threshold = self.settings.outlier.consecutive_failures;
+        if threshold == 0 {
+            return true;
         }
         let failures = replica.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
-        let threshold = self.settings.outlier.consecutive_failures;
-        if threshold == 0 || failures < threshold || replica.is_ejected() {
-            return;
+        if failures >= threshold && !replica.is_ejected() {
+            self.eject(index, replica, failures);
         }
+        let others_in_rotation = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(other, r)| *other != index && !r.is_ejected())
+            .count();
+        others_in_rotation == 0 && !replica.is_ejected()
+    }
+
+    fn eject(self: &Arc<Self>, index: usize, replica: &Arc<Replica>, failures: u32) {
         let _deciding = self
             .ejecting
             .lock()
