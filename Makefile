@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart test lint fmt clean
+.PHONY: help build run-all run-gateway run-catalog run-cart test bench bench-smoke lint fmt clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -27,6 +27,14 @@ run-cart: ## Run the cart on :8002
 
 test: ## Run every test (the command CI runs)
 	$(CARGO) test --workspace --no-fail-fast
+	$(MAKE) bench-smoke
+
+bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose vs Locust → docs/benchmarks.md
+	python3 ops/bench/bench.py
+
+bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
+	$(CARGO) build --bins -p gateway -p catalog -p cart
+	python3 ops/bench/bench.py --smoke --no-build
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

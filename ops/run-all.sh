@@ -20,8 +20,8 @@ for service in $SERVICES; do
     echo "missing $BIN_DIR/$service: run 'cargo build' first" >&2
     exit 1
   fi
-  # Each service runs in its own process group member; its output is prefixed for reading.
-  ("$BIN_DIR/$service" 2>&1 | sed -u "s/^/[$service] /") &
+  # $! must be the service itself (not a pipeline subshell) so stop_all can signal it.
+  "$BIN_DIR/$service" > >(sed -u "s/^/[$service] /") 2>&1 &
   pids+=("$!")
 done
 

@@ -86,6 +86,14 @@ pub struct CommonConfig {
     #[arg(long, env = "SIM_HEADER_FAULTS", value_parser = BoolishValueParser::new())]
     pub sim_header_faults: Option<bool>,
 
+    /// Redis, e.g. redis://127.0.0.1:6379/0. Unset: the service keeps its state in memory.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Seed 000's name for the Redis address (`host:port`); used when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+
     /// Bearer token for `/admin/*`. Unset: the admin API answers 401 to everyone.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
@@ -139,6 +147,8 @@ pub struct Settings {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub otlp_endpoint: Option<Url>,
+    /// `redis://…` when Redis is configured (REDIS_URL, or REDIS_ADDR as `host:port`).
+    pub redis_url: Option<String>,
     pub simulation: SimulationProfile,
     pub admin_token: Option<String>,
     pub stress_enabled: bool,
@@ -192,6 +202,16 @@ impl CommonConfig {
             .validate()
             .map_err(|problem| anyhow::anyhow!("simulation settings (SIM_*): {problem}"))?;
 
+        let redis_url = self
+            .redis_url
+            .or(self.redis_addr)
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| crate::redis::normalise_url(&value));
+        if let Some(url) = &redis_url {
+            ::redis::parse_redis_url(url)
+                .with_context(|| format!("REDIS_URL {url:?} is not a redis:// URL"))?;
+        }
+
         let admin_token = self.admin_token.filter(|token| !token.is_empty());
         if let Some(token) = &admin_token
             && token.len() < 8
@@ -215,6 +235,7 @@ impl CommonConfig {
             log_level: self.log_level,
             log_file: self.log_file,
             otlp_endpoint,
+            redis_url,
             simulation,
             admin_token,
             stress_enabled: self.stress_enabled,
@@ -242,6 +263,7 @@ impl Settings {
             log_level: "info".into(),
             log_file: None,
             otlp_endpoint: None,
+            redis_url: None,
             simulation: SimulationProfile::OFF,
             admin_token: Some("test-admin-token".into()),
             stress_enabled: true,

@@ -84,6 +84,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         url.path = %request.uri().path(),
         http.response.status_code = Empty,
         service = %platform.identity().name,
+        pod_name = %platform.identity().pod_name,
         method = %method,
         route = %route,
         path = %request.uri().path(),

@@ -28,6 +28,11 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .routes(routes!(v1_add, v1_get, v1_clear))
         .routes(routes!(v1_add_item))
         .routes(routes!(v1_update_item, v1_remove_item))
+        // `Idempotency-Key` on writes (reads pass through untouched).
+        .layer(axum::middleware::from_fn_with_state(
+            state.idempotency.clone(),
+            shopstack_common::idempotency::enforce,
+        ))
         .with_state(state)
 }
 
@@ -94,13 +99,17 @@ const PROBLEM: &str = "application/problem+json";
 
 /// Add to a cart, seed 003's form (user in the body).
 #[utoipa::path(post, path = "/cart/add", tag = TAG, request_body = SimpleAddRequest,
-    params(("If-Match" = Option<String>, Header, description = "Apply only if the cart is at this version")),
+    params(
+        ("If-Match" = Option<String>, Header, description = "Apply only if the cart is at this version"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request"),
+    ),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
         (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
     ))]
@@ -133,11 +142,12 @@ async fn simple_get(
 
 /// Clear a user's cart, seed 003's form.
 #[utoipa::path(delete, path = "/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, body = ClearedCart, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
     ))]
 async fn simple_clear(
@@ -161,13 +171,14 @@ async fn clear(state: AppState, user_id: String, headers: &HeaderMap) -> Result<
 
 /// Add to a cart (seed 000): the quantity is added to any existing line.
 #[utoipa::path(post, path = "/v1/cart/{user_id}", tag = TAG, request_body = AddItemRequest,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
         (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
     ))]
@@ -198,11 +209,12 @@ async fn v1_get(State(state): State<AppState>, Path(user_id): Path<String>) -> R
 
 /// Clear a user's cart (seed 000), releasing its reservations.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, body = ClearedCart, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
     ))]
 async fn v1_clear(
@@ -215,13 +227,14 @@ async fn v1_clear(
 
 /// Add an item (seed 001's item-level form): same as `POST /v1/cart/{user_id}`.
 #[utoipa::path(post, path = "/v1/cart/{user_id}/items", tag = TAG, request_body = AddItemRequest,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
         (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
     ))]
@@ -240,13 +253,14 @@ async fn v1_add_item(
 
 /// Set the quantity of a line already in the cart (seed 001).
 #[utoipa::path(patch, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG, request_body = UpdateItemRequest,
-    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "The product is not in the cart", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, or concurrent changes", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
     ))]
 async fn v1_update_item(
@@ -264,12 +278,13 @@ async fn v1_update_item(
 
 /// Remove a line from the cart (seed 001), releasing its reservation.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG,
-    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header)),
+    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed id", body = Problem, content_type = PROBLEM),
         (status = 404, description = "The product is not in the cart", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Cart store down", body = Problem, content_type = PROBLEM),
     ))]
 async fn v1_remove_item(

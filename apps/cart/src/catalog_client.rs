@@ -9,17 +9,25 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use shopstack_common::client::HttpClient;
 
-/// The fields of a catalog product the cart uses.
+/// The catalog's answer to a reservation.
 #[derive(Debug, Clone, Deserialize)]
-pub struct ProductSummary {
-    pub id: String,
+pub struct HoldResponse {
+    pub quantity: u32,
+    /// Free stock left.
     pub stock: i64,
+}
+
+#[derive(Debug, Deserialize)]
+struct ProblemBody {
+    available: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     #[error("product {0} not found")]
     NotFound(String),
+    #[error("insufficient stock: {available} available")]
+    Insufficient { available: i64 },
     #[error("the catalog did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the catalog is unavailable: {0}")]
@@ -36,6 +44,16 @@ pub struct CatalogClient {
 
 impl CatalogClient {
     pub fn new(client: HttpClient, replicas: Vec<Url>, timeout: Duration) -> Self {
+        // A base without a trailing slash would lose its last segment in `Url::join`.
+        let replicas: Vec<Url> = replicas
+            .into_iter()
+            .map(|mut url| {
+                if !url.path().ends_with('/') {
+                    url.set_path(&format!("{}/", url.path()));
+                }
+                url
+            })
+            .collect();
         Self {
             client,
             replicas: replicas.into(),
@@ -55,28 +73,70 @@ impl CatalogClient {
             .map_err(|error| CatalogError::Unavailable(format!("bad catalog URL: {error}")))
     }
 
-    pub async fn product(&self, product_id: &str) -> Result<ProductSummary, CatalogError> {
+    /// Set `owner`'s reservation of `product_id` to exactly `quantity` units (0 releases).
+    pub async fn set_hold(
+        &self,
+        owner: &str,
+        product_id: &str,
+        quantity: u32,
+        ttl: Duration,
+    ) -> Result<HoldResponse, CatalogError> {
         // Ids are validated to a URL-safe alphabet before they get here.
-        let url = self.url(&format!("catalog/{product_id}"))?;
+        let url = self.url(&format!("inventory/holds/{owner}/{product_id}"))?;
         let request = self
             .client
             .inner()
-            .get(url)
+            .put(url)
+            .timeout(self.timeout)
+            .json(&serde_json::json!({"quantity": quantity, "ttl_secs": ttl.as_secs().max(1)}))
+            .build()
+            .map_err(|error| CatalogError::Unavailable(error.to_string()))?;
+        let response = self
+            .client
+            .send("catalog", "/inventory/holds/{owner}/{product_id}", request)
+            .await
+            .map_err(|error| self.transport_error(error))?;
+        match response.status() {
+            StatusCode::OK => response
+                .json::<HoldResponse>()
+                .await
+                .map_err(|error| CatalogError::Unavailable(format!("unreadable reservation: {error}"))),
+            StatusCode::NOT_FOUND => Err(CatalogError::NotFound(product_id.to_owned())),
+            StatusCode::CONFLICT => {
+                let body: ProblemBody = response
+                    .json()
+                    .await
+                    .map_err(|error| CatalogError::Unavailable(format!("unreadable conflict: {error}")))?;
+                Err(CatalogError::Insufficient {
+                    available: body.available.unwrap_or(0),
+                })
+            }
+            status => Err(CatalogError::Unavailable(format!("catalog answered {status}"))),
+        }
+    }
+
+    /// Give all of `owner`'s reservations back.
+    pub async fn release_owner(&self, owner: &str) -> Result<(), CatalogError> {
+        let url = self.url(&format!("inventory/holds/{owner}"))?;
+        let request = self
+            .client
+            .inner()
+            .delete(url)
             .timeout(self.timeout)
             .build()
             .map_err(|error| CatalogError::Unavailable(error.to_string()))?;
         let response = self
             .client
-            .send("catalog", "/catalog/{id}", request)
+            .send("catalog", "/inventory/holds/{owner}", request)
             .await
             .map_err(|error| self.transport_error(error))?;
-        match response.status() {
-            StatusCode::OK => response
-                .json::<ProductSummary>()
-                .await
-                .map_err(|error| CatalogError::Unavailable(format!("unreadable product: {error}"))),
-            StatusCode::NOT_FOUND => Err(CatalogError::NotFound(product_id.to_owned())),
-            status => Err(CatalogError::Unavailable(format!("catalog answered {status}"))),
+        if response.status().is_success() {
+            Ok(())
+        } else {
+            Err(CatalogError::Unavailable(format!(
+                "catalog answered {}",
+                response.status()
+            )))
         }
     }
 

@@ -65,6 +65,7 @@ impl From<CatalogError> for CartError {
     fn from(error: CatalogError) -> Self {
         match error {
             CatalogError::NotFound(id) => CartError::ProductNotFound(id),
+            CatalogError::Insufficient { available } => CartError::InsufficientStock { available },
             CatalogError::Timeout(_) => CartError::CatalogTimeout,
             CatalogError::Unavailable(cause) => CartError::CatalogUnavailable(cause),
         }

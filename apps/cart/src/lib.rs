@@ -9,6 +9,7 @@ pub mod api;
 pub mod catalog_client;
 pub mod config;
 pub mod error;
+pub mod redis_store;
 pub mod service;
 pub mod store;
 
@@ -19,11 +20,14 @@ use axum::Router;
 use prometheus::{IntCounterVec, Opts};
 use shopstack_common::Platform;
 use shopstack_common::config::ServiceDefaults;
+use shopstack_common::idempotency::Idempotency;
 use shopstack_common::metrics::register;
+use shopstack_common::redis::Redis;
 use shopstack_common::simulation::SimulationProfile;
 
 use catalog_client::CatalogClient;
 pub use config::CartConfig;
+use redis_store::RedisStore;
 use service::CartService;
 use store::{CartStore, MemoryStore};
 
@@ -40,6 +44,7 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
 pub struct AppState {
     pub platform: Platform,
     pub carts: CartService,
+    pub idempotency: Idempotency,
 }
 
 impl AppState {
@@ -55,17 +60,49 @@ impl AppState {
                 &["op", "result"],
             )?,
         )?;
-        let memory = Arc::new(MemoryStore::new(config.cart_ttl));
-        spawn_sweeper(memory.clone());
-        let store: Arc<dyn CartStore> = memory;
+        let redis = match &platform.settings().redis_url {
+            Some(url) => Some(Redis::connect(url).await?),
+            None => None,
+        };
+        let store: Arc<dyn CartStore> = match &redis {
+            Some(redis) => {
+                let probe = redis.clone();
+                platform.health().register("redis", true, move || {
+                    let redis = probe.clone();
+                    Box::pin(async move { redis.ping().await })
+                });
+                Arc::new(RedisStore::new(redis.clone(), config.cart_ttl))
+            }
+            None => {
+                let memory = Arc::new(MemoryStore::new(config.cart_ttl));
+                spawn_sweeper(memory.clone());
+                memory
+            }
+        };
+        let idempotency = Idempotency::new(
+            &platform.identity().name,
+            redis,
+            registry,
+            platform.settings().max_body_bytes,
+        )?;
         let catalog = CatalogClient::new(
             platform.client().clone(),
             config.catalog_service_url.0.clone(),
             config.catalog_timeout,
         );
-        let carts = CartService::new(store, catalog, config.max_item_quantity, operations);
+        let carts = CartService::new(
+            store,
+            catalog,
+            config.max_item_quantity,
+            config.cart_ttl,
+            operations,
+        );
         tracing::info!(store = carts.store().backend(), "cart store ready");
-        Ok(Self { platform, carts })
+        Ok(Self {
+            platform,
+            carts,
+            idempotency,
+        })
     }
 }
 

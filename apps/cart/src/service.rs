@@ -2,6 +2,7 @@
 //! read-modify-write against the store.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use serde::Serialize;
@@ -68,11 +69,17 @@ enum LineChange {
     Remove,
 }
 
+/// How often a failed release of a cleared cart's reservations is retried in the background
+/// (the reservations' own expiry is the last resort).
+const RELEASE_RETRIES: u32 = 8;
+
 #[derive(Clone)]
 pub struct CartService {
     store: Arc<dyn CartStore>,
     catalog: CatalogClient,
     max_quantity: u32,
+    /// Carts (and their reservations) expire this long after their last change.
+    ttl: Duration,
     operations: IntCounterVec,
 }
 
@@ -81,12 +88,14 @@ impl CartService {
         store: Arc<dyn CartStore>,
         catalog: CatalogClient,
         max_quantity: u32,
+        ttl: Duration,
         operations: IntCounterVec,
     ) -> Self {
         Self {
             store,
             catalog,
             max_quantity,
+            ttl,
             operations,
         }
     }
@@ -125,7 +134,6 @@ impl CartService {
             validate_id("user_id", user_id)?;
             validate_id("product_id", product_id)?;
             let quantity = self.validate_quantity(quantity)?;
-            self.catalog.product(product_id).await.map_err(catalog_error)?;
             self.change_line(user_id, product_id, LineChange::Add(quantity), if_match)
                 .await
         }
@@ -177,7 +185,12 @@ impl CartService {
                 let cart = self.store.load(user_id).await.map_err(store_error)?;
                 check_precondition(&cart, if_match)?;
                 match self.store.clear(user_id, cart.version).await {
-                    Ok(cleared) => return Ok(CartView::of(user_id, &cleared)),
+                    Ok(cleared) => {
+                        if !cart.lines.is_empty() {
+                            self.release_reservations(user_id).await;
+                        }
+                        return Ok(CartView::of(user_id, &cleared));
+                    }
                     Err(StoreError::VersionConflict { current }) if if_match.is_some() => {
                         return Err(CartError::PreconditionFailed { current });
                     }
@@ -222,20 +235,72 @@ impl CartService {
                 LineChange::Set(quantity) => quantity,
                 LineChange::Remove => 0,
             };
+            // Reserve first: the cart never shows units the catalog hasn't set aside. The
+            // hold is absolute, so setting it again on a retry is harmless.
+            if target != current {
+                self.catalog
+                    .set_hold(user_id, product_id, target, self.ttl)
+                    .await
+                    .map_err(catalog_error)?;
+            }
             match self
                 .store
                 .write_line(user_id, product_id, target, cart.version)
                 .await
             {
                 Ok(written) => return Ok(CartView::of(user_id, &written)),
-                Err(StoreError::VersionConflict { current }) if if_match.is_some() => {
-                    return Err(CartError::PreconditionFailed { current });
+                // Lost a race: the next attempt re-reads and sets the hold to its own target.
+                Err(StoreError::VersionConflict { .. }) if if_match.is_none() => continue,
+                Err(error) => {
+                    self.realign_hold(user_id, product_id).await;
+                    return Err(match error {
+                        StoreError::VersionConflict { current } => CartError::PreconditionFailed { current },
+                        other => store_error(other),
+                    });
                 }
-                Err(StoreError::VersionConflict { .. }) => continue,
-                Err(error) => return Err(store_error(error)),
             }
         }
+        self.realign_hold(user_id, product_id).await;
         Err(CartError::Busy)
+    }
+
+    /// After a write that did not happen, put the hold back in line with what the cart holds.
+    async fn realign_hold(&self, user_id: &str, product_id: &str) {
+        let quantity = match self.store.load(user_id).await {
+            Ok(cart) => cart.quantity_of(product_id),
+            // The store is down: nothing can be known; the hold's expiry will settle it.
+            Err(_) => return,
+        };
+        if let Err(error) = self
+            .catalog
+            .set_hold(user_id, product_id, quantity, self.ttl)
+            .await
+        {
+            tracing::warn!(%error, user_id, product_id, "could not realign a reservation; it will expire with the cart");
+        }
+    }
+
+    /// Give a cleared cart's reservations back; retried in the background if the catalog is down.
+    async fn release_reservations(&self, user_id: &str) {
+        if self.catalog.release_owner(user_id).await.is_ok() {
+            return;
+        }
+        let catalog = self.catalog.clone();
+        let user_id = user_id.to_owned();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            for _ in 0..RELEASE_RETRIES {
+                tokio::time::sleep(delay).await;
+                if catalog.release_owner(&user_id).await.is_ok() {
+                    return;
+                }
+                delay = (delay * 2).min(Duration::from_secs(30));
+            }
+            tracing::warn!(
+                user_id,
+                "reservations of a cleared cart not released; they will expire"
+            );
+        });
     }
 
     fn validate_quantity(&self, quantity: i64) -> Result<u32, CartError> {
@@ -273,7 +338,8 @@ fn store_error(error: StoreError) -> CartError {
 }
 
 fn catalog_error(error: crate::catalog_client::CatalogError) -> CartError {
-    if !matches!(error, crate::catalog_client::CatalogError::NotFound(_)) {
+    use crate::catalog_client::CatalogError;
+    if matches!(error, CatalogError::Timeout(_) | CatalogError::Unavailable(_)) {
         tracing::warn!(%error, "catalog call failed");
     }
     error.into()

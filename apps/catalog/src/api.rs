@@ -47,24 +47,26 @@ pub struct ProductList {
 #[utoipa::path(get, path = "/catalog", tag = TAG, params(SearchParams, PageParams), responses(
     (status = 200, body = ProductList),
     (status = 400, description = "page or page_size below 1", body = Problem, content_type = "application/problem+json"),
+    (status = 503, description = "Stock store down", body = Problem, content_type = "application/problem+json"),
 ))]
 async fn list_products(
     State(state): State<AppState>,
     Query(search): Query<SearchParams>,
     Query(paging): Query<PageParams>,
-) -> Result<Json<ProductList>, Problem> {
-    let page = paging.resolve()?;
+) -> Result<Json<ProductList>, CatalogError> {
+    let page = paging.resolve().map_err(CatalogError::Rejected)?;
     let matches: Vec<&Product> = state
         .catalog
         .search(search.q.as_deref(), search.category.as_deref())
         .collect();
     let total = matches.len() as u64;
-    let products = matches
+    let mut products: Vec<Product> = matches
         .into_iter()
         .skip(usize::try_from(page.offset()).unwrap_or(usize::MAX))
         .take(page.page_size as usize)
         .cloned()
         .collect();
+    with_live_stock(&state, &mut products).await?;
     Ok(Json(ProductList {
         products,
         pagination: page.describe(total),
@@ -73,19 +75,31 @@ async fn list_products(
 
 /// One product by id.
 #[utoipa::path(get, path = "/catalog/{id}", tag = TAG,
-    params(("id" = String, Path, description = "Product id, e.g. prod-123")),
+    params(("id" = String, Path, description = "Product id, e.g. prod-123 (a bare 123 means prod-123)")),
     responses(
         (status = 200, body = Product),
         (status = 404, description = "Unknown product", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "Stock store down", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn get_product(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Json<Product>, CatalogError> {
-    state
+    let mut product = state
         .catalog
-        .get(&id)
+        .lookup(&id)
         .cloned()
-        .map(Json)
-        .ok_or(CatalogError::ProductNotFound(id))
+        .ok_or(CatalogError::ProductNotFound(id))?;
+    with_live_stock(&state, std::slice::from_mut(&mut product)).await?;
+    Ok(Json(product))
+}
+
+/// Replace the file's initial stock with what is free to reserve now.
+async fn with_live_stock(state: &AppState, products: &mut [Product]) -> Result<(), CatalogError> {
+    let ids: Vec<String> = products.iter().map(|product| product.id.clone()).collect();
+    let levels = state.inventory.stock_of(&ids).await?;
+    for (product, level) in products.iter_mut().zip(levels) {
+        product.stock = level;
+    }
+    Ok(())
 }

@@ -1,8 +1,9 @@
 use std::path::PathBuf;
+use std::time::Duration;
 
-use shopstack_common::config::CommonConfig;
+use shopstack_common::config::{CommonConfig, parse_duration};
 
-/// The catalog service: products, search and stock.
+/// The catalog service: products, search, stock and reservations.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "catalog", version, about)]
 pub struct CatalogConfig {
@@ -12,4 +13,8 @@ pub struct CatalogConfig {
     /// JSON product list to serve instead of the shipped catalogue.
     #[arg(long, env = "PRODUCTS_FILE")]
     pub products_file: Option<PathBuf>,
+
+    /// How often expired reservations are given back and stock gauges refreshed.
+    #[arg(long, env = "RESERVATION_REAP_INTERVAL", default_value = "10s", value_parser = parse_duration)]
+    pub reservation_reap_interval: Duration,
 }

@@ -1,15 +1,25 @@
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use shopstack_common::Problem;
 
-/// What can go wrong in the catalog.
+/// What can go wrong in the catalog; each variant documents its status.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
     /// 404: no product with this id.
     #[error("Product {0} not found")]
     ProductNotFound(String),
-    /// 400: a parameter is out of range.
+    /// 400: a parameter or body is out of range.
     #[error("{0}")]
     BadRequest(String),
+    /// 409: not enough free stock (seed 002's message); nothing changed.
+    #[error("Insufficient stock. Only {available} available.")]
+    InsufficientStock { product_id: String, available: i64 },
+    /// A problem raised by shared plumbing (401 admin auth, 400 body rejection), passed through.
+    #[error("{}", .0.detail)]
+    Rejected(Problem),
+    /// 503: the stock store (Redis) cannot be reached.
+    #[error("The inventory store is unavailable; retry shortly.")]
+    InventoryUnavailable,
 }
 
 impl IntoResponse for CatalogError {
@@ -18,7 +28,21 @@ impl IntoResponse for CatalogError {
         let problem = match self {
             CatalogError::ProductNotFound(id) => Problem::not_found(detail).with("product_id", id),
             CatalogError::BadRequest(_) => Problem::bad_request(detail),
+            CatalogError::InsufficientStock {
+                product_id,
+                available,
+            } => Problem::new(StatusCode::CONFLICT, "insufficient-stock", detail)
+                .with("product_id", product_id)
+                .with("available", available.max(0)),
+            CatalogError::InventoryUnavailable => Problem::unavailable(detail, 1).with("dependency", "redis"),
+            CatalogError::Rejected(problem) => problem,
         };
         problem.into_response()
+    }
+}
+
+impl From<Problem> for CatalogError {
+    fn from(problem: Problem) -> Self {
+        CatalogError::Rejected(problem)
     }
 }

@@ -1,23 +1,31 @@
 //! The catalog service: products from a shipped data file, search and pagination, and the
-//! stock every product carries.
+//! stock every product carries — with reservations that never oversell.
 //!
 //! - [`config`]: the service's settings; [`products`]: loading and searching the catalogue;
-//! - [`api`]: the HTTP handlers; [`error`]: the service's error enum.
+//! - [`inventory`]: the stock store (memory or Redis) and its atomic operations;
+//! - [`stock`]: the stock service (validation, metrics, expiry reaper);
+//! - [`api`] and [`inventory_api`]: the HTTP handlers; [`error`]: the service's error enum.
 
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod inventory;
+pub mod inventory_api;
 pub mod products;
+pub mod stock;
 
 use std::sync::Arc;
 
 use axum::Router;
 use shopstack_common::Platform;
 use shopstack_common::config::ServiceDefaults;
+use shopstack_common::redis::Redis;
 use shopstack_common::simulation::SimulationProfile;
 
 pub use config::CatalogConfig;
+use inventory::{InventoryStore, MemoryInventory, RedisInventory};
 use products::Catalog;
+use stock::Inventory;
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "catalog",
@@ -30,18 +38,45 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 pub struct AppState {
     pub platform: Platform,
     pub catalog: Arc<Catalog>,
+    pub inventory: Inventory,
 }
 
 impl AppState {
     pub async fn new(config: &CatalogConfig, platform: Platform) -> anyhow::Result<Self> {
         let catalog = Arc::new(Catalog::load(config.products_file.as_deref())?);
-        tracing::info!(products = catalog.all().len(), "catalogue loaded");
-        Ok(Self { platform, catalog })
+        let store: Arc<dyn InventoryStore> = match &platform.settings().redis_url {
+            Some(url) => {
+                let redis = Redis::connect(url).await?;
+                let probe = redis.clone();
+                platform.health().register("redis", true, move || {
+                    let redis = probe.clone();
+                    Box::pin(async move { redis.ping().await })
+                });
+                Arc::new(RedisInventory::new(redis))
+            }
+            None => Arc::new(MemoryInventory::default()),
+        };
+        let inventory = Inventory::new(store, catalog.clone(), platform.metrics().registry())?;
+        if let Err(error) = inventory.seed().await {
+            tracing::warn!(%error, "initial stock not written yet; retrying in the background");
+        }
+        inventory.spawn_housekeeping(config.reservation_reap_interval);
+        tracing::info!(
+            products = catalog.all().len(),
+            stock = inventory.backend(),
+            "catalogue loaded"
+        );
+        Ok(Self {
+            platform,
+            catalog,
+            inventory,
+        })
     }
 }
 
 /// The catalog's router, ready to serve (tests bind it on port 0).
 pub fn app(state: AppState) -> Router {
     let platform = state.platform.clone();
-    platform.service_router(api::router(state), api::INFO)
+    let routes = api::router(state.clone()).merge(inventory_api::router(state));
+    platform.service_router(routes, api::INFO)
 }

@@ -90,6 +90,16 @@ impl Catalog {
         self.by_id.get(id).map(|&index| &self.products[index])
     }
 
+    /// [`Catalog::get`], also accepting a bare number for `prod-{number}` (seed 003's README
+    /// tries `GET /catalog/123`). Read-only lookups use it; stock operations take exact ids.
+    pub fn lookup(&self, id: &str) -> Option<&Product> {
+        self.get(id).or_else(|| {
+            (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
+                .then(|| self.get(&format!("prod-{id}")))
+                .flatten()
+        })
+    }
+
     pub fn all(&self) -> &[Product] {
         &self.products
     }
@@ -137,6 +147,18 @@ mod tests {
         for id in ["prod-123", "prod-456", "prod-789"] {
             assert!(catalog.get(id).is_some(), "{id} missing");
         }
+    }
+
+    #[test]
+    fn bare_numbers_find_their_product() {
+        let catalog = Catalog::from_json(EMBEDDED_PRODUCTS).unwrap_or_else(|e| panic!("{e:#}"));
+        assert_eq!(catalog.lookup("123").map(|p| p.id.as_str()), Some("prod-123"));
+        assert_eq!(
+            catalog.lookup("prod-123").map(|p| p.id.as_str()),
+            Some("prod-123")
+        );
+        assert!(catalog.lookup("999999").is_none());
+        assert!(catalog.get("123").is_none(), "exact lookups stay exact");
     }
 
     #[test]

@@ -119,6 +119,8 @@ pub fn table() -> Vec<RouteSpec> {
         to(Method::POST, "/v1/cart/{user_id}/items", Cart).owned_by("user_id"),
         to(Method::PATCH, "/v1/cart/{user_id}/items/{product_id}", Cart).owned_by("user_id"),
         to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart).owned_by("user_id"),
+        // Operators set stock (admin token checked here and by the catalog).
+        to(Method::PUT, "/admin/stock/{product_id}", Catalog).admin(),
         // Each backend's simulation, reachable through :8000 for load tests.
         rewrite(
             Method::GET,

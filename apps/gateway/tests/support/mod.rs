@@ -16,7 +16,7 @@ use gateway::{GatewayConfig, GatewayState, app};
 use prometheus::{Encoder, TextEncoder};
 use shopstack_common::Platform;
 use shopstack_common::config::Settings;
-use shopstack_common::testing::TestServer;
+use shopstack_common::testing::{TestServer, metric_sum, parse_metrics};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -137,24 +137,8 @@ pub fn metric(state: &GatewayState, name: &str, labels: &[(&str, &str)]) -> f64 
     TextEncoder::new()
         .encode(&state.platform.metrics().registry().gather(), &mut text)
         .unwrap();
-    let text = String::from_utf8(text).unwrap();
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (series_name, series_labels) = match series.split_once('{') {
-                Some((series_name, rest)) => (series_name, rest.trim_end_matches('}')),
-                None => (series, ""),
-            };
-            let matches = series_name == name
-                && labels.iter().all(|(key, wanted)| {
-                    series_labels
-                        .split(',')
-                        .any(|pair| pair == format!("{key}=\"{wanted}\""))
-                });
-            matches.then(|| value.parse::<f64>().ok()).flatten()
-        })
-        .sum()
+    let samples = parse_metrics(&String::from_utf8(text).unwrap()).unwrap();
+    metric_sum(&samples, name, labels)
 }
 
 pub fn client() -> reqwest::Client {

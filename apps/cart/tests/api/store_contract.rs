@@ -1,0 +1,79 @@
+//! The behaviour every `CartStore` must have; each backend runs this same suite.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use cart::store::{CartStore, MemoryStore, StoreError};
+
+pub async fn store_contract(store: Arc<dyn CartStore>, user: &str) {
+    let empty = store.load(user).await.unwrap();
+    assert!(empty.lines.is_empty());
+    assert_eq!(empty.version, 0);
+
+    let one = store.write_line(user, "prod-1", 2, 0).await.unwrap();
+    assert_eq!(one.version, 1);
+    assert_eq!(one.quantity_of("prod-1"), 2);
+
+    // A writer holding an old version loses and changes nothing.
+    let conflict = store.write_line(user, "prod-2", 1, 0).await;
+    assert!(matches!(
+        conflict,
+        Err(StoreError::VersionConflict { current: 1 })
+    ));
+    assert_eq!(store.load(user).await.unwrap(), one);
+
+    let two = store.write_line(user, "prod-2", 5, 1).await.unwrap();
+    assert_eq!(two.version, 2);
+    assert_eq!(two.lines.len(), 2);
+
+    let removed = store.write_line(user, "prod-1", 0, 2).await.unwrap();
+    assert_eq!(removed.quantity_of("prod-1"), 0);
+    assert_eq!(removed.lines.len(), 1);
+
+    let cleared = store.clear(user, 3).await.unwrap();
+    assert!(cleared.lines.is_empty());
+    assert_eq!(cleared.version, 4, "the version survives a clear");
+    assert!(matches!(
+        store.clear(user, 3).await,
+        Err(StoreError::VersionConflict { .. })
+    ));
+
+    // Concurrent writers at the same version: exactly one wins.
+    let attempts = (0..8).map(|i| {
+        let store = store.clone();
+        let user = user.to_owned();
+        async move { store.write_line(&user, &format!("race-{i}"), 1, 4).await }
+    });
+    let results = futures::future::join_all(attempts).await;
+    assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1);
+    assert_eq!(store.load(user).await.unwrap().lines.len(), 1);
+    assert!(store.ping().await);
+}
+
+#[tokio::test]
+async fn memory_store_meets_the_contract() {
+    store_contract(
+        Arc::new(MemoryStore::new(Duration::from_secs(60))),
+        "contract-user",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn memory_store_expires_idle_carts() {
+    let store = MemoryStore::new(Duration::from_millis(50));
+    store.write_line("idle", "prod-1", 1, 0).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(80)).await;
+    assert!(store.load("idle").await.unwrap().lines.is_empty());
+    assert_eq!(store.sweep_expired(), vec!["idle".to_owned()]);
+}
+
+#[tokio::test]
+async fn redis_store_meets_the_contract() {
+    let redis = shopstack_common::testing::RedisServer::start().unwrap();
+    let connection = shopstack_common::redis::Redis::connect(&redis.url())
+        .await
+        .unwrap();
+    let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
+    store_contract(Arc::new(store), "contract-user").await;
+}

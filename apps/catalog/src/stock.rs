@@ -1,0 +1,217 @@
+//! The catalog's stock service: validates products, runs the inventory store, counts what
+//! happens, gives expired reservations back, and publishes stock levels as gauges.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
+use shopstack_common::metrics::register;
+
+use crate::error::CatalogError;
+use crate::inventory::{HoldOutcome, InventoryError, InventoryStore, Line};
+use crate::products::Catalog;
+
+#[derive(Clone)]
+pub struct Inventory {
+    store: Arc<dyn InventoryStore>,
+    catalog: Arc<Catalog>,
+    reservations: IntCounterVec,
+    stock_gauge: IntGaugeVec,
+}
+
+impl Inventory {
+    pub fn new(
+        store: Arc<dyn InventoryStore>,
+        catalog: Arc<Catalog>,
+        registry: &Registry,
+    ) -> prometheus::Result<Self> {
+        Ok(Self {
+            store,
+            catalog,
+            reservations: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "inventory_reservations_total",
+                        "Reservation operations by result: reserved, released, insufficient, committed, restocked, expired, unavailable.",
+                    ),
+                    &["result"],
+                )?,
+            )?,
+            stock_gauge: register(
+                registry,
+                IntGaugeVec::new(
+                    Opts::new(
+                        "inventory_stock_available",
+                        "Units free to reserve, per product (a bounded set: the catalogue).",
+                    ),
+                    &["product_id"],
+                )?,
+            )?,
+        })
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.store.backend()
+    }
+
+    fn count(&self, result: &str) {
+        self.reservations.with_label_values(&[result]).inc();
+    }
+
+    fn map_error(&self, error: InventoryError) -> CatalogError {
+        match error {
+            InventoryError::Insufficient {
+                product_id,
+                available,
+            } => {
+                self.count("insufficient");
+                CatalogError::InsufficientStock {
+                    product_id,
+                    available,
+                }
+            }
+            InventoryError::Unavailable(cause) => {
+                self.count("unavailable");
+                tracing::warn!(%cause, "inventory store unavailable");
+                CatalogError::InventoryUnavailable
+            }
+        }
+    }
+
+    fn known(&self, product_id: &str) -> Result<(), CatalogError> {
+        match self.catalog.get(product_id) {
+            Some(_) => Ok(()),
+            None => Err(CatalogError::ProductNotFound(product_id.to_owned())),
+        }
+    }
+
+    /// Give every product its initial stock unless the store already has one.
+    pub async fn seed(&self) -> Result<(), InventoryError> {
+        let initial: Vec<(String, i64)> = self
+            .catalog
+            .all()
+            .iter()
+            .map(|product| (product.id.clone(), product.stock))
+            .collect();
+        self.store.seed(&initial).await
+    }
+
+    pub async fn stock_of(&self, product_ids: &[String]) -> Result<Vec<i64>, CatalogError> {
+        self.store
+            .stock(product_ids)
+            .await
+            .map_err(|error| self.map_error(error))
+    }
+
+    pub async fn set_stock(&self, product_id: &str, stock: i64) -> Result<(), CatalogError> {
+        self.known(product_id)?;
+        self.store
+            .set_stock(product_id, stock)
+            .await
+            .map_err(|error| self.map_error(error))
+    }
+
+    pub async fn set_hold(
+        &self,
+        owner: &str,
+        product_id: &str,
+        quantity: u32,
+        ttl: Duration,
+    ) -> Result<HoldOutcome, CatalogError> {
+        self.known(product_id)?;
+        let outcome = self
+            .store
+            .set_hold(owner, product_id, quantity, ttl)
+            .await
+            .map_err(|error| self.map_error(error))?;
+        self.count(if quantity == 0 { "released" } else { "reserved" });
+        Ok(outcome)
+    }
+
+    pub async fn holds(&self, owner: &str) -> Result<Vec<Line>, CatalogError> {
+        self.store
+            .holds(owner)
+            .await
+            .map_err(|error| self.map_error(error))
+    }
+
+    pub async fn release_owner(&self, owner: &str) -> Result<Vec<Line>, CatalogError> {
+        let released = self
+            .store
+            .release_owner(owner)
+            .await
+            .map_err(|error| self.map_error(error))?;
+        if !released.is_empty() {
+            self.count("released");
+        }
+        Ok(released)
+    }
+
+    pub async fn commit(&self, order_id: &str, owner: &str, items: &[Line]) -> Result<(), CatalogError> {
+        for item in items {
+            self.known(&item.product_id)?;
+        }
+        self.store
+            .commit(order_id, owner, items)
+            .await
+            .map_err(|error| self.map_error(error))?;
+        self.count("committed");
+        Ok(())
+    }
+
+    pub async fn restock(&self, order_id: &str, items: &[Line]) -> Result<bool, CatalogError> {
+        for item in items {
+            self.known(&item.product_id)?;
+        }
+        let applied = self
+            .store
+            .restock(order_id, items)
+            .await
+            .map_err(|error| self.map_error(error))?;
+        if applied {
+            self.count("restocked");
+        }
+        Ok(applied)
+    }
+
+    /// Every `interval`: give back expired holds, and refresh the stock gauges.
+    pub fn spawn_housekeeping(&self, interval: Duration) {
+        let inventory = self.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticker.tick().await;
+                inventory.housekeeping().await;
+            }
+        });
+    }
+
+    async fn housekeeping(&self) {
+        // Cheap (SET NX per product) and it heals a store that lost its keys or was down at start.
+        if let Err(error) = self.seed().await {
+            tracing::debug!(%error, "seeding stock skipped");
+        }
+        match self.store.reap_expired().await {
+            Ok(reaped) => {
+                for owner in &reaped {
+                    self.count("expired");
+                    tracing::info!(owner = %owner.owner, lines = owner.lines, "expired reservations given back");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "reaping expired reservations skipped"),
+        }
+        let ids: Vec<String> = self
+            .catalog
+            .all()
+            .iter()
+            .map(|product| product.id.clone())
+            .collect();
+        if let Ok(levels) = self.store.stock(&ids).await {
+            for (id, level) in ids.iter().zip(levels) {
+                self.stock_gauge.with_label_values(&[id]).set(level);
+            }
+        }
+    }
+}

@@ -1,0 +1,588 @@
+#!/usr/bin/env python3
+"""`make bench`: ShopStack measured side by side with nginx and the direct path.
+
+Everything runs on 127.0.0.1 with simulation off and release builds. Servers are pinned to one
+core and the load generator to the other, so runs are comparable; every case is repeated
+(default 3 times) in alternating order and the median is reported. The results table goes to
+docs/benchmarks.md with the machine, date and commit.
+
+  python3 ops/bench/bench.py                 # the full run (about 10 minutes)
+  python3 ops/bench/bench.py --smoke         # every case once for 1 s with debug builds (tests)
+  python3 ops/bench/bench.py --only gateway,nginx --duration 20
+
+Tools it needs and installs from Debian's packages when missing: wrk, nginx. Locust comes from
+PyPI into a throwaway venv under /tmp.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+ADMIN_TOKEN = "bench-admin-token"
+LOAD_CORE = "0"
+SERVER_CORE = "1" if (os.cpu_count() or 1) > 1 else "0"
+PRODUCT = "prod-123"
+LOCUST_VENV = Path(tempfile.gettempdir()) / "shopstack-bench-locust"
+
+
+def log(message):
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(core, argv):
+    """Run argv on one core (taskset), when the machine has it."""
+    if shutil.which("taskset"):
+        return ["taskset", "-c", core, *argv]
+    return argv
+
+
+def ensure_tools(need_locust):
+    missing = [tool for tool, package in (("wrk", "wrk"), ("nginx", "nginx-light")) if not shutil.which(tool) and not Path(f"/usr/sbin/{tool}").exists()]
+    if missing:
+        packages = {"wrk": "wrk", "nginx": "nginx-light"}
+        log(f"installing {', '.join(missing)} from Debian's packages")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        subprocess.run(["apt-get", "install", "-y", "-q", *[packages[m] for m in missing]], check=True, env=env,
+                       stdout=subprocess.DEVNULL)
+    if need_locust and not (LOCUST_VENV / "bin" / "locust").exists():
+        log("installing Locust into a throwaway venv")
+        subprocess.run([sys.executable, "-m", "venv", str(LOCUST_VENV)], check=True)
+        subprocess.run([str(LOCUST_VENV / "bin" / "pip"), "install", "-q", "locust"], check=True)
+
+
+def nginx_binary():
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def http(method, url, body=None, headers=None, timeout=5):
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    if data is not None:
+        request.add_header("content-type", "application/json")
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return response.status, response.read()
+
+
+def wait_ready(url, seconds=30):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            if http("GET", url, timeout=1)[0] == 200:
+                return
+        except (urllib.error.URLError, ConnectionError, OSError):
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+def rss_kib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    # utime, stime, cutime, cstime (fields 14-17 of stat; index from after the comm)
+    return sum(int(value) for value in fields[11:15]) / ticks
+
+
+class Service:
+    """One ShopStack binary, pinned to the server core."""
+
+    def __init__(self, bins, name, port, env):
+        self.name, self.port = name, port
+        base = {
+            "PATH": os.environ.get("PATH", ""),
+            "PORT": str(port),
+            "BIND_ADDR": "127.0.0.1",
+            "SIMULATION": "off",
+            "ADMIN_TOKEN": ADMIN_TOKEN,
+            "LOG_LEVEL": "info",
+            "SHUTDOWN_DRAIN_MS": "0",
+            "SERVICE_NAME": name,
+        }
+        base.update(env)
+        self.log_path = Path(tempfile.gettempdir()) / f"shopstack-bench-{name}-{port}.log"
+        self.log_file = open(self.log_path, "w")
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [str(bins / name.split("-")[0])]), env=base,
+                                        stdout=self.log_file, stderr=subprocess.STDOUT)
+        wait_ready(self.url("/readyz"))
+
+    def url(self, path):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def stop(self):
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+        self.log_file.close()
+        self.log_path.unlink(missing_ok=True)
+
+
+class Redis:
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="shopstack-bench-redis-")
+        self.process = subprocess.Popen(pinned(SERVER_CORE, ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                                                             "--save", "", "--appendonly", "no", "--dir", self.dir]),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def url(self):
+        return f"redis://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.process.kill()
+        self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nginx:
+    """nginx as a keep-alive reverse proxy in front of the catalog (what users put in front instead)."""
+
+    def __init__(self, upstream_port):
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="shopstack-bench-nginx-"))
+        (self.dir / "logs").mkdir()
+        config = f"""
+worker_processes 1;
+daemon off;
+pid {self.dir}/nginx.pid;
+error_log {self.dir}/logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log {self.dir}/logs/access.log;
+  client_body_temp_path {self.dir}/body;
+  proxy_temp_path {self.dir}/proxy;
+  fastcgi_temp_path {self.dir}/fastcgi;
+  uwsgi_temp_path {self.dir}/uwsgi;
+  scgi_temp_path {self.dir}/scgi;
+  upstream catalog {{ server 127.0.0.1:{upstream_port}; keepalive 128; }}
+  server {{
+    listen 127.0.0.1:{self.port};
+    location / {{
+      proxy_pass http://catalog;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+        (self.dir / "nginx.conf").write_text(config)
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [nginx_binary(), "-p", str(self.dir), "-c", str(self.dir / "nginx.conf")]),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_ready(f"http://127.0.0.1:{self.port}/readyz")
+
+    def stop(self):
+        self.process.send_signal(signal.SIGQUIT)
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+WRK_LATENCY = re.compile(r"^\s+(50|99)(?:\.0+)?%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url, duration, connections, script=None):
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script:
+        argv += ["-s", str(script)]
+    output = subprocess.run(pinned(LOAD_CORE, argv + [url]), capture_output=True, text=True, check=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))
+    latencies = {match[0]: to_ms(match[1], match[2]) for match in WRK_LATENCY.findall(output)}
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    total = int(re.search(r"(\d+) requests in", output).group(1))
+    return {"rps": rps, "p50": latencies.get("50", 0.0), "p99": latencies.get("99", 0.0),
+            "non_2xx": int(errors.group(1)) if errors else 0, "requests": total}
+
+
+def median_of(runs):
+    return {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")} | {
+        "non_2xx": sum(run["non_2xx"] for run in runs), "requests": sum(run["requests"] for run in runs)}
+
+
+CART_SCRIPT = """
+-- Alternate: add one unit of prod-123 to a random user's cart, then read that cart.
+local counter = 0
+request = function()
+  counter = counter + 1
+  local user = "bench-" .. math.random(1, 200000)
+  if counter % 2 == 1 then
+    return wrk.format("POST", "/v1/cart/" .. user .. "/items", {["content-type"] = "application/json"},
+      '{"product_id":"PRODUCT","quantity":1}')
+  end
+  return wrk.format("GET", "/v1/cart/" .. user)
+end
+""".replace("PRODUCT", PRODUCT)
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.bins = ROOT / "target" / ("debug" if args.smoke else "release")
+        self.results = {}
+        self.memory = {}
+        self.generators = {}
+        self.notes = []
+
+    # -- stacks -----------------------------------------------------------------------------
+
+    def catalog(self, extra=None):
+        return Service(self.bins, "catalog", free_port(), extra or {})
+
+    def gateway(self, catalog, cart=None, extra=None):
+        env = {"CATALOG_SERVICE_URL": catalog.url(""),
+               "CART_SERVICE_URL": cart.url("") if cart else "http://127.0.0.1:9"}
+        env.update(extra or {})
+        return Service(self.bins, "gateway", free_port(), env)
+
+    def run_case(self, name, url, script=None):
+        runs = self.results.setdefault(name, {"url": url, "runs": []})["runs"]
+        runs.append(wrk(url, self.args.duration, self.args.connections, script))
+        log(f"{name}: {runs[-1]['rps']:.0f} req/s, p50 {runs[-1]['p50']:.2f} ms, p99 {runs[-1]['p99']:.2f} ms")
+
+    # -- cases ------------------------------------------------------------------------------
+
+    def proxy_cases(self, repeat):
+        """Direct, gateway and nginx in front of one catalog; order alternates per repeat."""
+        catalog = self.catalog()
+        gateway = self.gateway(catalog)
+        nginx = Nginx(catalog.port)
+        try:
+            path = f"/catalog/{PRODUCT}"
+            cases = [("direct", catalog.url(path)), ("gateway", gateway.url(path)),
+                     ("nginx", f"http://127.0.0.1:{nginx.port}{path}")]
+            if repeat % 2:
+                cases.reverse()
+            for name, url in cases:
+                if self.selected(name):
+                    self.run_case(name, url)
+        finally:
+            nginx.stop()
+            gateway.stop()
+            catalog.stop()
+
+    def telemetry_cases(self, repeat):
+        sink = OtlpSink(self.bins)
+        catalog = self.catalog({"LOG_LEVEL": "warn"})
+        quiet = self.gateway(catalog, extra={"LOG_LEVEL": "warn"})
+        loud = self.gateway(catalog, extra={"LOG_LEVEL": "info", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url(),
+                                            "OTEL_TRACES_SAMPLER": "always_on"})
+        try:
+            path = f"/catalog/{PRODUCT}"
+            cases = [("telemetry-off", quiet.url(path)), ("telemetry-on", loud.url(path))]
+            if repeat % 2:
+                cases.reverse()
+            for name, url in cases:
+                self.run_case(name, url)
+        finally:
+            loud.stop()
+            quiet.stop()
+            catalog.stop()
+            sink.stop()
+
+    def cart_cases(self, repeat):
+        script = Path(tempfile.gettempdir()) / "shopstack-bench-cart.lua"
+        script.write_text(CART_SCRIPT)
+        order = ["memory", "redis"] if repeat % 2 == 0 else ["redis", "memory"]
+        for backend in order:
+            redis = Redis() if backend == "redis" else None
+            env = {"REDIS_URL": redis.url()} if redis else {}
+            catalog = self.catalog(env)
+            cart = Service(self.bins, "cart", free_port(), {"CATALOG_SERVICE_URL": catalog.url(""), **env})
+            gateway = self.gateway(catalog, cart)
+            try:
+                http("PUT", catalog.url(f"/admin/stock/{PRODUCT}"), {"stock": 1_000_000_000},
+                     {"authorization": f"Bearer {ADMIN_TOKEN}"})
+                self.run_case(f"cart-{backend}", gateway.url(""), script)
+            finally:
+                gateway.stop()
+                cart.stop()
+                catalog.stop()
+                if redis:
+                    redis.stop()
+
+    def memory_case(self):
+        catalog = self.catalog()
+        cart = Service(self.bins, "cart", free_port(), {"CATALOG_SERVICE_URL": catalog.url("")})
+        gateway = self.gateway(catalog, cart)
+        try:
+            time.sleep(1)
+            idle = {s.name: rss_kib(s.process.pid) for s in (gateway, catalog, cart)}
+            peak = dict(idle)
+            load = subprocess.Popen(pinned(LOAD_CORE, ["wrk", "-t1", f"-c{self.args.connections}",
+                                                       f"-d{self.args.duration}s", gateway.url(f"/catalog/{PRODUCT}")]),
+                                    stdout=subprocess.DEVNULL)
+            while load.poll() is None:
+                for service in (gateway, catalog, cart):
+                    peak[service.name] = max(peak[service.name], rss_kib(service.process.pid))
+                time.sleep(0.2)
+            self.memory = {name: {"idle_mib": idle[name] / 1024, "load_mib": peak[name] / 1024} for name in idle}
+            for name, values in self.memory.items():
+                log(f"rss {name}: idle {values['idle_mib']:.1f} MiB, under load {values['load_mib']:.1f} MiB")
+        finally:
+            gateway.stop()
+            cart.stop()
+            catalog.stop()
+
+    def generator_cases(self):
+        """Requests per CPU-second of the load generator itself, same simple scenario."""
+        catalog = self.catalog({"LOG_LEVEL": "warn"})
+        try:
+            host = catalog.url("")
+            duration = max(2, self.args.duration)
+            loadtest = self.bins / "loadtest"
+            if loadtest.exists():
+                report = Path(tempfile.gettempdir()) / "shopstack-bench-goose.json"
+                argv = [str(loadtest), "--host", host, "--users", "32", "--hatch-rate", "1000",
+                        "--run-time", f"{duration}s", "--scenarios", "ping", "--no-truth-check",
+                        "--report-file", str(report.with_suffix(".html")), "--quiet"]
+                self.generators["goose"] = self.measure_generator(argv)
+            else:
+                self.notes.append("Goose ceiling not measured: the `loadtest` binary is not built.")
+            locust = LOCUST_VENV / "bin" / "locust"
+            if locust.exists():
+                locustfile = Path(tempfile.gettempdir()) / "shopstack-bench-locustfile.py"
+                locustfile.write_text(
+                    "from locust import HttpUser, task\n"
+                    "class Ping(HttpUser):\n"
+                    "    @task\n"
+                    f"    def product(self):\n        self.client.get('/catalog/{PRODUCT}')\n")
+                csv = Path(tempfile.gettempdir()) / "shopstack-bench-locust"
+                argv = [str(locust), "-f", str(locustfile), "--headless", "-u", "32", "-r", "1000",
+                        "-t", f"{duration}s", "--host", host, "--csv", str(csv), "--only-summary"]
+                self.generators["locust"] = self.measure_generator(argv, locust_csv=csv)
+            else:
+                self.notes.append("Locust ceiling not measured: Locust is not installed.")
+        finally:
+            catalog.stop()
+
+    def measure_generator(self, argv, locust_csv=None):
+        children_cpu_seconds()  # reset the baseline: only this generator's CPU time counts
+        started = time.time()
+        process = subprocess.Popen(pinned(LOAD_CORE, argv), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        output, _ = process.communicate()
+        wall = time.time() - started
+        cpu = children_cpu_seconds()
+        requests = parse_requests(output, locust_csv)
+        result = {"requests": requests, "cpu_seconds": cpu, "wall_seconds": wall,
+                  "per_cpu_second": requests / cpu if cpu else 0.0}
+        log(f"generator {argv[0].rsplit('/', 1)[-1]}: {requests} requests, {cpu:.2f} CPU s → {result['per_cpu_second']:.0f}/CPU s")
+        return result
+
+    # -- orchestration ----------------------------------------------------------------------
+
+    def selected(self, name):
+        return not self.args.only or any(part in name for part in self.args.only.split(","))
+
+    def run(self):
+        for repeat in range(self.args.repeats):
+            log(f"round {repeat + 1} of {self.args.repeats}")
+            if any(self.selected(n) for n in ("direct", "gateway", "nginx")):
+                self.proxy_cases(repeat)
+            if self.selected("cart"):
+                self.cart_cases(repeat)
+            if self.selected("telemetry"):
+                self.telemetry_cases(repeat)
+        if self.selected("memory"):
+            self.memory_case()
+        if self.selected("generator"):
+            self.generator_cases()
+        return self.report()
+
+    def report(self):
+        med = {name: median_of(case["runs"]) for name, case in self.results.items()}
+        ratios = []
+
+        def ratio(label, a, b, key="rps", goal=None, better="higher"):
+            if a in med and b in med and med[b][key]:
+                value = med[a][key] / med[b][key]
+                met = None if goal is None else (value >= goal if better == "higher" else value <= goal)
+                ratios.append((label, value, goal, better, met))
+
+        ratio("gateway / direct throughput", "gateway", "direct")
+        ratio("gateway / nginx throughput", "gateway", "nginx", goal=1.0)
+        if all(k in med for k in ("gateway", "nginx", "direct")):
+            added_gateway = med["gateway"]["p99"] - med["direct"]["p99"]
+            added_nginx = med["nginx"]["p99"] - med["direct"]["p99"]
+            ratios.append(("gateway added p99 − nginx added p99 (ms)", added_gateway - added_nginx, 0.0, "lower",
+                           added_gateway <= added_nginx))
+        ratio("telemetry on / off throughput", "telemetry-on", "telemetry-off", goal=0.9)
+        ratio("cart on Redis / in memory throughput", "cart-redis", "cart-memory", goal=0.5)
+        if "goose" in self.generators and "locust" in self.generators and self.generators["locust"]["per_cpu_second"]:
+            value = self.generators["goose"]["per_cpu_second"] / self.generators["locust"]["per_cpu_second"]
+            ratios.append(("Goose / Locust requests per CPU-second", value, 10.0, "higher", value >= 10.0))
+        for name, values in self.memory.items():
+            ratios.append((f"idle RSS {name} (MiB)", values["idle_mib"], 20.0, "lower", values["idle_mib"] <= 20.0))
+        summary = {"cases": med, "raw": self.results, "memory": self.memory, "generators": self.generators,
+                   "goals": [{"goal": label, "value": value, "target": goal, "better": better, "met": met}
+                             for label, value, goal, better, met in ratios],
+                   "notes": self.notes}
+        return summary
+
+
+class OtlpSink:
+    """A local OTLP/gRPC endpoint that accepts and drops spans (the cost measured is the exporter's)."""
+
+    def __init__(self, bins):
+        sink = bins / "otlp-sink"
+        self.port = free_port()
+        if sink.exists():
+            self.process = subprocess.Popen(pinned(LOAD_CORE, [str(sink), "--port", str(self.port)]),
+                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            deadline = time.time() + 10
+            while time.time() < deadline:
+                try:
+                    socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                    return
+                except OSError:
+                    time.sleep(0.05)
+        self.process = None
+        log("otlp-sink not built: telemetry-on exports to a closed port (export errors are counted, not measured)")
+
+    def url(self):
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        if self.process:
+            self.process.kill()
+            self.process.wait()
+
+
+def children_cpu_seconds():
+    usage = os.times()
+    total = usage.children_user + usage.children_system
+    previous = getattr(children_cpu_seconds, "previous", 0.0)
+    children_cpu_seconds.previous = total
+    return total - previous
+
+
+def parse_requests(output, locust_csv):
+    if locust_csv:
+        stats = Path(f"{locust_csv}_stats.csv")
+        if stats.exists():
+            for line in stats.read_text().splitlines()[1:]:
+                cells = line.split(",")
+                if len(cells) > 3 and cells[1].strip('"') == "Aggregated":
+                    return int(cells[2])
+        return 0
+    match = re.search(r"requests_total[\"']?\s*[:=]\s*(\d+)", output) or re.search(r"Total requests:\s*(\d+)", output)
+    return int(match.group(1)) if match else 0
+
+
+def write_markdown(summary, args, path):
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    lines = [
+        "# Benchmarks",
+        "",
+        f"`make bench` on {datetime.date.today().isoformat()}, commit `{commit}`, {cpu}, {os.cpu_count()} cores, "
+        f"Linux {platform.release()}. Servers pinned to core {SERVER_CORE}, load generator to core {LOAD_CORE}; "
+        f"wrk 1 thread × {args.connections} connections, {args.duration} s per run, {args.repeats} runs per case in "
+        f"alternating order, medians shown. Simulation off; {'debug (smoke)' if args.smoke else 'release'} builds.",
+        "",
+        "| case | requests/s | p50 (ms) | p99 (ms) | non-2xx |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for name, values in summary["cases"].items():
+        lines.append(f"| {name} | {values['rps']:.0f} | {values['p50']:.2f} | {values['p99']:.2f} | {values['non_2xx']} |")
+    if summary["memory"]:
+        lines += ["", "| service | idle RSS (MiB) | RSS under load (MiB) |", "|---|---:|---:|"]
+        for name, values in summary["memory"].items():
+            lines.append(f"| {name} | {values['idle_mib']:.1f} | {values['load_mib']:.1f} |")
+    if summary["generators"]:
+        lines += ["", "| load generator | requests | CPU seconds | requests per CPU-second |", "|---|---:|---:|---:|"]
+        for name, values in summary["generators"].items():
+            lines.append(f"| {name} | {values['requests']} | {values['cpu_seconds']:.2f} | {values['per_cpu_second']:.0f} |")
+    lines += ["", "| goal | value | target | met |", "|---|---:|---:|---|"]
+    for goal in summary["goals"]:
+        target = "—" if goal["target"] is None else f"{'≥' if goal['better'] == 'higher' else '≤'} {goal['target']:g}"
+        met = "—" if goal["met"] is None else ("yes" if goal["met"] else "**no**")
+        lines.append(f"| {goal['goal']} | {goal['value']:.2f} | {target} | {met} |")
+    for note in summary["notes"]:
+        lines += ["", f"_{note}_"]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--smoke", action="store_true", help="every case once, 1 s, debug builds, no Locust install")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--connections", type=int, default=64)
+    parser.add_argument("--only", default="", help="comma-separated case names (direct, gateway, nginx, cart, telemetry, memory, generator)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--json", default=str(ROOT / "reports" / "bench.json"))
+    parser.add_argument("--no-build", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        args.duration, args.repeats = 1, 1
+        args.out = str(ROOT / "reports" / "bench-smoke.md")
+        args.json = str(ROOT / "reports" / "bench-smoke.json")
+
+    ensure_tools(need_locust=not args.smoke)
+    if not args.no_build:
+        profile = [] if args.smoke else ["--release"]
+        packages = ["-p", "gateway", "-p", "catalog", "-p", "cart"]
+        if (ROOT / "ops" / "loadtest").exists():
+            packages += ["-p", "loadtest"]
+        subprocess.run(["cargo", "build", *profile, *packages], cwd=ROOT, check=True)
+    summary = Bench(args).run()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(summary, indent=2))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    write_markdown(summary, args, Path(args.out))
+    log(f"wrote {args.out} and {args.json}")
+    broken = [name for name, case in summary["cases"].items() if case["rps"] <= 0]
+    if broken:
+        log(f"cases with no successful requests: {broken}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
