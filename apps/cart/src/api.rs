@@ -36,8 +36,10 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .with_state(state)
 }
 
-/// Seed 003's `POST /cart/add` body.
+/// Seed 003's `POST /cart/add` body. Unknown members are refused (400), so a client cannot
+/// slip in fields (a price, a version) it has no say over.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SimpleAddRequest {
     #[schema(example = "user-123")]
     pub user_id: String,
@@ -47,8 +49,9 @@ pub struct SimpleAddRequest {
     pub quantity: i64,
 }
 
-/// Seed 000's / 001's add-item body.
+/// Seed 000's / 001's add-item body (unknown members refused).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddItemRequest {
     #[schema(example = "prod-123")]
     pub product_id: String,
@@ -56,8 +59,9 @@ pub struct AddItemRequest {
     pub quantity: i64,
 }
 
-/// Seed 001's update-quantity body.
+/// Seed 001's update-quantity body (unknown members refused).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateItemRequest {
     #[schema(example = 3)]
     pub quantity: i64,

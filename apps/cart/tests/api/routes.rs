@@ -158,6 +158,9 @@ async fn bad_input_is_a_400_problem_and_changes_nothing() {
         "{\"product_id\": \"prod-123\", \"quantity\": 99999999999}",
         "{\"product_id\": \"bad id with spaces\", \"quantity\": 1}",
         "[]",
+        // Mass assignment: members the client has no say over are refused, not ignored.
+        "{\"product_id\": \"prod-123\", \"quantity\": 1, \"price\": 0}",
+        "{\"product_id\": \"prod-123\", \"quantity\": 1, \"user_id\": \"someone-else\"}",
     ];
     for body in bodies {
         let response = client()
