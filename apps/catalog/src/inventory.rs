@@ -23,11 +23,17 @@ use utoipa::ToSchema;
 /// How long commit/restock markers are kept to recognise a retried order id.
 pub const ORDER_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Most units one line may carry through the inventory API (the cart's `MAX_ITEM_QUANTITY`
+/// tops out at the same number).
+pub const MAX_LINE_QUANTITY: u32 = 1_000_000;
+
 /// A product and a number of units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Line {
-    #[schema(example = "prod-123")]
+    #[schema(example = "prod-123", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub product_id: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub quantity: u32,
 }
 
