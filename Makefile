@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart test bench bench-smoke lint fmt clean
+.PHONY: help build run-all run-gateway run-catalog run-cart test bench bench-smoke lint fmt clean schemathesis
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose v
 bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
 	$(CARGO) build --bins -p gateway -p catalog -p cart
 	python3 ops/bench/bench.py --smoke --no-build
+
+schemathesis: ## Fuzz every served OpenAPI document (st run --checks all; installs schemathesis in a venv)
+	./ops/schemathesis/run.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check
