@@ -132,3 +132,23 @@ impl EdgeMetrics {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The edge dashboard only charts metrics the gateway registers.
+    #[test]
+    fn the_edge_dashboard_names_only_registered_metrics() {
+        let dashboard = include_str!("../../../observability/grafana/dashboards/gateway-edge.json");
+        let source = include_str!("metrics.rs");
+        let mut names: Vec<&str> = dashboard
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|word| word.starts_with("gateway_") && word.len() > "gateway_".len())
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        assert!(names.len() >= 10, "{names:?}");
+        for name in names {
+            assert!(source.contains(&format!("\"{name}\"")), "{name} is charted but not registered");
+        }
+    }
+}
