@@ -42,9 +42,19 @@ pub fn router(state: AppState) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SimpleAddRequest {
-    #[schema(example = "user-123", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        example = "user-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub user_id: String,
-    #[schema(example = "prod-123", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub product_id: String,
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(example = 2, minimum = 1)]
@@ -56,7 +66,12 @@ pub struct SimpleAddRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddItemRequest {
-    #[schema(example = "prod-123", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub product_id: String,
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(example = 2, minimum = 1)]

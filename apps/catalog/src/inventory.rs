@@ -30,7 +30,12 @@ pub const MAX_LINE_QUANTITY: u32 = 1_000_000;
 /// A product and a number of units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Line {
-    #[schema(example = "prod-123", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub product_id: String,
     #[schema(minimum = 1, maximum = 1_000_000)]
     #[serde(deserialize_with = "shopstack_common::extract::whole_number")]

@@ -148,7 +148,10 @@ mod tests {
         names.dedup();
         assert!(names.len() >= 10, "{names:?}");
         for name in names {
-            assert!(source.contains(&format!("\"{name}\"")), "{name} is charted but not registered");
+            assert!(
+                source.contains(&format!("\"{name}\"")),
+                "{name} is charted but not registered"
+            );
         }
     }
 }
