@@ -171,6 +171,14 @@ impl GatewayConfig {
             || self.jwt_public_key_file.is_some()
     }
 
+    /// The shared settings this gateway runs with: with edge auth on, its own `/stress` needs
+    /// the admin token too.
+    pub fn common_config(&self) -> CommonConfig {
+        let mut common = self.common.clone();
+        common.stress_require_admin |= self.auth_enabled();
+        common
+    }
+
     /// Reject values no edge could work with, naming the variable.
     pub fn validate(&self) -> anyhow::Result<()> {
         if !(1..=3).contains(&self.retry_max_attempts) {
@@ -266,6 +274,19 @@ impl std::str::FromStr for TimeoutTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn edge_auth_puts_stress_behind_the_admin_token() {
+        let open = GatewayConfig::try_parse_from(["gateway"]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!open.auth_enabled());
+        assert!(!open.common_config().stress_require_admin);
+        let guarded =
+            GatewayConfig::try_parse_from(["gateway", "--jwt-secret", "0123456789abcdef0123456789abcdef"])
+                .unwrap_or_else(|e| panic!("{e}"));
+        assert!(guarded.auth_enabled());
+        assert!(guarded.common_config().stress_require_admin);
+    }
 
     #[test]
     fn timeout_table_forms() {

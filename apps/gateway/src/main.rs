@@ -7,7 +7,7 @@ use shopstack_common::server;
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let mut config = GatewayConfig::parse();
+    let config = GatewayConfig::parse();
     if let Some(Command::MintToken(args)) = &config.command {
         return match auth::mint_command(&config, args) {
             Ok(()) => ExitCode::SUCCESS,
@@ -24,11 +24,7 @@ async fn main() -> ExitCode {
         eprintln!("error: invalid configuration: {error:#}");
         return ExitCode::from(2);
     }
-    // With edge auth on, the gateway's own /stress needs the admin token too.
-    if config.auth_enabled() {
-        config.common.stress_require_admin = true;
-    }
-    server::run(config.common.clone(), DEFAULTS, |platform| async move {
+    server::run(config.common_config(), DEFAULTS, |platform| async move {
         Ok(app(GatewayState::new(&config, platform)?))
     })
     .await
