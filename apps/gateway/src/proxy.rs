@@ -1,8 +1,8 @@
 //! Forwarding one request to a backend and its answer back, through the edge policies:
 //!
-//! 1. body limit by `Content-Length` (413);
-//! 2. who is calling: a verified JWT subject, or the client IP ([`crate::auth`]);
-//! 3. rate limit per client (429 + `Retry-After`, [`crate::ratelimit`]);
+//! 1. who is calling: a verified JWT subject, or the client IP ([`crate::auth`]);
+//! 2. rate limit per client (429 + `Retry-After`, [`crate::ratelimit`]);
+//! 3. body limit (413): by `Content-Length` at once, or while reading;
 //! 4. access: admin token, bearer token, owner of the path's or body's user (401 / 404);
 //! 5. load shedding: a slot among the backend's `UPSTREAM_MAX_CONCURRENCY` (fast 503);
 //! 6. attempts: breaker admission (fast 503 while open), a replica picked by the balancer, an
@@ -116,21 +116,6 @@ pub async fn forward(
     let limit = state.platform.settings().max_body_bytes;
     let (mut parts, body) = request.into_parts();
 
-    let declared_length = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
-    if let Some(length) = declared_length.filter(|&length| length > limit) {
-        // Read a moderately oversized body before answering, so the client reads the 413
-        // instead of a reset; a client waiting for `100 Continue` never sends it.
-        let expects_continue = parts.headers.contains_key(header::EXPECT);
-        if !expects_continue && length <= limit + DRAIN_MAX_BYTES {
-            drain(body.into_data_stream(), DRAIN_MAX_BYTES + limit).await;
-        }
-        return Err(GatewayError::BodyTooLarge { limit });
-    }
-
     let caller = match &state.auth {
         Some(auth) if spec.access != Access::Admin => auth.identify(&parts.headers),
         _ => Caller::Anonymous,
@@ -149,6 +134,21 @@ pub async fn forward(
                 .inc();
             return Err(GatewayError::RateLimited { retry_after });
         }
+    }
+
+    let declared_length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
+    if let Some(length) = declared_length.filter(|&length| length > limit) {
+        // Read a moderately oversized body before answering, so the client reads the 413
+        // instead of a reset; a client waiting for `100 Continue` never sends it.
+        let expects_continue = parts.headers.contains_key(header::EXPECT);
+        if !expects_continue && length <= limit + DRAIN_MAX_BYTES {
+            drain(body.into_data_stream(), DRAIN_MAX_BYTES + limit).await;
+        }
+        return Err(GatewayError::BodyTooLarge { limit });
     }
 
     let user = authorize(&state, spec, caller, &mut parts).await?;
