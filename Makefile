@@ -5,7 +5,15 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart test bench bench-smoke lint fmt clean schemathesis
+.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke lint fmt clean load-test \
+	observability-tools check-observability compose-up compose-down docker-build schemathesis
+
+# Docker: `docker compose` (v2) when present, else Debian's docker-compose (validation only).
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+# compose-up profile: full (everything) or lite (no collector, Tempo, Loki, log shipper).
+PROFILE ?= full
+IMAGE_TAG ?= dev
+IMAGES ?= gateway catalog cart orders
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-16s %s\n", $$1, $$2}'
@@ -25,7 +33,20 @@ run-catalog: ## Run the catalog on :8001
 run-cart: ## Run the cart on :8002
 	$(CARGO) run -p cart
 
-test: ## Run every test (the command CI runs)
+run-orders: ## Run the orders service on :8003 (SQLite under ./data/ unless DATABASE_URL is set)
+	$(CARGO) run -p orders
+
+# `make load-test` knobs, e.g. `make load-test LOAD_TIME=5m LOAD_ARGS="--fault-at 60s:cart.failure_rate=0.2"`.
+LOAD_HOST ?= http://127.0.0.1:8000
+LOAD_USERS ?= 50
+LOAD_RATE ?= 10
+LOAD_TIME ?= 60s
+LOAD_ARGS ?=
+
+load-test: ## Goose load test against the running stack (start it with `make run-all`); reports in reports/
+	$(CARGO) run --quiet -p loadtest -- --host $(LOAD_HOST) --users $(LOAD_USERS) --hatch-rate $(LOAD_RATE) --run-time $(LOAD_TIME) $(LOAD_ARGS)
+
+test: check-observability ## Run every test (the command CI runs)
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 
@@ -33,7 +54,8 @@ bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose v
 	python3 ops/bench/bench.py
 
 bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
-	$(CARGO) build --bins -p gateway -p catalog -p cart
+	$(CARGO) build --bins -p gateway -p catalog -p cart -p loadtest
+	$(CARGO) build -p gateway --example otlp_sink
 	python3 ops/bench/bench.py --smoke --no-build
 
 schemathesis: ## Fuzz every served OpenAPI document (st run --checks all; installs schemathesis in a venv)
@@ -47,5 +69,30 @@ fmt: ## Format the code
 	$(CARGO) fmt --all
 
 clean: ## Stop stray local services and remove build output
-	-pkill -x gateway; pkill -x catalog; pkill -x cart; true
+	-pkill -x gateway; pkill -x catalog; pkill -x cart; pkill -x orders; true
 	$(CARGO) clean
+
+observability-tools: ## Install Prometheus/promtool and a Compose validator if missing (Debian packages)
+	./ops/observability-tools.sh
+
+check-observability: observability-tools ## promtool checks and alert unit tests; validate docker-compose.yml (no engine needed)
+	promtool check config observability/prometheus/prometheus.yml
+	promtool check rules observability/prometheus/rules/*.yml
+	promtool test rules observability/prometheus/tests/*.yml
+	$(COMPOSE) -f docker-compose.yml config -q
+	$(COMPOSE) -f docker-compose.yml --env-file observability/compose/lite.env config -q
+	@if python3 -c 'import yaml' 2>/dev/null; then \
+	  python3 -c 'import sys, yaml; [yaml.safe_load(open(f)) for f in sys.argv[1:]]' \
+	    observability/otel-collector/config.yaml observability/tempo/tempo.yaml observability/loki/loki.yaml \
+	    observability/grafana/provisioning/*/*.yml && echo "collector, Tempo, Loki and Grafana provisioning files are valid YAML"; \
+	fi
+
+compose-up: ## Build and start the whole system in Docker (PROFILE=full|lite); Grafana on :3000
+	$(COMPOSE) $(if $(filter lite,$(PROFILE)),--env-file observability/compose/lite.env,) up -d --build
+	@echo "Grafana http://localhost:3000 · gateway http://localhost:8000 · Prometheus http://localhost:9090"
+
+compose-down: ## Stop the Docker stack (data volumes kept; add -v by hand to drop them)
+	$(COMPOSE) --profile full down --remove-orphans
+
+docker-build: ## Build the service images shopstack/<service>:$(IMAGE_TAG) from the one Dockerfile
+	for service in $(IMAGES); do docker build --target $$service -t shopstack/$$service:$(IMAGE_TAG) . || exit 1; done

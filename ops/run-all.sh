@@ -4,7 +4,7 @@
 set -euo pipefail
 
 BIN_DIR=${BIN_DIR:-target/debug}
-SERVICES=${SERVICES:-"catalog cart gateway"}
+SERVICES=${SERVICES:-"catalog cart orders gateway"}
 pids=()
 
 stop_all() {

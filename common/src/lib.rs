@@ -15,13 +15,16 @@
 //! - [`health`]: dependency checks and draining state behind the probes ([`routes`]).
 //! - [`simulation`]: injected latency and failures.
 //! - [`client`]: the outbound HTTP client that continues traces.
+//! - [`events`]: domain events on NATS JetStream (or logged when `NATS_URL` is unset).
 //! - [`problem`]: RFC 9457 errors; [`extract`]: extractors that reject with them.
 //! - [`server`]: bind, serve, drain and stop; [`money`]: exact amounts; [`testing`]: test servers.
+//! - [`probe`]: `<binary> healthcheck`, the container probe (no curl in a distroless image).
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod client;
 pub mod config;
+pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
@@ -30,6 +33,7 @@ pub mod money;
 pub mod observe;
 pub mod pagination;
 pub mod platform;
+pub mod probe;
 pub mod problem;
 pub mod propagation;
 pub mod redis;

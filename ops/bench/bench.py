@@ -262,7 +262,8 @@ end
 class Bench:
     def __init__(self, args):
         self.args = args
-        self.bins = ROOT / "target" / ("debug" if args.smoke else "release")
+        target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+        self.bins = target / ("debug" if args.smoke else "release")
         self.results = {}
         self.memory = {}
         self.generators = {}
@@ -468,7 +469,7 @@ class OtlpSink:
     """A local OTLP/gRPC endpoint that accepts and drops spans (the cost measured is the exporter's)."""
 
     def __init__(self, bins):
-        sink = bins / "otlp-sink"
+        sink = bins / "examples" / "otlp_sink"
         self.port = free_port()
         if sink.exists():
             self.process = subprocess.Popen(pinned(LOAD_CORE, [str(sink), "--port", str(self.port)]),
@@ -571,6 +572,7 @@ def main():
         if (ROOT / "ops" / "loadtest").exists():
             packages += ["-p", "loadtest"]
         subprocess.run(["cargo", "build", *profile, *packages], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", *profile, "-p", "gateway", "--example", "otlp_sink"], cwd=ROOT, check=True)
     summary = Bench(args).run()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2))

@@ -24,4 +24,9 @@ pub struct CartConfig {
     /// Carts untouched this long expire (seed 002: 30 days), e.g. 30d, 12h, 90s.
     #[arg(long, env = "CART_TTL", default_value = "30d", value_parser = parse_duration)]
     pub cart_ttl: Duration,
+
+    /// Publish cart events to (and consume order events from) NATS JetStream at this URL, e.g.
+    /// nats://127.0.0.1:4222. Unset: cart events are logged.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
 }

@@ -3,12 +3,14 @@
 //!
 //! - [`config`]: settings; [`store`]: the storage trait and its backends;
 //! - [`service`]: the cart rules (validation, catalog check, optimistic writes);
-//! - [`catalog_client`]: calls to the catalog; [`api`]: HTTP handlers; [`error`]: the error enum.
+//! - [`catalog_client`]: calls to the catalog; [`api`]: HTTP handlers; [`error`]: the error enum;
+//! - [`events`]: cart events out, order events in (NATS JetStream when `NATS_URL` is set).
 
 pub mod api;
 pub mod catalog_client;
 pub mod config;
 pub mod error;
+pub mod events;
 pub mod redis_store;
 pub mod service;
 pub mod store;
@@ -27,8 +29,10 @@ use shopstack_common::simulation::SimulationProfile;
 
 use catalog_client::CatalogClient;
 pub use config::CartConfig;
+use events::CartEvents;
 use redis_store::RedisStore;
 use service::CartService;
+use shopstack_common::events::EventBus;
 use store::{CartStore, MemoryStore};
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
@@ -90,13 +94,22 @@ impl AppState {
             config.catalog_service_url.0.clone(),
             config.catalog_timeout,
         );
+        let bus = EventBus::from_url(
+            config.nats_url.as_deref(),
+            &platform.identity().name,
+            registry,
+            platform.health(),
+        )
+        .await?;
         let carts = CartService::new(
             store,
             catalog,
             config.max_item_quantity,
             config.cart_ttl,
             operations,
-        );
+        )
+        .with_events(CartEvents::start(bus.clone()));
+        events::consume_order_events(&bus, carts.clone());
         tracing::info!(store = carts.store().backend(), "cart store ready");
         Ok(Self {
             platform,

@@ -10,6 +10,7 @@ use utoipa::ToSchema;
 
 use crate::catalog_client::CatalogClient;
 use crate::error::CartError;
+use crate::events::CartEvents;
 use crate::store::{CartStore, StoreError, StoredCart};
 
 /// How often a write re-reads and retries after losing a version race before answering 409.
@@ -81,6 +82,8 @@ pub struct CartService {
     /// Carts (and their reservations) expire this long after their last change.
     ttl: Duration,
     operations: IntCounterVec,
+    /// Where cart events go (see [`crate::events`]); none: not published.
+    events: Option<CartEvents>,
 }
 
 impl CartService {
@@ -97,7 +100,14 @@ impl CartService {
             max_quantity,
             ttl,
             operations,
+            events: None,
         }
+    }
+
+    /// Publish cart events on `events`.
+    pub fn with_events(mut self, events: CartEvents) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn store(&self) -> &Arc<dyn CartStore> {
@@ -143,6 +153,9 @@ impl CartService {
                 .await
         }
         .await;
+        if let (Ok(view), Some(events)) = (&result, &self.events) {
+            events.item_added(view, product_id, quantity);
+        }
         self.count("add", &result);
         result
     }
@@ -162,6 +175,9 @@ impl CartService {
                 .await
         }
         .await;
+        if let (Ok(view), Some(events)) = (&result, &self.events) {
+            events.item_updated(view, product_id);
+        }
         self.count("update", &result);
         result
     }
@@ -179,6 +195,9 @@ impl CartService {
                 .await
         }
         .await;
+        if let (Ok(view), Some(events)) = (&result, &self.events) {
+            events.item_removed(view, product_id);
+        }
         self.count("remove", &result);
         result
     }
@@ -193,6 +212,9 @@ impl CartService {
                     Ok(cleared) => {
                         if !cart.lines.is_empty() {
                             self.release_reservations(user_id).await;
+                            if let Some(events) = &self.events {
+                                events.cleared(&CartView::of(user_id, &cleared), cart.lines.len());
+                            }
                         }
                         return Ok(CartView::of(user_id, &cleared));
                     }

@@ -29,6 +29,10 @@ pub struct GatewayConfig {
     #[arg(long, env = "CART_SERVICE_URL", default_value = "http://127.0.0.1:8002")]
     pub cart_service_url: UrlList,
 
+    /// Orders base URL(s); a comma-separated list means replicas.
+    #[arg(long, env = "ORDERS_SERVICE_URL", default_value = "http://127.0.0.1:8003")]
+    pub orders_service_url: UrlList,
+
     /// How long one attempt at a backend may take: `5s`, or per backend `5s,cart=2s,catalog=800ms`
     /// (a bare duration is the default for the others).
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "5s")]
@@ -156,6 +160,7 @@ impl GatewayConfig {
         vec![
             (Backend::Catalog, self.catalog_service_url.0.clone()),
             (Backend::Cart, self.cart_service_url.0.clone()),
+            (Backend::Orders, self.orders_service_url.0.clone()),
         ]
     }
 

@@ -52,7 +52,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 
 pub const INFO: ApiInfo = ApiInfo {
     title: "ShopStack gateway",
-    description: "The front door: every catalog and cart route, proxied with retries, circuit breakers, load shedding, rate limits and (when configured) JWT auth; JSON 502/503/504 naming the backend that failed.",
+    description: "The front door: every catalog, cart and orders route, proxied with retries, circuit breakers, load shedding, rate limits and (when configured) JWT auth; JSON 502/503/504 naming the backend that failed.",
 };
 
 /// Edge settings that apply to every request.

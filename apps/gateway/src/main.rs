@@ -7,6 +7,9 @@ use shopstack_common::server;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    if let Some(code) = shopstack_common::probe::healthcheck_from_args(DEFAULTS.port) {
+        return code;
+    }
     let config = GatewayConfig::parse();
     if let Some(Command::MintToken(args)) = &config.command {
         return match auth::mint_command(&config, args) {

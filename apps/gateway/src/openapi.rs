@@ -127,14 +127,15 @@ fn operation_for(spec: &RouteSpec, backend_doc: Option<&Value>, edge: EdgeDoc) -
         }
     }
     let needs_user = edge.auth && spec.access.needs_user();
-    if spec.access == Access::Admin {
+    let needs_admin = spec.access == Access::Admin || (edge.auth && spec.access == Access::Staff);
+    if needs_admin {
         object.insert("security".into(), json!([{"admin_token": []}]));
     } else if needs_user {
         object.insert("security".into(), json!([{"bearer_jwt": []}]));
     }
     let responses = object.entry("responses").or_insert_with(|| json!({}));
     if let Some(responses) = responses.as_object_mut() {
-        if spec.access == Access::Admin || needs_user {
+        if needs_admin || needs_user {
             responses.insert(
                 "401".into(),
                 problem_response_with_header(
@@ -148,7 +149,12 @@ fn operation_for(spec: &RouteSpec, backend_doc: Option<&Value>, edge: EdgeDoc) -
                 ),
             );
         }
-        if needs_user && matches!(spec.access, Access::OwnerInPath(_) | Access::OwnerInBody(_)) {
+        if needs_user
+            && matches!(
+                spec.access,
+                Access::OwnerInPath(_) | Access::OwnerInBody(_) | Access::OwnerOfResource { .. }
+            )
+        {
             responses.entry("404").or_insert_with(|| {
                 problem_response("Another user's resource (answered as if it did not exist)")
             });

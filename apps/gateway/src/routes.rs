@@ -8,16 +8,18 @@ use axum::http::Method;
 pub enum Backend {
     Catalog,
     Cart,
+    Orders,
 }
 
 impl Backend {
-    pub const ALL: [Backend; 2] = [Backend::Catalog, Backend::Cart];
+    pub const ALL: [Backend; 3] = [Backend::Catalog, Backend::Cart, Backend::Orders];
 
     /// The `upstream` label and the name in errors, `/healthz` and `UPSTREAM_TIMEOUT`.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Catalog => "catalog",
             Backend::Cart => "cart",
+            Backend::Orders => "orders",
         }
     }
 }
@@ -33,9 +35,19 @@ pub enum Access {
     OwnerInPath(&'static str),
     /// The user named by this top-level member of the JSON body (`POST /cart/add`).
     OwnerInBody(&'static str),
+    /// A resource owned by a user, found by id: the gateway first reads the resource at
+    /// `lookup` (this route's path parameters filled in) on the same backend, and the user at
+    /// the JSON pointer `owner` must be the token's subject (another user's answers 404).
+    OwnerOfResource {
+        lookup: &'static str,
+        owner: &'static str,
+    },
     /// Any authenticated user; the backend receives the subject in `x-user-id` and checks
-    /// ownership itself (routes that name a resource, not a user, like `/api/orders/{id}`).
+    /// ownership itself.
     Authenticated,
+    /// Operators' routes (all orders, status changes): open while edge auth is off, as seed
+    /// clients expect; the admin token once it is on.
+    Staff,
     /// `Authorization: Bearer $ADMIN_TOKEN`, checked here and forwarded for the backend's own
     /// check; auth on or off.
     Admin,
@@ -46,7 +58,10 @@ impl Access {
     pub fn needs_user(self) -> bool {
         matches!(
             self,
-            Access::OwnerInPath(_) | Access::OwnerInBody(_) | Access::Authenticated
+            Access::OwnerInPath(_)
+                | Access::OwnerInBody(_)
+                | Access::OwnerOfResource { .. }
+                | Access::Authenticated
         )
     }
 }
@@ -77,6 +92,18 @@ impl RouteSpec {
         self
     }
 
+    /// Owned by the user at JSON pointer `owner` of the resource at `lookup`.
+    fn owned_via(mut self, lookup: &'static str, owner: &'static str) -> Self {
+        self.access = Access::OwnerOfResource { lookup, owner };
+        self
+    }
+
+    /// Admin token required once edge auth is on.
+    fn staff(mut self) -> Self {
+        self.access = Access::Staff;
+        self
+    }
+
     /// Admin token required.
     fn admin(mut self) -> Self {
         self.access = Access::Admin;
@@ -101,9 +128,13 @@ fn rewrite(method: Method, path: &'static str, backend: Backend, backend_path: &
     }
 }
 
+/// Where an order's owner is read: seed 004's envelope around the order.
+const ORDER: &str = "/api/orders/{id}";
+const ORDER_OWNER: &str = "/data/user_id";
+
 /// Every route the gateway proxies.
 pub fn table() -> Vec<RouteSpec> {
-    use Backend::{Cart, Catalog};
+    use Backend::{Cart, Catalog, Orders};
     vec![
         // Catalog (seed 003)
         to(Method::GET, "/catalog", Catalog),
@@ -121,6 +152,14 @@ pub fn table() -> Vec<RouteSpec> {
         to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart).owned_by("user_id"),
         // Operators set stock (admin token checked here and by the catalog).
         to(Method::PUT, "/admin/stock/{product_id}", Catalog).admin(),
+        // Orders (seed 004) and checkout
+        to(Method::POST, "/api/orders", Orders).owned_by_body("user_id"),
+        to(Method::GET, "/api/orders", Orders).staff(),
+        to(Method::POST, "/api/orders/checkout", Orders).owned_by_body("user_id"),
+        to(Method::GET, "/api/orders/{id}", Orders).owned_via(ORDER, ORDER_OWNER),
+        to(Method::PATCH, "/api/orders/{id}/status", Orders).staff(),
+        to(Method::POST, "/api/orders/{id}/cancel", Orders).owned_via(ORDER, ORDER_OWNER),
+        to(Method::GET, "/api/users/{user_id}/orders", Orders).owned_by("user_id"),
         // Each backend's simulation, reachable through :8000 for load tests.
         rewrite(
             Method::GET,
@@ -138,6 +177,20 @@ pub fn table() -> Vec<RouteSpec> {
         .admin(),
         rewrite(Method::GET, "/admin/cart/simulation", Cart, "/admin/simulation").admin(),
         rewrite(Method::PUT, "/admin/cart/simulation", Cart, "/admin/simulation").admin(),
+        rewrite(
+            Method::GET,
+            "/admin/orders/simulation",
+            Orders,
+            "/admin/simulation",
+        )
+        .admin(),
+        rewrite(
+            Method::PUT,
+            "/admin/orders/simulation",
+            Orders,
+            "/admin/simulation",
+        )
+        .admin(),
     ]
 }
 
@@ -156,6 +209,18 @@ mod tests {
             }
             if let Access::OwnerInPath(param) = spec.access {
                 assert!(spec.path.contains(&format!("{{{param}}}")), "{}", spec.path);
+            }
+            if let Access::OwnerOfResource { lookup, .. } = spec.access {
+                for param in lookup.split('/').filter(|s| s.starts_with('{')) {
+                    assert!(
+                        spec.path.contains(param),
+                        "{} has no {param} for {lookup}",
+                        spec.path
+                    );
+                }
+            }
+            if spec.backend == Backend::Orders && spec.method != Method::GET {
+                assert_ne!(spec.access, Access::Public, "{} {}", spec.method, spec.path);
             }
         }
     }

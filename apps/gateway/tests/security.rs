@@ -1,5 +1,5 @@
-//! Edge security in front of the real catalog and cart: forged tokens, ownership of carts,
-//! rate limits per client, admin-only routes, and the `mint-token` subcommand.
+//! Edge security in front of the real catalog, cart and orders: forged tokens, ownership of
+//! carts and orders, rate limits per client, admin-only routes, and the `mint-token` subcommand.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -47,6 +47,42 @@ impl Shop {
 
     fn cart_url(&self) -> String {
         self.cart.url("")
+    }
+}
+
+/// The orders service on a fresh SQLite file, in front of `shop`.
+struct Orders {
+    server: TestServer,
+    dir: std::path::PathBuf,
+}
+
+impl Orders {
+    async fn start(shop: &Shop) -> Orders {
+        let dir = std::env::temp_dir().join(format!(
+            "shopstack-gateway-orders-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        let database = format!("sqlite://{}/orders.db", dir.display());
+        let platform = Platform::new(Settings::for_tests("orders")).unwrap();
+        let config = orders::OrdersConfig::try_parse_from([
+            "orders",
+            "--database-url",
+            &database,
+            "--catalog-service-url",
+            &shop.catalog_url(),
+            "--cart-service-url",
+            &shop.cart_url(),
+        ])
+        .unwrap();
+        let state = orders::AppState::new(&config, platform.clone()).await.unwrap();
+        let server = TestServer::start(platform, orders::app(state)).await.unwrap();
+        Orders { server, dir }
+    }
+}
+
+impl Drop for Orders {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -489,4 +525,120 @@ async fn mint_token_prints_a_token_the_gateway_accepts() {
         .await
         .unwrap();
     assert_eq!(refused.status.code(), Some(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_orders_answer_404_and_operators_need_the_admin_token() {
+    let shop = Shop::start().await;
+    let orders = Orders::start(&shop).await;
+    let mut flags = AUTH_FLAGS.to_vec();
+    let orders_url = orders.server.url("");
+    flags.extend(["--orders-service-url", &orders_url]);
+    let (gw, state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    let http = client();
+    let alice = hs256(&claims("alice"), SECRET);
+    let bob = hs256(&claims("bob"), SECRET);
+    let order = |user: &str| json!({"user_id": user, "shipping_address": "1 Main St", "order_items": [{"product_id": "prod-110", "quantity": 1}]});
+
+    let created = http
+        .post(gw.url("/api/orders"))
+        .bearer_auth(&alice)
+        .json(&order("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let id = created.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let placed_for_alice = http
+        .post(gw.url("/api/orders"))
+        .bearer_auth(&bob)
+        .json(&order("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(placed_for_alice.status(), 404);
+
+    for attempt in [
+        http.get(gw.url(&format!("/api/orders/{id}"))),
+        http.post(gw.url(&format!("/api/orders/{id}/cancel"))),
+        http.get(gw.url("/api/users/alice/orders")),
+    ] {
+        let (status, kind, _) = problem_kind(attempt.bearer_auth(&bob).send().await.unwrap()).await;
+        assert_eq!((status, kind.as_str()), (404, "not-found"));
+    }
+    let mine: Value = http
+        .get(gw.url(&format!("/api/orders/{id}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["data"]["status"], "pending", "bob's cancel changed nothing");
+    assert_eq!(
+        http.get(gw.url("/api/users/alice/orders"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let unknown = http
+        .get(gw.url("/api/orders/00000000-0000-0000-0000-000000000000"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.status(), 404);
+
+    // Operators' routes: every order, and status changes.
+    assert_eq!(
+        http.get(gw.url("/api/orders"))
+            .bearer_auth(&alice)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let confirm = json!({"status": "confirmed"});
+    let by_alice = http
+        .patch(gw.url(&format!("/api/orders/{id}/status")))
+        .bearer_auth(&alice)
+        .json(&confirm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_alice.status(), 401);
+    assert_eq!(
+        http.get(gw.url("/api/orders"))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let by_staff = http
+        .patch(gw.url(&format!("/api/orders/{id}/status")))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&confirm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(by_staff.status(), 200);
+
+    let cancelled = http
+        .post(gw.url(&format!("/api/orders/{id}/cancel")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cancelled.status(), 200);
+    assert!(metric(&state, "gateway_auth_failures_total", &[("reason", "not_owner")]) >= 4.0);
 }

@@ -1,0 +1,438 @@
+//! One request through gateway → cart → catalog is one trace, exported over OTLP/gRPC by three
+//! processes: a test receiver collects the spans and checks the trace id, the parent/child
+//! links, the service names and the HTTP attributes.
+//!
+//! Each service runs as its own child process because a process has one global tracer provider
+//! (one `service.name`). The catalog and cart binaries are taken from the same target directory
+//! as this test's gateway binary; `cargo test --workspace` builds them (their own integration
+//! tests need them).
+//!
+//! Redis: run once on the embedded stores and once with a private `redis-server` (`REDIS_URL`
+//! given to the services): then the cart's and the catalog's Redis commands must appear as
+//! client spans under their service's server span.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use shopstack_common::testing::ServiceProcess;
+
+/// A span as received, with the `service.name` of the resource that sent it.
+#[derive(Debug, Clone)]
+struct Received {
+    service: String,
+    span: Span,
+}
+
+impl Received {
+    fn attribute(&self, key: &str) -> Option<String> {
+        attribute(&self.span.attributes, key)
+    }
+
+    fn kind(&self) -> SpanKind {
+        SpanKind::try_from(self.span.kind).unwrap_or(SpanKind::Unspecified)
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{} {:?} {:?} id={} parent={}",
+            self.service,
+            self.kind(),
+            self.span.name,
+            hex(&self.span.span_id),
+            hex(&self.span.parent_span_id)
+        )
+    }
+}
+
+fn attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
+    let value = attributes.iter().find(|kv| kv.key == key)?.value.as_ref()?;
+    text(value)
+}
+
+fn text(value: &AnyValue) -> Option<String> {
+    match value.value.as_ref()? {
+        any_value::Value::StringValue(text) => Some(text.clone()),
+        any_value::Value::IntValue(number) => Some(number.to_string()),
+        any_value::Value::BoolValue(flag) => Some(flag.to_string()),
+        any_value::Value::DoubleValue(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The test OTLP/gRPC receiver: keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Received>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut received = Vec::new();
+        for resource_spans in request.into_inner().resource_spans {
+            let service = resource_spans
+                .resource
+                .as_ref()
+                .and_then(|resource| attribute(&resource.attributes, "service.name"))
+                .unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(Received {
+                        service: service.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        self.spans.lock().unwrap().extend(received);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+impl Receiver {
+    /// Serve OTLP/gRPC (HTTP/2 cleartext) on a free loopback port; returns the endpoint URL.
+    async fn start(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let service = TraceServiceServer::new(self.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let service = TowerToHyperService::new(service.clone());
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        format!("http://{addr}")
+    }
+
+    fn trace(&self, trace_id: &[u8]) -> Vec<Received> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|received| received.span.trace_id == trace_id)
+            .cloned()
+            .collect()
+    }
+}
+
+/// A binary built next to this test's gateway binary.
+fn sibling_binary(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name(name)
+}
+
+/// A trace id no one else uses: the clock and the process id.
+fn fresh_trace_id() -> [u8; 16] {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let mixed = nanos ^ (u128::from(std::process::id()) << 64) | 1;
+    mixed.to_be_bytes()
+}
+
+fn find<'a>(spans: &'a [Received], service: &str, kind: SpanKind, parent: &[u8]) -> Option<&'a Received> {
+    spans.iter().find(|received| {
+        received.service == service && received.kind() == kind && received.span.parent_span_id == parent
+    })
+}
+
+/// Is `ancestor` on the parent chain of `span`?
+fn descends_from(spans: &[Received], span: &Received, ancestor: &[u8]) -> bool {
+    let by_id: HashMap<&[u8], &Received> = spans
+        .iter()
+        .map(|received| (received.span.span_id.as_slice(), received))
+        .collect();
+    let mut current = span;
+    for _ in 0..spans.len() {
+        if current.span.parent_span_id == ancestor {
+            return true;
+        }
+        match by_id.get(current.span.parent_span_id.as_slice()) {
+            Some(parent) => current = parent,
+            None => return false,
+        }
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_request_is_one_trace_across_gateway_cart_and_catalog() {
+    trace_one_request(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_redis_the_redis_commands_are_child_spans_of_the_request() {
+    let redis = shopstack_common::testing::RedisServer::start().unwrap();
+    trace_one_request(Some(redis.url())).await;
+}
+
+async fn trace_one_request(redis_url: Option<String>) {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+
+    let mut common_env: Vec<(&str, String)> = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("SIMULATION", "off".into()),
+    ];
+    if let Some(url) = &redis_url {
+        common_env.push(("REDIS_URL", url.clone()));
+    }
+    let start = move |binary: PathBuf, extra: Vec<(&'static str, String)>| {
+        let env = common_env.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> = env
+                    .iter()
+                    .chain(extra.iter())
+                    .map(|(key, value)| (*key, value.as_str()))
+                    .collect();
+                ServiceProcess::spawn(&binary, &env).unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let catalog = start(sibling_binary("catalog"), vec![]).await;
+    let cart = start(
+        sibling_binary("cart"),
+        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+    )
+    .await;
+    let gateway = start(
+        PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+        vec![
+            ("CATALOG_SERVICE_URL", catalog.url("")),
+            ("CART_SERVICE_URL", cart.url("")),
+        ],
+    )
+    .await;
+
+    // The caller's own span: the gateway must continue its trace.
+    let trace_id = fresh_trace_id();
+    let caller_span_id = [0x5a, 0x17, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01];
+    let traceparent = format!("00-{}-{}-01", hex(&trace_id), hex(&caller_span_id));
+    let client = reqwest::Client::new();
+    let response = client
+        .post(gateway.url("/v1/cart/trace-user"))
+        .header("traceparent", &traceparent)
+        .json(&serde_json::json!({"product_id": "prod-110", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    assert_eq!(
+        response
+            .headers()
+            .get("x-trace-id")
+            .and_then(|value| value.to_str().ok()),
+        Some(hex(&trace_id).as_str()),
+        "the gateway answers with the caller's trace id"
+    );
+
+    // Wait (bounded) for the five spans of the hop chain to arrive.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = receiver.trace(&trace_id);
+        let services: Vec<&str> = spans.iter().map(|span| span.service.as_str()).collect();
+        let servers = spans
+            .iter()
+            .filter(|span| span.kind() == SpanKind::Server)
+            .count();
+        let clients = spans
+            .iter()
+            .filter(|span| span.kind() == SpanKind::Client)
+            .count();
+        let complete = servers >= 3
+            && clients >= 2
+            && ["gateway", "cart", "catalog"]
+                .iter()
+                .all(|name| services.contains(name));
+        if complete || Instant::now() >= deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let listing: Vec<String> = spans.iter().map(Received::describe).collect();
+    let listing = listing.join("\n  ");
+    eprintln!("spans of trace {}:\n  {listing}", hex(&trace_id));
+
+    // gateway server span: the child of the caller's span.
+    let gateway_server = find(&spans, "gateway", SpanKind::Server, &caller_span_id)
+        .unwrap_or_else(|| panic!("no gateway server span under the caller's span:\n  {listing}"));
+    assert_eq!(
+        gateway_server.attribute("http.route").as_deref(),
+        Some("/v1/cart/{user_id}")
+    );
+    assert_eq!(
+        gateway_server.attribute("http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        gateway_server.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    assert_eq!(gateway_server.span.name, "POST /v1/cart/{user_id}");
+
+    // gateway client span → cart.
+    let gateway_client = find(&spans, "gateway", SpanKind::Client, &gateway_server.span.span_id)
+        .unwrap_or_else(|| panic!("no gateway client span under its server span:\n  {listing}"));
+    assert_eq!(gateway_client.attribute("peer.service").as_deref(), Some("cart"));
+    assert_eq!(
+        gateway_client.attribute("http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        gateway_client.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+    let cart_url = gateway_client.attribute("url.full").unwrap_or_default();
+    assert!(
+        cart_url.starts_with(&cart.url("/v1/cart/trace-user")),
+        "gateway called {cart_url}"
+    );
+
+    // cart server span: the child of the gateway's client span (traceparent crossed the hop).
+    let cart_server = find(&spans, "cart", SpanKind::Server, &gateway_client.span.span_id)
+        .unwrap_or_else(|| panic!("no cart server span under the gateway's client span:\n  {listing}"));
+    assert_eq!(
+        cart_server.attribute("http.route").as_deref(),
+        Some("/v1/cart/{user_id}")
+    );
+    assert_eq!(
+        cart_server.attribute("http.response.status_code").as_deref(),
+        Some("200")
+    );
+
+    // cart client span → catalog, somewhere under the cart's server span.
+    let cart_client = spans
+        .iter()
+        .find(|span| {
+            span.service == "cart"
+                && span.kind() == SpanKind::Client
+                && span.attribute("peer.service").as_deref() == Some("catalog")
+                && descends_from(&spans, span, &cart_server.span.span_id)
+        })
+        .unwrap_or_else(|| {
+            panic!("no cart → catalog client span under the cart's server span:\n  {listing}")
+        });
+    // (Which catalog call the cart makes is the cart's business — today a stock hold; the
+    // test checks that both sides of the hop describe the same call.)
+    let called_method = cart_client.attribute("http.request.method");
+    assert!(called_method.is_some(), "{}", cart_client.describe());
+
+    // catalog server span: the child of the cart's client span, for the same route.
+    let catalog_server = find(&spans, "catalog", SpanKind::Server, &cart_client.span.span_id)
+        .unwrap_or_else(|| panic!("no catalog server span under the cart's client span:\n  {listing}"));
+    assert_eq!(
+        catalog_server.span.name, cart_client.span.name,
+        "client and server name the same route template"
+    );
+    assert_eq!(catalog_server.attribute("http.request.method"), called_method);
+    let catalog_route = catalog_server.attribute("http.route").unwrap_or_default();
+    assert!(
+        catalog_route.starts_with('/') && catalog_route.contains('{'),
+        "a route template, not a raw path: {catalog_route}"
+    );
+    assert!(
+        catalog_server
+            .attribute("url.path")
+            .is_some_and(|path| path.contains("prod-110")),
+        "the catalog call is about the product added"
+    );
+    let catalog_status = catalog_server
+        .attribute("http.response.status_code")
+        .unwrap_or_default();
+    assert!(
+        catalog_status.starts_with('2'),
+        "catalog answered {catalog_status}"
+    );
+
+    // One connected tree: every span's parent is in the trace, except the one under the caller.
+    let ids: Vec<&[u8]> = spans.iter().map(|span| span.span.span_id.as_slice()).collect();
+    let orphans: Vec<String> = spans
+        .iter()
+        .filter(|span| {
+            span.span.parent_span_id != caller_span_id && !ids.contains(&span.span.parent_span_id.as_slice())
+        })
+        .map(Received::describe)
+        .collect();
+    assert!(
+        orphans.is_empty(),
+        "spans with a parent outside the trace: {orphans:?}"
+    );
+    assert_eq!(
+        spans
+            .iter()
+            .filter(|span| span.span.parent_span_id == caller_span_id)
+            .count(),
+        1,
+        "exactly one span continues the caller's span:\n  {listing}"
+    );
+
+    // Redis, when configured: each service's Redis commands are client spans under its own
+    // server span (the cart's cart writes and reservations, the catalog's stock lookups).
+    if redis_url.is_some() {
+        for (service, server) in [("cart", cart_server), ("catalog", catalog_server)] {
+            let redis_spans: Vec<&Received> = spans
+                .iter()
+                .filter(|span| {
+                    span.service == service && span.attribute("db.system.name").as_deref() == Some("redis")
+                })
+                .collect();
+            assert!(
+                !redis_spans.is_empty(),
+                "REDIS_URL is set but {service} exported no Redis spans:\n  {listing}"
+            );
+            for span in redis_spans {
+                assert_eq!(span.kind(), SpanKind::Client, "{}", span.describe());
+                assert!(
+                    descends_from(&spans, span, &server.span.span_id),
+                    "Redis span outside {service}'s request: {}",
+                    span.describe()
+                );
+            }
+        }
+    } else {
+        assert!(
+            spans
+                .iter()
+                .all(|span| span.attribute("db.system.name").is_none()),
+            "no Redis spans without Redis:\n  {listing}"
+        );
+    }
+
+    drop(gateway);
+    drop(cart);
+    drop(catalog);
+}

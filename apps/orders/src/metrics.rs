@@ -1,0 +1,102 @@
+//! The orders service's business metrics (the HTTP ones and `events_published_total` come from
+//! `common`).
+
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use shopstack_common::metrics::register;
+
+use crate::model::OrderStatus;
+
+/// Order values (dollars) worth telling apart on a dashboard.
+const VALUE_BUCKETS: &[f64] = &[
+    5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+];
+
+#[derive(Clone)]
+pub struct OrdersMetrics {
+    /// `orders_created_total{source}`: orders placed (direct or checkout).
+    pub created: IntCounterVec,
+    /// `order_value_dollars`: the total of each order placed.
+    pub value: Histogram,
+    /// `order_status_transitions_total{from,to}`.
+    pub transitions: IntCounterVec,
+    /// `orders_by_status{status}`: orders in the database per status (refreshed every few seconds).
+    pub by_status: IntGaugeVec,
+    /// `checkouts_total{result}`: checkout requests by outcome.
+    pub checkouts: IntCounterVec,
+    /// `order_saga_recoveries_total{outcome}`: interrupted order placements finished or undone.
+    pub recoveries: IntCounterVec,
+    /// `outbox_backlog`: events written but not yet published.
+    pub outbox_backlog: IntGauge,
+}
+
+impl OrdersMetrics {
+    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let by_status = register(
+            registry,
+            IntGaugeVec::new(
+                Opts::new("orders_by_status", "Orders in the database, by status."),
+                &["status"],
+            )?,
+        )?;
+        for status in OrderStatus::ALL {
+            by_status.with_label_values(&[status.as_str()]).set(0);
+        }
+        Ok(Self {
+            created: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "orders_created_total",
+                        "Orders placed, by source (direct, checkout).",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            value: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "order_value_dollars",
+                        "Total amount of each order placed, in dollars.",
+                    )
+                    .buckets(VALUE_BUCKETS.to_vec()),
+                )?,
+            )?,
+            transitions: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "order_status_transitions_total",
+                        "Order status changes, by from and to.",
+                    ),
+                    &["from", "to"],
+                )?,
+            )?,
+            by_status,
+            checkouts: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new("checkouts_total", "Checkout requests, by result."),
+                    &["result"],
+                )?,
+            )?,
+            recoveries: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "order_saga_recoveries_total",
+                        "Interrupted order placements resolved by the recovery task, by outcome (finished, undone).",
+                    ),
+                    &["outcome"],
+                )?,
+            )?,
+            outbox_backlog: register(
+                registry,
+                IntGauge::new(
+                    "outbox_backlog",
+                    "Order events written to the outbox but not yet published.",
+                )?,
+            )?,
+        })
+    }
+}

@@ -1,0 +1,9 @@
+//! Orders tests over real HTTP on port 0, with the real catalog, cart and gateway beside the
+//! service, on SQLite and on PostgreSQL (a fresh database per test), and with the test's own
+//! `nats-server` where events are concerned.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod checkout;
+mod contract;
+mod events;
+mod helpers;
