@@ -120,6 +120,10 @@ pub async fn gateway_with(
         "--cart-service-url",
         cart,
     ];
+    if !extra.contains(&"--orders-service-url") {
+        // No orders here unless a test brings one: point it at the cart, never at :8003.
+        args.extend(["--orders-service-url", cart]);
+    }
     args.extend_from_slice(extra);
     let config = GatewayConfig::try_parse_from(args).expect("gateway flags");
     let mut settings = Settings::for_tests("gateway");
