@@ -107,6 +107,19 @@ where
     T::try_from(whole).map_err(|_| D::Error::custom(format!("{number} is out of range")))
 }
 
+/// [`whole_number`] for an optional member (`null` or absent is `None`; pair it with
+/// `#[serde(default)]`).
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    #[derive(serde::Deserialize)]
+    struct Whole<T: TryFrom<i128>>(#[serde(deserialize_with = "whole_number")] T);
+    use serde::Deserialize as _;
+    Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(value)| value))
+}
+
 #[cfg(test)]
 mod tests {
     #[derive(Debug, serde::Deserialize)]

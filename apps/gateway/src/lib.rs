@@ -248,26 +248,33 @@ async fn index(State(state): State<GatewayState>) -> Json<GatewayInfo> {
 /// The gateway's router, ready to serve.
 pub fn app(state: GatewayState) -> Router {
     let mut api: OpenApiRouter<GatewayState> = OpenApiRouter::new().routes(routes!(index));
+    // `/admin/*` is never wrapped in the simulation (ARCHITECTURE.md): the proxied admin routes
+    // sit beside the business routes, not inside them.
+    let mut admin: OpenApiRouter<GatewayState> = OpenApiRouter::new();
     for spec in state.routes.iter() {
         let Ok(filter) = MethodFilter::try_from(spec.method.clone()) else {
             tracing::error!(method = %spec.method, path = spec.path, "route table entry with an unsupported method skipped");
             continue;
         };
         let spec = Arc::new(spec.clone());
-        api = api.route(
-            spec.path,
-            on(
-                filter,
-                move |State(state): State<GatewayState>, request: Request| {
-                    let spec = spec.clone();
-                    async move { proxy::forward(state, &spec, request).await }
-                },
-            ),
+        let path = spec.path;
+        let handler = on(
+            filter,
+            move |State(state): State<GatewayState>, request: Request| {
+                let spec = spec.clone();
+                async move { proxy::forward(state, &spec, request).await }
+            },
         );
+        if path.starts_with("/admin/") {
+            admin = admin.route(path, handler);
+        } else {
+            api = api.route(path, handler);
+        }
     }
     let platform = state.platform.clone();
     let (router, own_doc) = platform
         .with_common_routes(api.with_state(state.clone()))
+        .merge(admin.with_state(state.clone()))
         .split_for_parts();
     let own_doc = serde_json::to_value(platform.document(own_doc, INFO)).unwrap_or_default();
     let docs_state = state.clone();

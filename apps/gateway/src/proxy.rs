@@ -1,9 +1,10 @@
 //! Forwarding one request to a backend and its answer back, through the edge policies:
 //!
-//! 1. who is calling: a verified JWT subject, or the client IP ([`crate::auth`]);
-//! 2. rate limit per client (429 + `Retry-After`, [`crate::ratelimit`]);
-//! 3. body limit (413): by `Content-Length` at once, or while reading;
-//! 4. access: admin token, bearer token, owner of the path's or body's user (401 / 404);
+//! 1. who is calling, and may they: a verified JWT subject ([`crate::auth`]); admin token,
+//!    bearer token, owner of the path's user (401 / 404);
+//! 2. rate limit per client, the subject or else the IP (429 + `Retry-After`, [`crate::ratelimit`]);
+//! 3. body limit (413): by `Content-Length` at once, or while reading; the owner named in the
+//!    body, or of the resource looked up (404);
 //! 5. load shedding: a slot among the backend's `UPSTREAM_MAX_CONCURRENCY` (fast 503);
 //! 6. attempts: breaker admission (fast 503 while open), a replica picked by the balancer, an
 //!    attempt timeout within the request's deadline (504), and — for requests safe to retry —
@@ -122,10 +123,14 @@ pub async fn forward(
         _ => Caller::Anonymous,
     };
 
+    // Refusals come first (as in Kong's and Envoy's filter order): they cost a signature check
+    // and never reach a backend; what is let through is then limited per user, or per IP.
+    let user = authorize(&state, spec, caller, &mut parts).await?;
+
     if let Some(limiter) = &state.rate_limiter {
-        let client = match &caller {
-            Caller::User(sub) => ClientKey::User(sub.clone()),
-            _ => ClientKey::Ip(client_ip(&parts, state.edge.trust_forwarded_for)),
+        let client = match &user {
+            Some(user) => ClientKey::User(user.clone()),
+            None => ClientKey::Ip(client_ip(&parts, state.edge.trust_forwarded_for)),
         };
         if let Err(retry_after) = limiter.check(&client) {
             state
@@ -151,8 +156,6 @@ pub async fn forward(
         }
         return Err(GatewayError::BodyTooLarge { limit });
     }
-
-    let user = authorize(&state, spec, caller, &mut parts).await?;
 
     let body = read_body(body, limit).await?;
 

@@ -418,3 +418,37 @@ async fn oversized_bodies_get_413_and_never_reach_the_backend() {
     assert_eq!(response.status(), 413);
     assert_eq!(backend.hits(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateways_own_injected_faults_never_touch_the_proxied_admin_routes() {
+    let backend = Tiny::start(
+        Router::new()
+            .route("/catalog", get(|| async { "products" }))
+            .route(
+                "/admin/simulation",
+                get(|| async { axum::Json(json!({"enabled": false})) }),
+            ),
+    )
+    .await;
+    let (gw, _state) = support::gateway_with(&backend.url(), &backend.url(), &[], |settings| {
+        settings.simulation = shopstack_common::simulation::SimulationProfile {
+            enabled: true,
+            applies_to: shopstack_common::simulation::AppliesTo::All,
+            failure_rate: 1.0,
+            failure_status: 503,
+            ..shopstack_common::simulation::SimulationProfile::OFF
+        };
+    })
+    .await;
+    let http = client();
+    let business = http.get(gw.url("/catalog")).send().await.unwrap();
+    assert_eq!(business.status(), 503);
+    assert!(business.headers().contains_key("x-injected-fault"));
+    let admin = http
+        .get(gw.url("/admin/catalog/simulation"))
+        .bearer_auth(support::ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+}
