@@ -305,3 +305,33 @@ pub fn mint_command(config: &GatewayConfig, args: &MintTokenArgs) -> anyhow::Res
     writeln!(std::io::stdout(), "{token}").context("writing the token")?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::AUTH_FAILURE_REASONS;
+
+    #[test]
+    fn every_refusal_reason_is_a_known_label() {
+        let kinds = [
+            ErrorKind::ExpiredSignature,
+            ErrorKind::ImmatureSignature,
+            ErrorKind::InvalidAudience,
+            ErrorKind::InvalidIssuer,
+            ErrorKind::MissingRequiredClaim("exp".into()),
+            ErrorKind::InvalidSignature,
+            ErrorKind::InvalidAlgorithm,
+            ErrorKind::InvalidEcdsaKey,
+            ErrorKind::InvalidToken,
+        ];
+        for kind in &kinds {
+            let reason = classify(kind).reason;
+            assert!(AUTH_FAILURE_REASONS.contains(&reason), "{reason}");
+        }
+        let proxy = include_str!("proxy.rs");
+        for reason in ["missing_token", "not_owner", "admin_token"] {
+            assert!(proxy.contains(&format!("\"{reason}\"")), "{reason}");
+            assert!(AUTH_FAILURE_REASONS.contains(&reason), "{reason}");
+        }
+    }
+}

@@ -1,5 +1,8 @@
 //! A circuit breaker per backend.
 //!
+//! A failed attempt is one the backend could not serve: no connection, a timeout, a broken
+//! answer, or 502/503/504 (a 500 is an answer about that request, and is not counted).
+//!
 //! Closed: every attempt goes through; it opens after `failure_threshold` consecutive failed
 //! attempts, or when at least `failure_ratio` of the attempts in the last 10 s failed (once
 //! there were `min_requests` of them). Open: requests fail fast (503 + `Retry-After`) for

@@ -37,8 +37,53 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> promet
     register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
 }
 
+/// Every `reason` of `gateway_auth_failures_total`.
+pub const AUTH_FAILURE_REASONS: [&str; 11] = [
+    "missing_token",
+    "malformed",
+    "invalid_signature",
+    "algorithm",
+    "expired",
+    "not_yet_valid",
+    "wrong_audience",
+    "wrong_issuer",
+    "missing_claim",
+    "not_owner",
+    "admin_token",
+];
+
 impl EdgeMetrics {
+    /// Series whose label values are known up front start at 0, so a dashboard shows a flat
+    /// line rather than "no data" until the first retry, trip or refusal.
+    pub fn init_upstream(&self, upstream: &str, replicas: &[&str]) {
+        for counter in [
+            &self.retry_budget_exhausted,
+            &self.deadline_exceeded,
+            &self.breaker_rejected,
+            &self.shed,
+        ] {
+            counter.with_label_values(&[upstream]);
+        }
+        for to in ["open", "half_open", "closed"] {
+            self.breaker_transitions.with_label_values(&[upstream, to]);
+        }
+        for replica in replicas {
+            self.ejections.with_label_values(&[upstream, replica]);
+        }
+    }
+
     pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let metrics = Self::register(registry)?;
+        for client in ["user", "ip"] {
+            metrics.rate_limited.with_label_values(&[client]);
+        }
+        for reason in AUTH_FAILURE_REASONS {
+            metrics.auth_failures.with_label_values(&[reason]);
+        }
+        Ok(metrics)
+    }
+
+    fn register(registry: &Registry) -> prometheus::Result<Self> {
         Ok(Self {
             upstream_requests: counter(
                 registry,

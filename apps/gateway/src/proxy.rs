@@ -397,14 +397,19 @@ async fn call(
         }
         let outcome = send_once(state, spec, upstream, index, &outbound, timeout).await;
         drop(in_flight);
-        let success = matches!(&outcome, Ok(answer) if !answer.status.is_server_error());
-        if upstream.report(index, success) {
-            permit.finish(success);
+        // The breaker and ejection count signs the backend is unavailable (no answer, or
+        // 502/503/504), not a 500: that is an answer, about this request.
+        let available = match &outcome {
+            Ok(answer) => !is_gateway_failure(answer.status),
+            Err(_) => false,
+        };
+        if upstream.report(index, available) {
+            permit.finish(available);
         } else {
             // One bad replica among good ones: ejection's business, not the breaker's.
             drop(permit);
         }
-        if success {
+        if matches!(&outcome, Ok(answer) if !answer.status.is_server_error()) {
             return outcome;
         }
         if matches!(outcome, Err(GatewayError::Timeout { .. })) && timeout < upstream.settings.timeout {
@@ -447,6 +452,11 @@ async fn call(
         tokio::time::sleep(delay).await;
     }
     last.unwrap_or(Err(GatewayError::Unavailable { upstream: name }))
+}
+
+/// The answers that say the backend could not serve at all (Envoy's "gateway failures").
+fn is_gateway_failure(status: StatusCode) -> bool {
+    matches!(status.as_u16(), 502..=504)
 }
 
 /// One attempt at replica `index`, recorded in the upstream metrics.

@@ -105,7 +105,7 @@ impl Upstream {
         probe_client: reqwest::Client,
     ) -> Self {
         let name = backend.name();
-        let replicas = urls
+        let replicas: Vec<Arc<Replica>> = urls
             .into_iter()
             .map(|url| {
                 let label = url.to_string();
@@ -121,6 +121,8 @@ impl Upstream {
             })
             .collect();
         metrics.upstream_in_flight.with_label_values(&[name]).set(0);
+        let labels: Vec<&str> = replicas.iter().map(|replica| replica.label()).collect();
+        metrics.init_upstream(name, &labels);
         Self {
             breaker: Breaker::new(
                 name,
@@ -186,7 +188,8 @@ impl Upstream {
         (index, InFlight(replica))
     }
 
-    /// The outcome of an attempt at replica `index`, for outlier detection. Returns whether it
+    /// The outcome of an attempt at replica `index` (`success`: the replica served it, whatever
+    /// the status, short of 502/503/504), for outlier detection. Returns whether it
     /// also counts for the circuit breaker: a success always does; a failure only when no other
     /// replica is in rotation to take over (ejection deals with one bad replica among good
     /// ones, the breaker with a backend that is failing as a whole) or when ejection is off.

@@ -452,3 +452,54 @@ async fn the_gateways_own_injected_faults_never_touch_the_proxied_admin_routes()
         .unwrap();
     assert_eq!(admin.status(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_an_answer_and_leaves_the_breaker_closed_while_503s_open_it() {
+    let backend = Tiny::start(
+        Router::new()
+            .route(
+                "/cart/add",
+                axum::routing::post(|| async { (StatusCode::INTERNAL_SERVER_ERROR, "bug") }),
+            )
+            .route(
+                "/catalog",
+                get(|| async { (StatusCode::SERVICE_UNAVAILABLE, "down") }),
+            ),
+    )
+    .await;
+    let (gw, state) = gateway(
+        &backend.url(),
+        &backend.url(),
+        &["--breaker-open-duration", "60s"],
+    )
+    .await;
+    let http = client();
+    for _ in 0..20 {
+        let response = http
+            .post(gw.url("/cart/add"))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+    }
+    assert_eq!(
+        metric(&state, "gateway_circuit_breaker_state", &[("upstream", "cart")]),
+        0.0
+    );
+    let mut opened = false;
+    for _ in 0..20 {
+        let (status, kind, _) = problem_kind(http.get(gw.url("/catalog")).send().await.unwrap()).await;
+        assert_eq!(status, 503);
+        opened |= kind == "circuit-open";
+    }
+    assert!(opened);
+    assert_eq!(
+        metric(
+            &state,
+            "gateway_circuit_breaker_state",
+            &[("upstream", "catalog")]
+        ),
+        2.0
+    );
+}
