@@ -14,7 +14,7 @@ cd "$(dirname "$0")/../.."
 MAX_TIME=${ST_MAX_TIME:-45}
 VENV=${ST_VENV:-${TMPDIR:-/tmp}/shopstack-schemathesis-venv}
 VERSION=${ST_VERSION:-4.32.5}
-CONFIG=ops/schemathesis/schemathesis.toml
+CONFIG=$PWD/ops/schemathesis/schemathesis.toml
 ADMIN=schemathesis-local-admin
 JWT=schemathesis-local-hs256-secret-0123456789
 
@@ -69,9 +69,10 @@ check() { # name port bearer [filters...]
   local name=$1 port=$2 bearer=$3
   shift 3
   echo "== schemathesis: $name"
-  if ! "$VENV/bin/st" --config-file "$CONFIG" run "http://127.0.0.1:$port/openapi.json" \
+  # Run from the scratch directory: schemathesis keeps a crash cache where it runs.
+  if ! (cd "$LOGS" && "$VENV/bin/st" --config-file "$CONFIG" run "http://127.0.0.1:$port/openapi.json" \
       --checks all --max-time "$MAX_TIME" --workers 1 \
-      --header "Authorization: Bearer $bearer" "$@" >"$LOGS/st-$name.txt" 2>&1; then
+      --header "Authorization: Bearer $bearer" "$@" >"$LOGS/st-$name.txt" 2>&1); then
     failed+=("$name")
     sed -n '/FAILURES\|ERRORS/,$p' "$LOGS/st-$name.txt"
   fi

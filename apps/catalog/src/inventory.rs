@@ -229,7 +229,7 @@ impl InventoryStore for MemoryInventory {
                         available: *stock,
                     });
                 }
-                *stock -= delta;
+                *stock = stock.saturating_sub(delta);
                 let stock = *stock;
                 let holds = state.holds.entry(owner.to_owned()).or_default();
                 if quantity == 0 {
@@ -317,7 +317,7 @@ impl InventoryStore for MemoryInventory {
                         }
                     }
                     if let Some(stock) = state.stock.get_mut(&item.product_id) {
-                        *stock -= shortfall;
+                        *stock = stock.saturating_sub(shortfall);
                     }
                 }
                 if state.holds.get(owner).is_some_and(|holds| holds.lines.is_empty()) {
@@ -344,7 +344,8 @@ impl InventoryStore for MemoryInventory {
                     return false;
                 }
                 for item in items {
-                    *state.stock.entry(item.product_id.clone()).or_insert(0) += i64::from(item.quantity);
+                    let stock = state.stock.entry(item.product_id.clone()).or_insert(0);
+                    *stock = stock.saturating_add(i64::from(item.quantity));
                 }
                 state
                     .restocked
@@ -382,7 +383,8 @@ fn release_in_memory(state: &mut MemoryState, owner: &str) -> Vec<Line> {
     };
     let mut released = Vec::new();
     for (product_id, quantity) in holds.lines {
-        *state.stock.entry(product_id.clone()).or_insert(0) += i64::from(quantity);
+        let stock = state.stock.entry(product_id.clone()).or_insert(0);
+        *stock = stock.saturating_add(i64::from(quantity));
         released.push(Line { product_id, quantity });
     }
     merge_lines(&released)

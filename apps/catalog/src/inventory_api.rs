@@ -23,6 +23,9 @@ const PROBLEM: &str = "application/problem+json";
 /// OpenAPI schema of `ttl_secs` spells the same bound out.
 const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 const MAX_ID_LEN: usize = 128;
+/// Most free stock an operator may set: far above any shop, far below where the arithmetic of
+/// reservations and restocks could overflow.
+const MAX_STOCK: i64 = 1_000_000_000;
 
 pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
@@ -273,7 +276,7 @@ async fn restock(
 #[serde(deny_unknown_fields)]
 pub struct StockRequest {
     /// Units free to reserve from now on.
-    #[schema(minimum = 0)]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub stock: i64,
 }
@@ -290,7 +293,7 @@ pub struct StockLevel {
     security(("admin_token" = [])),
     responses(
         (status = 200, body = StockLevel),
-        (status = 400, description = "Malformed request or negative stock", body = Problem, content_type = PROBLEM),
+        (status = 400, description = "Malformed request, or stock below 0 or above 1000000000", body = Problem, content_type = PROBLEM),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = PROBLEM,
             headers(("WWW-Authenticate" = String))),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
@@ -304,8 +307,10 @@ async fn set_stock(
 ) -> Result<Json<StockLevel>, CatalogError> {
     admin::authorize(state.platform.settings().admin_token.as_deref(), &headers)?;
     let Json(body) = body?;
-    if body.stock < 0 {
-        return Err(CatalogError::BadRequest("stock must be 0 or more".into()));
+    if !(0..=MAX_STOCK).contains(&body.stock) {
+        return Err(CatalogError::BadRequest(format!(
+            "stock must be between 0 and {MAX_STOCK}"
+        )));
     }
     state.inventory.set_stock(&product_id, body.stock).await?;
     tracing::warn!(product_id = %product_id, stock = body.stock, "stock set by an operator");
