@@ -6,7 +6,7 @@ export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
 .PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke lint fmt clean load-test \
-	observability-tools check-observability compose-up compose-down docker-build
+	observability-tools check-observability compose-up compose-down docker-build schemathesis
 
 # Docker: `docker compose` (v2) when present, else Debian's docker-compose (validation only).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
@@ -57,6 +57,9 @@ bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (
 	$(CARGO) build --bins -p gateway -p catalog -p cart -p loadtest
 	$(CARGO) build -p gateway --example otlp_sink
 	python3 ops/bench/bench.py --smoke --no-build
+
+schemathesis: ## Fuzz every served OpenAPI document (st run --checks all; installs schemathesis in a venv)
+	./ops/schemathesis/run.sh
 
 lint: ## rustfmt check and clippy with warnings as errors
 	$(CARGO) fmt --all -- --check

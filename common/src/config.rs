@@ -102,6 +102,11 @@ pub struct CommonConfig {
     #[arg(long, env = "STRESS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new())]
     pub stress_enabled: bool,
 
+    /// `POST /stress` also needs `Authorization: Bearer $ADMIN_TOKEN` (the gateway turns this on
+    /// whenever its edge auth is on).
+    #[arg(long, env = "STRESS_REQUIRE_ADMIN", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub stress_require_admin: bool,
+
     /// Largest accepted request body, in bytes (413 beyond).
     #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
     pub max_body_bytes: usize,
@@ -147,6 +152,7 @@ pub struct Settings {
     pub simulation: SimulationProfile,
     pub admin_token: Option<String>,
     pub stress_enabled: bool,
+    pub stress_require_admin: bool,
     pub max_body_bytes: usize,
     pub shutdown_drain: Duration,
     pub shutdown_grace: Duration,
@@ -233,6 +239,7 @@ impl CommonConfig {
             simulation,
             admin_token,
             stress_enabled: self.stress_enabled,
+            stress_require_admin: self.stress_require_admin,
             max_body_bytes: self.max_body_bytes,
             shutdown_drain: Duration::from_millis(self.shutdown_drain_ms),
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
@@ -260,6 +267,7 @@ impl Settings {
             simulation: SimulationProfile::OFF,
             admin_token: Some("test-admin-token".into()),
             stress_enabled: true,
+            stress_require_admin: false,
             max_body_bytes: 64 * 1024,
             shutdown_drain: Duration::from_millis(200),
             shutdown_grace: Duration::from_secs(5),

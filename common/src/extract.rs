@@ -81,3 +81,64 @@ where
         }
     }
 }
+
+/// `#[serde(deserialize_with = "shopstack_common::extract::whole_number")]` for integer body
+/// members: JSON Schema's `integer` admits `2.0` as well as `2`, so both are accepted; `1.5`
+/// and out-of-range values are refused with the member named.
+pub fn whole_number<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    use serde::Deserialize as _;
+    use serde::de::Error as _;
+    let number = serde_json::Number::deserialize(deserializer)?;
+    let whole = number
+        .as_i64()
+        .map(i128::from)
+        .or_else(|| number.as_u64().map(i128::from))
+        .or_else(|| {
+            number
+                .as_f64()
+                .filter(|value| value.fract() == 0.0 && value.abs() < 9.0e18)
+                .map(|value| value as i128)
+        })
+        .ok_or_else(|| D::Error::custom(format!("invalid value: {number}, expected a whole number")))?;
+    T::try_from(whole).map_err(|_| D::Error::custom(format!("{number} is out of range")))
+}
+
+/// [`whole_number`] for an optional member (`null` or absent is `None`; pair it with
+/// `#[serde(default)]`).
+pub fn optional_whole_number<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i128>,
+{
+    #[derive(serde::Deserialize)]
+    struct Whole<T: TryFrom<i128>>(#[serde(deserialize_with = "whole_number")] T);
+    use serde::Deserialize as _;
+    Ok(Option::<Whole<T>>::deserialize(deserializer)?.map(|Whole(value)| value))
+}
+
+#[cfg(test)]
+mod tests {
+    #[derive(Debug, serde::Deserialize)]
+    struct Body {
+        #[serde(deserialize_with = "super::whole_number")]
+        n: u32,
+    }
+
+    fn parse(json: &str) -> Option<u32> {
+        serde_json::from_str::<Body>(json).ok().map(|body| body.n)
+    }
+
+    #[test]
+    fn whole_numbers_in_either_spelling() {
+        assert_eq!(parse(r#"{"n": 7}"#), Some(7));
+        assert_eq!(parse(r#"{"n": 7.0}"#), Some(7));
+        assert_eq!(parse(r#"{"n": 7.5}"#), None);
+        assert_eq!(parse(r#"{"n": -1}"#), None);
+        assert_eq!(parse(r#"{"n": 1e30}"#), None);
+        assert_eq!(parse(r#"{"n": "7"}"#), None);
+    }
+}

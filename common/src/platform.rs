@@ -98,8 +98,19 @@ impl Platform {
     /// The standard service router: `api` (business routes, wrapped in the simulation) plus the
     /// common routes, `/openapi.json`, `/docs`, and the common layers.
     pub fn service_router(&self, api: OpenApiRouter, info: ApiInfo) -> Router {
+        self.service_router_with(api, info, |openapi| openapi)
+    }
+
+    /// [`Platform::service_router`], with a last edit of the document for what only the running
+    /// service knows (a configured limit, say).
+    pub fn service_router_with(
+        &self,
+        api: OpenApiRouter,
+        info: ApiInfo,
+        edit: impl FnOnce(OpenApi) -> OpenApi,
+    ) -> Router {
         let (router, openapi) = self.with_common_routes(api).split_for_parts();
-        let openapi = self.document(openapi, info);
+        let openapi = edit(self.document(openapi, info));
         self.finish(router.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)))
     }
 

@@ -180,6 +180,7 @@ async fn get_simulation(
         (status = 400, description = "Malformed or out-of-range values; nothing changed", body = Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String))),
+        (status = 422, description = "latency_min_ms would be above latency_max_ms; nothing changed", body = Problem, content_type = "application/problem+json"),
     ))]
 async fn put_simulation(
     State(platform): State<Platform>,
@@ -189,6 +190,17 @@ async fn put_simulation(
     // Authorise before reading the body: an anonymous caller learns nothing about its shape.
     admin::authorize(platform.settings().admin_token.as_deref(), &headers)?;
     let Json(patch) = body?;
+    // Each value may be fine on its own and still clash with the other bound (given, or in force).
+    let current = platform.simulation().profile();
+    let min = patch.latency_min_ms.unwrap_or(current.latency_min_ms);
+    let max = patch.latency_max_ms.unwrap_or(current.latency_max_ms);
+    if min > max && max <= crate::simulation::MAX_LATENCY_MS {
+        return Err(Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "inconsistent-latency",
+            format!("latency_min_ms ({min}) would be above latency_max_ms ({max}); nothing changed"),
+        ));
+    }
     let profile = platform
         .simulation()
         .update(patch)
@@ -229,17 +241,26 @@ struct StressReport {
 }
 
 /// Seed 000's artificial CPU and memory load (HPA demos). Off unless `STRESS_ENABLED=true`;
-/// one run at a time.
+/// one run at a time; with `STRESS_REQUIRE_ADMIN=true` (the gateway sets it when its edge auth
+/// is on) it needs the admin token.
 #[utoipa::path(post, path = "/stress", tag = OPERATIONS_TAG, params(StressParams), responses(
     (status = 200, body = StressReport),
     (status = 400, description = "A parameter is above its cap", body = Problem, content_type = "application/problem+json"),
+    (status = 401, description = "STRESS_REQUIRE_ADMIN is on and the admin token is missing or wrong", body = Problem, content_type = "application/problem+json",
+        headers(("WWW-Authenticate" = String))),
     (status = 403, description = "Stress is disabled on this service", body = Problem, content_type = "application/problem+json"),
     (status = 409, description = "A stress run is already in progress", body = Problem, content_type = "application/problem+json"),
 ))]
 async fn stress(
     State(platform): State<Platform>,
-    Query(params): Query<StressParams>,
+    headers: HeaderMap,
+    params: Result<Query<StressParams>, Problem>,
 ) -> Result<Json<StressReport>, Problem> {
+    // Authorise before looking at the parameters: an anonymous caller learns nothing.
+    if platform.settings().stress_require_admin {
+        admin::authorize(platform.settings().admin_token.as_deref(), &headers)?;
+    }
+    let Query(params) = params?;
     if !platform.settings().stress_enabled {
         return Err(Problem::new(
             StatusCode::FORBIDDEN,

@@ -89,10 +89,19 @@ pub struct SimulationProfile {
 pub struct SimulationPatch {
     pub enabled: Option<bool>,
     pub applies_to: Option<AppliesTo>,
+    /// At most `latency_max_ms` (the new or the current one; 422 otherwise).
+    #[schema(maximum = 60_000)]
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     pub latency_min_ms: Option<u64>,
+    #[schema(maximum = 60_000)]
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     pub latency_max_ms: Option<u64>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub latency_rate: Option<f64>,
+    #[schema(minimum = 0.0, maximum = 1.0)]
     pub failure_rate: Option<f64>,
+    #[schema(minimum = 400, maximum = 599)]
+    #[serde(default, deserialize_with = "crate::extract::optional_whole_number")]
     pub failure_status: Option<u16>,
     pub header_faults: Option<bool>,
 }

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use shopstack_common::extract::{Json, Path};
 use shopstack_common::{ApiInfo, Problem};
 use utoipa::ToSchema;
+use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -36,30 +37,55 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .with_state(state)
 }
 
-/// Seed 003's `POST /cart/add` body.
+/// Seed 003's `POST /cart/add` body. Unknown members are refused (400), so a client cannot
+/// slip in fields (a price, a version) it has no say over.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct SimpleAddRequest {
-    #[schema(example = "user-123")]
+    #[schema(
+        example = "user-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub user_id: String,
-    #[schema(example = "prod-123")]
+    #[schema(
+        example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub product_id: String,
-    #[schema(example = 2)]
+    /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
+    #[schema(example = 2, minimum = 1)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub quantity: i64,
 }
 
-/// Seed 000's / 001's add-item body.
+/// Seed 000's / 001's add-item body (unknown members refused).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct AddItemRequest {
-    #[schema(example = "prod-123")]
+    #[schema(
+        example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub product_id: String,
-    #[schema(example = 2)]
+    /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
+    #[schema(example = 2, minimum = 1)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub quantity: i64,
 }
 
-/// Seed 001's update-quantity body.
+/// Seed 001's update-quantity body (unknown members refused).
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct UpdateItemRequest {
-    #[schema(example = 3)]
+    /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
+    #[schema(example = 3, minimum = 1)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub quantity: i64,
 }
 
@@ -97,17 +123,35 @@ fn if_match(headers: &HeaderMap) -> Option<u64> {
 
 const PROBLEM: &str = "application/problem+json";
 
+/// Write bodies whose `quantity` is capped by `MAX_ITEM_QUANTITY`.
+const QUANTITY_SCHEMAS: [&str; 3] = ["SimpleAddRequest", "AddItemRequest", "UpdateItemRequest"];
+
+/// State the configured quantity cap in the document, so it tells clients the truth.
+pub fn document_quantity_cap(openapi: OpenApi, max_item_quantity: u32) -> OpenApi {
+    let Ok(mut doc) = serde_json::to_value(&openapi) else {
+        return openapi;
+    };
+    for schema in QUANTITY_SCHEMAS {
+        if let Some(quantity) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/quantity"))
+            && let Some(quantity) = quantity.as_object_mut()
+        {
+            quantity.insert("maximum".into(), serde_json::json!(max_item_quantity));
+        }
+    }
+    serde_json::from_value(doc).unwrap_or(openapi)
+}
+
 /// Add to a cart, seed 003's form (user in the body).
 #[utoipa::path(post, path = "/cart/add", tag = TAG, request_body = SimpleAddRequest,
     params(
         ("If-Match" = Option<String>, Header, description = "Apply only if the cart is at this version"),
-        ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255),
     ),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, the line would pass the per-product maximum, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
@@ -127,7 +171,7 @@ async fn simple_add(
 
 /// A user's cart, seed 003's form (empty when the user has none).
 #[utoipa::path(get, path = "/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -142,7 +186,7 @@ async fn simple_get(
 
 /// Clear a user's cart, seed 003's form.
 #[utoipa::path(delete, path = "/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, body = ClearedCart, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -171,12 +215,12 @@ async fn clear(state: AppState, user_id: String, headers: &HeaderMap) -> Result<
 
 /// Add to a cart (seed 000): the quantity is added to any existing line.
 #[utoipa::path(post, path = "/v1/cart/{user_id}", tag = TAG, request_body = AddItemRequest,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, the line would pass the per-product maximum, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
@@ -197,7 +241,7 @@ async fn v1_add(
 
 /// A user's cart (seed 000): an unknown user gets an empty cart, not a 404.
 #[utoipa::path(get, path = "/v1/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -209,7 +253,7 @@ async fn v1_get(State(state): State<AppState>, Path(user_id): Path<String>) -> R
 
 /// Clear a user's cart (seed 000), releasing its reservations.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, body = ClearedCart, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -227,12 +271,12 @@ async fn v1_clear(
 
 /// Add an item (seed 001's item-level form): same as `POST /v1/cart/{user_id}`.
 #[utoipa::path(post, path = "/v1/cart/{user_id}/items", tag = TAG, request_body = AddItemRequest,
-    params(("user_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, the line would pass the per-product maximum, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
@@ -253,12 +297,12 @@ async fn v1_add_item(
 
 /// Set the quantity of a line already in the cart (seed 001).
 #[utoipa::path(patch, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG, request_body = UpdateItemRequest,
-    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "The product is not in the cart", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "Insufficient stock, the line would pass the per-product maximum, concurrent changes, or the same Idempotency-Key still in flight", body = Problem, content_type = PROBLEM),
         (status = 412, description = "Stale If-Match", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Idempotency-Key reused with a different request", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or cart store down", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
@@ -278,7 +322,7 @@ async fn v1_update_item(
 
 /// Remove a line from the cart (seed 001), releasing its reservation.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG,
-    params(("user_id" = String, Path), ("product_id" = String, Path), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed id", body = Problem, content_type = PROBLEM),

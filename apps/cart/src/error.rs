@@ -20,6 +20,10 @@ pub enum CartError {
     /// 409: not enough stock left to reserve (seed 002's message).
     #[error("Insufficient stock. Only {available} available.")]
     InsufficientStock { available: i64 },
+    /// 409: the add is well formed, but the line already holds so much that it would pass the
+    /// per-product maximum; nothing changed.
+    #[error("The line would hold {would_hold} units; the maximum per product is {max}.")]
+    LineFull { would_hold: u32, max: u32 },
     /// 409: the cart kept changing under us; retrying later will work.
     #[error("The cart is being modified concurrently; retry the request.")]
     Busy,
@@ -44,6 +48,7 @@ impl CartError {
             CartError::BadRequest(_) => "bad_request",
             CartError::ProductNotFound(_) | CartError::ItemNotInCart(_) => "not_found",
             CartError::InsufficientStock { .. } => "insufficient_stock",
+            CartError::LineFull { .. } => "line_full",
             CartError::Busy => "conflict",
             CartError::PreconditionFailed { .. } => "precondition_failed",
             CartError::CatalogUnavailable(_) | CartError::CatalogTimeout => "catalog_unavailable",
@@ -81,6 +86,9 @@ impl IntoResponse for CartError {
             CartError::ItemNotInCart(id) => Problem::not_found(detail).with("product_id", id.as_str()),
             CartError::InsufficientStock { available } => {
                 Problem::new(StatusCode::CONFLICT, "insufficient-stock", detail).with("available", *available)
+            }
+            CartError::LineFull { max, .. } => {
+                Problem::new(StatusCode::CONFLICT, "line-full", detail).with("max_quantity", *max)
             }
             CartError::Busy => Problem::conflict(detail).retry_after(1),
             CartError::PreconditionFailed { current } => {

@@ -135,5 +135,8 @@ fn spawn_sweeper(store: Arc<MemoryStore>) {
 /// The cart's router, ready to serve.
 pub fn app(state: AppState) -> Router {
     let platform = state.platform.clone();
-    platform.service_router(api::router(state), api::INFO)
+    let max_item_quantity = state.carts.max_item_quantity();
+    platform.service_router_with(api::router(state), api::INFO, |doc| {
+        api::document_quantity_cap(doc, max_item_quantity)
+    })
 }

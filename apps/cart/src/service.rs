@@ -114,6 +114,11 @@ impl CartService {
         &self.store
     }
 
+    /// Largest quantity one line may hold (`MAX_ITEM_QUANTITY`).
+    pub fn max_item_quantity(&self) -> u32 {
+        self.max_quantity
+    }
+
     fn count<T>(&self, op: &str, result: &Result<T, CartError>) {
         let label = match result {
             Ok(_) => "ok",
@@ -244,10 +249,10 @@ impl CartService {
                 LineChange::Add(quantity) => {
                     let target = current.saturating_add(quantity);
                     if target > self.max_quantity {
-                        return Err(CartError::BadRequest(format!(
-                            "The line would hold {target} units; the maximum per product is {}.",
-                            self.max_quantity
-                        )));
+                        return Err(CartError::LineFull {
+                            would_hold: target,
+                            max: self.max_quantity,
+                        });
                     }
                     target
                 }

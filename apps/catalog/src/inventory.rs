@@ -23,11 +23,22 @@ use utoipa::ToSchema;
 /// How long commit/restock markers are kept to recognise a retried order id.
 pub const ORDER_MARKER_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
 
+/// Most units one line may carry through the inventory API (the cart's `MAX_ITEM_QUANTITY`
+/// tops out at the same number).
+pub const MAX_LINE_QUANTITY: u32 = 1_000_000;
+
 /// A product and a number of units.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct Line {
-    #[schema(example = "prod-123")]
+    #[schema(
+        example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub product_id: String,
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub quantity: u32,
 }
 
@@ -218,7 +229,7 @@ impl InventoryStore for MemoryInventory {
                         available: *stock,
                     });
                 }
-                *stock -= delta;
+                *stock = stock.saturating_sub(delta);
                 let stock = *stock;
                 let holds = state.holds.entry(owner.to_owned()).or_default();
                 if quantity == 0 {
@@ -306,7 +317,7 @@ impl InventoryStore for MemoryInventory {
                         }
                     }
                     if let Some(stock) = state.stock.get_mut(&item.product_id) {
-                        *stock -= shortfall;
+                        *stock = stock.saturating_sub(shortfall);
                     }
                 }
                 if state.holds.get(owner).is_some_and(|holds| holds.lines.is_empty()) {
@@ -333,7 +344,8 @@ impl InventoryStore for MemoryInventory {
                     return false;
                 }
                 for item in items {
-                    *state.stock.entry(item.product_id.clone()).or_insert(0) += i64::from(item.quantity);
+                    let stock = state.stock.entry(item.product_id.clone()).or_insert(0);
+                    *stock = stock.saturating_add(i64::from(item.quantity));
                 }
                 state
                     .restocked
@@ -371,7 +383,8 @@ fn release_in_memory(state: &mut MemoryState, owner: &str) -> Vec<Line> {
     };
     let mut released = Vec::new();
     for (product_id, quantity) in holds.lines {
-        *state.stock.entry(product_id.clone()).or_insert(0) += i64::from(quantity);
+        let stock = state.stock.entry(product_id.clone()).or_insert(0);
+        *stock = stock.saturating_add(i64::from(quantity));
         released.push(Line { product_id, quantity });
     }
     merge_lines(&released)

@@ -15,13 +15,17 @@ use utoipa_axum::routes;
 
 use crate::AppState;
 use crate::error::CatalogError;
-use crate::inventory::Line;
+use crate::inventory::{Line, MAX_LINE_QUANTITY};
 
 const TAG: &str = "inventory";
 const PROBLEM: &str = "application/problem+json";
-/// Longest reservation time-to-live accepted (a cart's TTL is 30 days by default).
+/// Longest reservation time-to-live accepted (a cart's TTL is 30 days by default); the
+/// OpenAPI schema of `ttl_secs` spells the same bound out.
 const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
 const MAX_ID_LEN: usize = 128;
+/// Most free stock an operator may set: far above any shop, far below where the arithmetic of
+/// reservations and restocks could overflow.
+const MAX_STOCK: i64 = 1_000_000_000;
 
 pub fn router(state: AppState) -> OpenApiRouter {
     OpenApiRouter::new()
@@ -60,6 +64,18 @@ fn validate_lines(items: &[Line]) -> Result<(), CatalogError> {
             ));
         }
     }
+    // Lines naming one product are merged; the total must fit one line too.
+    if crate::inventory::merge_lines(items)
+        .iter()
+        .any(|line| line.quantity > MAX_LINE_QUANTITY)
+    {
+        // Every line is well formed; together they ask for more than one line can carry.
+        return Err(CatalogError::Rejected(Problem::new(
+            axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+            "line-total-too-large",
+            format!("A product's lines add up to more than {MAX_LINE_QUANTITY} units."),
+        )));
+    }
     Ok(())
 }
 
@@ -67,9 +83,12 @@ fn validate_lines(items: &[Line]) -> Result<(), CatalogError> {
 #[serde(deny_unknown_fields)]
 pub struct HoldRequest {
     /// The owner's hold on this product becomes exactly this many units (0 releases it).
+    #[schema(maximum = 1_000_000)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub quantity: u32,
     /// Seconds until the owner's holds expire unless changed again (the cart's TTL).
-    #[schema(example = 2_592_000)]
+    #[schema(example = 2_592_000, minimum = 1, maximum = 31_536_000)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub ttl_secs: u64,
 }
 
@@ -84,7 +103,7 @@ pub struct HoldResponse {
 
 /// Reserve (or release) units for an owner — absolute, so a retry is harmless.
 #[utoipa::path(put, path = "/inventory/holds/{owner}/{product_id}", tag = TAG, request_body = HoldRequest,
-    params(("owner" = String, Path, description = "Who holds the units (the cart's user id)"), ("product_id" = String, Path)),
+    params(("owner" = String, Path, description = "Who holds the units (the cart's user id)", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = HoldResponse),
         (status = 400, description = "Malformed request", body = Problem, content_type = PROBLEM),
@@ -99,6 +118,11 @@ async fn set_hold(
 ) -> Result<Json<HoldResponse>, CatalogError> {
     validate_id("owner", &owner)?;
     validate_id("product_id", &product_id)?;
+    if body.quantity > MAX_LINE_QUANTITY {
+        return Err(CatalogError::BadRequest(format!(
+            "quantity must be at most {MAX_LINE_QUANTITY}"
+        )));
+    }
     if body.ttl_secs == 0 || body.ttl_secs > MAX_TTL_SECS {
         return Err(CatalogError::BadRequest(format!(
             "ttl_secs must be between 1 and {MAX_TTL_SECS}"
@@ -128,7 +152,7 @@ pub struct OwnerHolds {
 }
 
 /// What an owner holds.
-#[utoipa::path(get, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path)),
+#[utoipa::path(get, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = OwnerHolds),
         (status = 400, description = "Malformed owner", body = Problem, content_type = PROBLEM),
@@ -150,7 +174,7 @@ pub struct Released {
 }
 
 /// Give all of an owner's holds back (cart cleared or expired).
-#[utoipa::path(delete, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path)),
+#[utoipa::path(delete, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = Released),
         (status = 400, description = "Malformed owner", body = Problem, content_type = PROBLEM),
@@ -168,8 +192,11 @@ async fn release_holds(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
+    #[schema(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub order_id: String,
+    #[schema(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub owner: String,
+    #[schema(min_items = 1)]
     pub items: Vec<Line>,
 }
 
@@ -185,6 +212,7 @@ pub struct Committed {
     responses(
         (status = 200, body = Committed),
         (status = 400, description = "Malformed request", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "A product's lines add up to more than one line can carry", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
         (status = 409, description = "Insufficient stock; nothing changed", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Stock store down", body = Problem, content_type = PROBLEM),
@@ -209,7 +237,9 @@ async fn commit(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
+    #[schema(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub order_id: String,
+    #[schema(min_items = 1)]
     pub items: Vec<Line>,
 }
 
@@ -225,6 +255,7 @@ pub struct Restocked {
     responses(
         (status = 200, body = Restocked),
         (status = 400, description = "Malformed request", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "A product's lines add up to more than one line can carry", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Stock store down", body = Problem, content_type = PROBLEM),
     ))]
@@ -245,6 +276,8 @@ async fn restock(
 #[serde(deny_unknown_fields)]
 pub struct StockRequest {
     /// Units free to reserve from now on.
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
+    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
     pub stock: i64,
 }
 
@@ -260,7 +293,7 @@ pub struct StockLevel {
     security(("admin_token" = [])),
     responses(
         (status = 200, body = StockLevel),
-        (status = 400, description = "Malformed request or negative stock", body = Problem, content_type = PROBLEM),
+        (status = 400, description = "Malformed request, or stock below 0 or above 1000000000", body = Problem, content_type = PROBLEM),
         (status = 401, description = "Missing or wrong admin token", body = Problem, content_type = PROBLEM,
             headers(("WWW-Authenticate" = String))),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
@@ -274,8 +307,10 @@ async fn set_stock(
 ) -> Result<Json<StockLevel>, CatalogError> {
     admin::authorize(state.platform.settings().admin_token.as_deref(), &headers)?;
     let Json(body) = body?;
-    if body.stock < 0 {
-        return Err(CatalogError::BadRequest("stock must be 0 or more".into()));
+    if !(0..=MAX_STOCK).contains(&body.stock) {
+        return Err(CatalogError::BadRequest(format!(
+            "stock must be between 0 and {MAX_STOCK}"
+        )));
     }
     state.inventory.set_stock(&product_id, body.stock).await?;
     tracing::warn!(product_id = %product_id, stock = body.stock, "stock set by an operator");

@@ -1,6 +1,11 @@
-use axum::http::StatusCode;
+use std::time::Duration;
+
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use shopstack_common::Problem;
+
+/// `realm` of the gateway's `WWW-Authenticate` challenges.
+pub const REALM: &str = "shopstack";
 
 /// What the gateway itself can answer instead of the backend's response.
 #[derive(Debug, thiserror::Error)]
@@ -8,12 +13,40 @@ pub enum GatewayError {
     /// 503: no connection to the backend (down, refusing).
     #[error("The {upstream} service is unavailable.")]
     Unavailable { upstream: &'static str },
-    /// 504: the backend did not answer within the upstream timeout.
+    /// 504: the backend did not answer within the attempt timeout or the request's deadline.
     #[error("The {upstream} service did not answer in time.")]
     Timeout { upstream: &'static str },
     /// 502: the backend answered something unusable (reset mid-response, bad HTTP).
     #[error("The {upstream} service returned an invalid response.")]
     BadGateway { upstream: &'static str },
+    /// 503: the backend's circuit breaker is open.
+    #[error("The {upstream} service is failing; the gateway is not sending it requests for now.")]
+    CircuitOpen {
+        upstream: &'static str,
+        retry_after: Duration,
+    },
+    /// 503: the backend has as many requests in flight as the gateway allows (load shedding).
+    #[error("The {upstream} service is at capacity; try again shortly.")]
+    Overloaded { upstream: &'static str },
+    /// 429: this client is over its rate.
+    #[error("Too many requests; slow down.")]
+    RateLimited { retry_after: Duration },
+    /// 401: a bearer token is needed and none valid was presented.
+    #[error("{description}")]
+    Unauthorized {
+        description: &'static str,
+        /// RFC 6750 `error="invalid_token"`: a token was presented but refused.
+        invalid_token: bool,
+    },
+    /// 401: an admin route without the admin token.
+    #[error("{}", .0.detail)]
+    AdminOnly(Problem),
+    /// 404: another user's resource; answered as if it did not exist.
+    #[error("Not found.")]
+    NotYours,
+    /// 400: the request body could not be read (the client broke off mid-body).
+    #[error("The request body could not be read.")]
+    BadRequestBody,
     /// 413: the request body is above the limit.
     #[error("The request body is larger than {limit} bytes.")]
     BodyTooLarge { limit: usize },
@@ -26,9 +59,20 @@ impl GatewayError {
             GatewayError::Unavailable { .. } => "unavailable",
             GatewayError::Timeout { .. } => "timeout",
             GatewayError::BadGateway { .. } => "bad_gateway",
+            GatewayError::CircuitOpen { .. } => "circuit_open",
+            GatewayError::Overloaded { .. } => "shed",
+            GatewayError::RateLimited { .. } => "rate_limited",
+            GatewayError::Unauthorized { .. } | GatewayError::AdminOnly(_) => "unauthorized",
+            GatewayError::NotYours => "not_found",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
+            GatewayError::BadRequestBody => "bad_request",
         }
     }
+}
+
+/// Whole seconds to wait, at least 1 (`Retry-After` has no fractions).
+fn whole_seconds(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 impl IntoResponse for GatewayError {
@@ -45,6 +89,43 @@ impl IntoResponse for GatewayError {
             GatewayError::BadGateway { upstream } => {
                 Problem::new(StatusCode::BAD_GATEWAY, "bad-gateway", detail).with("upstream", upstream)
             }
+            GatewayError::CircuitOpen {
+                upstream,
+                retry_after,
+            } => Problem::new(StatusCode::SERVICE_UNAVAILABLE, "circuit-open", detail)
+                .with_title("Circuit open")
+                .with("upstream", upstream)
+                .retry_after(whole_seconds(retry_after)),
+            GatewayError::Overloaded { upstream } => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "overloaded", detail)
+                    .with_title("Upstream at capacity")
+                    .with("upstream", upstream)
+                    .retry_after(1)
+            }
+            GatewayError::RateLimited { retry_after } => {
+                Problem::new(StatusCode::TOO_MANY_REQUESTS, "rate-limited", detail)
+                    .retry_after(whole_seconds(retry_after))
+            }
+            GatewayError::Unauthorized {
+                description,
+                invalid_token,
+            } => {
+                let challenge = if invalid_token {
+                    format!(
+                        "Bearer realm=\"{REALM}\", error=\"invalid_token\", error_description=\"{description}\""
+                    )
+                } else {
+                    format!("Bearer realm=\"{REALM}\"")
+                };
+                let mut problem = Problem::new(StatusCode::UNAUTHORIZED, "unauthorized", detail);
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    problem = problem.with_header(header::WWW_AUTHENTICATE, value);
+                }
+                problem
+            }
+            GatewayError::AdminOnly(problem) => problem,
+            GatewayError::NotYours => Problem::not_found(detail),
+            GatewayError::BadRequestBody => Problem::bad_request(detail),
             GatewayError::BodyTooLarge { limit } => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", detail).with("limit", limit)
             }

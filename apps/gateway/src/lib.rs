@@ -1,14 +1,22 @@
 //! The gateway: ShopStack's front door on :8000. A routing table ([`routes`]) maps every public
-//! route to the backend that serves it; [`proxy`] forwards requests (continuing the trace) and
-//! answers JSON 502/503/504 naming the backend when it can't.
+//! route to the backend that serves it and says who may call it; [`proxy`] forwards requests
+//! (continuing the trace) through the edge policies and answers JSON problems naming the backend
+//! when it can't.
 //!
-//! - [`config`]: settings; [`upstream`]: backend replicas; [`openapi`]: the merged document;
-//! - [`error`]: the gateway's error enum.
+//! - [`config`]: settings; [`upstream`]: replicas, balancing, outlier ejection and the per-backend
+//!   state; [`breaker`]: circuit breakers; [`retry`]: retry rules, backoff and budget;
+//! - [`ratelimit`]: per-client rate limits; [`auth`]: JWT verification and minting;
+//! - [`metrics`]: the gateway's metrics; [`openapi`]: the merged document; [`error`]: its errors.
 
+pub mod auth;
+pub mod breaker;
 pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod openapi;
 pub mod proxy;
+pub mod ratelimit;
+pub mod retry;
 pub mod routes;
 pub mod upstream;
 
@@ -27,11 +35,14 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use auth::Auth;
+use breaker::BreakerSettings;
 pub use config::GatewayConfig;
+use metrics::EdgeMetrics;
 use openapi::BackendDocs;
-use proxy::UpstreamMetrics;
+use ratelimit::RateLimiter;
 use routes::{Backend, RouteSpec};
-use upstream::Upstreams;
+use upstream::{OutlierSettings, Upstream, UpstreamSettings, Upstreams};
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "gateway",
@@ -41,39 +52,98 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
 
 pub const INFO: ApiInfo = ApiInfo {
     title: "ShopStack gateway",
-    description: "The front door: every catalog, cart and orders route, proxied, with JSON 502/503/504 naming the backend that failed.",
+    description: "The front door: every catalog, cart and orders route, proxied with retries, circuit breakers, load shedding, rate limits and (when configured) JWT auth; JSON 502/503/504 naming the backend that failed.",
 };
+
+/// Edge settings that apply to every request.
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    pub deadline: Duration,
+    pub max_attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub trust_forwarded_for: bool,
+}
 
 #[derive(Clone)]
 pub struct GatewayState {
     pub platform: Platform,
     pub upstreams: Upstreams,
-    pub metrics: UpstreamMetrics,
-    pub upstream_timeout: Duration,
+    pub metrics: EdgeMetrics,
+    pub edge: Arc<EdgeSettings>,
+    pub auth: Option<Arc<Auth>>,
+    pub rate_limiter: Option<Arc<RateLimiter>>,
     pub routes: Arc<Vec<RouteSpec>>,
     docs: BackendDocs,
 }
 
 impl GatewayState {
+    /// Needs a Tokio runtime (it starts the rate limiter's clean-up task).
     pub fn new(config: &GatewayConfig, platform: Platform) -> anyhow::Result<Self> {
-        let upstreams = Upstreams::new(
-            config.catalog_service_url.0.clone(),
-            config.cart_service_url.0.clone(),
-            config.orders_service_url.0.clone(),
-        );
+        config.validate()?;
+        let metrics = EdgeMetrics::new(platform.metrics().registry())?;
+        let mut upstreams = Vec::new();
+        for (backend, urls) in config.upstream_urls() {
+            let settings = UpstreamSettings {
+                timeout: config.upstream_timeout.for_backend(backend),
+                max_concurrency: config.upstream_max_concurrency,
+                retry_budget_ratio: config.retry_budget_ratio,
+                breaker: BreakerSettings {
+                    failure_threshold: config.breaker_failure_threshold,
+                    failure_ratio: config.breaker_failure_ratio,
+                    min_requests: config.breaker_min_requests,
+                    open_duration: config.breaker_open_duration,
+                },
+                outlier: OutlierSettings {
+                    consecutive_failures: config.outlier_consecutive_failures,
+                    base_ejection: config.outlier_base_ejection,
+                    probe_interval: config.outlier_probe_interval,
+                },
+            };
+            upstreams.push(Upstream::new(
+                backend,
+                urls,
+                settings,
+                metrics.clone(),
+                platform.client().inner().clone(),
+            ));
+        }
         for backend in Backend::ALL {
-            let upstream = upstreams.get(backend).clone();
+            if !upstreams.iter().any(|upstream| upstream.backend == backend) {
+                anyhow::bail!("no URL configured for the {} backend", backend.name());
+            }
+        }
+        let upstreams = Upstreams::new(upstreams);
+        for upstream in upstreams.iter() {
+            let upstream = upstream.clone();
             let client = platform.client().clone();
-            platform.health().register(backend.name(), false, move || {
+            platform.health().register(upstream.name(), false, move || {
                 let upstream = upstream.clone();
                 let client = client.clone();
                 Box::pin(async move { any_replica_live(&client, &upstream).await })
             });
         }
+        let auth = Auth::from_config(config)?;
+        let rate_limiter = RateLimiter::new(config.rate_limit_rps, config.rate_limit_burst);
+        tracing::info!(
+            auth = auth.is_some(),
+            rate_limit_rps = config.rate_limit_rps,
+            max_attempts = config.retry_max_attempts,
+            deadline_ms = config.request_deadline.as_millis() as u64,
+            "edge policies ready"
+        );
         Ok(Self {
-            metrics: UpstreamMetrics::new(platform.metrics().registry())?,
+            metrics,
             upstreams,
-            upstream_timeout: config.upstream_timeout,
+            edge: Arc::new(EdgeSettings {
+                deadline: config.request_deadline,
+                max_attempts: config.retry_max_attempts,
+                backoff_base: config.retry_backoff_base,
+                backoff_max: config.retry_backoff_max,
+                trust_forwarded_for: config.trust_forwarded_for,
+            }),
+            auth,
+            rate_limiter,
             routes: Arc::new(routes::table()),
             docs: BackendDocs::default(),
             platform,
@@ -87,8 +157,8 @@ async fn any_replica_live(
     upstream: &upstream::Upstream,
 ) -> bool {
     for replica in &upstream.replicas {
-        let mut url = replica.clone();
-        url.set_path("/livez");
+        let mut url = replica.url.clone();
+        url.set_path(&format!("{}/livez", url.path().trim_end_matches('/')));
         let live = client
             .inner()
             .get(url)
@@ -118,6 +188,11 @@ struct GatewayInfo {
     /// Each backend and its replicas.
     #[schema(value_type = Object)]
     upstreams: serde_json::Map<String, serde_json::Value>,
+    /// Each backend's circuit breaker (`closed`, `half_open`, `open`) and ejected replicas.
+    #[schema(value_type = Object)]
+    resilience: serde_json::Map<String, serde_json::Value>,
+    /// Whether bearer tokens are checked on user routes.
+    auth: bool,
     routes: Vec<ProxiedRoute>,
     docs: String,
 }
@@ -126,17 +201,28 @@ struct GatewayInfo {
 #[utoipa::path(get, path = "/", tag = "gateway", responses((status = 200, body = GatewayInfo)))]
 async fn index(State(state): State<GatewayState>) -> Json<GatewayInfo> {
     let identity = state.platform.identity();
-    let upstreams = Backend::ALL
+    let upstreams = state
+        .upstreams
         .iter()
-        .map(|&backend| {
-            let replicas: Vec<String> = state
-                .upstreams
-                .get(backend)
+        .map(|upstream| {
+            let replicas: Vec<&str> = upstream.replicas.iter().map(|replica| replica.label()).collect();
+            (upstream.name().to_owned(), serde_json::json!(replicas))
+        })
+        .collect();
+    let resilience = state
+        .upstreams
+        .iter()
+        .map(|upstream| {
+            let ejected: Vec<&str> = upstream
                 .replicas
                 .iter()
-                .map(|url| url.to_string())
+                .filter(|replica| replica.is_ejected())
+                .map(|replica| replica.label())
                 .collect();
-            (backend.name().to_owned(), serde_json::json!(replicas))
+            (
+                upstream.name().to_owned(),
+                serde_json::json!({"breaker": upstream.breaker.state().name(), "ejected": ejected}),
+            )
         })
         .collect();
     Json(GatewayInfo {
@@ -144,6 +230,8 @@ async fn index(State(state): State<GatewayState>) -> Json<GatewayInfo> {
         version: identity.version.clone(),
         environment: identity.environment.clone(),
         upstreams,
+        resilience,
+        auth: state.auth.is_some(),
         routes: state
             .routes
             .iter()
@@ -160,26 +248,33 @@ async fn index(State(state): State<GatewayState>) -> Json<GatewayInfo> {
 /// The gateway's router, ready to serve.
 pub fn app(state: GatewayState) -> Router {
     let mut api: OpenApiRouter<GatewayState> = OpenApiRouter::new().routes(routes!(index));
+    // `/admin/*` is never wrapped in the simulation (ARCHITECTURE.md): the proxied admin routes
+    // sit beside the business routes, not inside them.
+    let mut admin: OpenApiRouter<GatewayState> = OpenApiRouter::new();
     for spec in state.routes.iter() {
         let Ok(filter) = MethodFilter::try_from(spec.method.clone()) else {
             tracing::error!(method = %spec.method, path = spec.path, "route table entry with an unsupported method skipped");
             continue;
         };
         let spec = Arc::new(spec.clone());
-        api = api.route(
-            spec.path,
-            on(
-                filter,
-                move |State(state): State<GatewayState>, request: Request| {
-                    let spec = spec.clone();
-                    async move { proxy::forward(state, &spec, request).await }
-                },
-            ),
+        let path = spec.path;
+        let handler = on(
+            filter,
+            move |State(state): State<GatewayState>, request: Request| {
+                let spec = spec.clone();
+                async move { proxy::forward(state, &spec, request).await }
+            },
         );
+        if path.starts_with("/admin/") {
+            admin = admin.route(path, handler);
+        } else {
+            api = api.route(path, handler);
+        }
     }
     let platform = state.platform.clone();
     let (router, own_doc) = platform
         .with_common_routes(api.with_state(state.clone()))
+        .merge(admin.with_state(state.clone()))
         .split_for_parts();
     let own_doc = serde_json::to_value(platform.document(own_doc, INFO)).unwrap_or_default();
     let docs_state = state.clone();

@@ -1,7 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use gateway::{DEFAULTS, GatewayConfig, GatewayState, app};
+use gateway::config::Command;
+use gateway::{DEFAULTS, GatewayConfig, GatewayState, app, auth};
 use shopstack_common::server;
 
 #[tokio::main]
@@ -10,7 +11,23 @@ async fn main() -> ExitCode {
         return code;
     }
     let config = GatewayConfig::parse();
-    server::run(config.common.clone(), DEFAULTS, |platform| async move {
+    if let Some(Command::MintToken(args)) = &config.command {
+        return match auth::mint_command(&config, args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("error: {error:#}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    if let Err(error) = config
+        .validate()
+        .and_then(|()| auth::Auth::from_config(&config).map(drop))
+    {
+        eprintln!("error: invalid configuration: {error:#}");
+        return ExitCode::from(2);
+    }
+    server::run(config.common_config(), DEFAULTS, |platform| async move {
         Ok(app(GatewayState::new(&config, platform)?))
     })
     .await

@@ -1,58 +1,316 @@
-//! The instances behind each backend, used in turn.
+//! The instances behind each backend and the per-backend edge state: balancing across
+//! replicas (power of two choices on requests in flight), outlier ejection (Envoy's
+//! consecutive-failure detector, with an active `/livez` probe to bring an instance back), the
+//! circuit breaker, the retry budget and the concurrency limit used for load shedding.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
+use rand::Rng;
 use reqwest::Url;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::breaker::{Breaker, BreakerSettings};
+use crate::metrics::EdgeMetrics;
+use crate::retry::RetryBudget;
 use crate::routes::Backend;
 
-/// One backend's replicas.
+/// Longest an ejection lasts before probing starts: `base_ejection` × this.
+const MAX_EJECTION_MULTIPLIER: u32 = 10;
+/// Timeout of one `/livez` probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy)]
+pub struct OutlierSettings {
+    /// Consecutive failures that eject a replica; 0 = never eject.
+    pub consecutive_failures: u32,
+    pub base_ejection: Duration,
+    pub probe_interval: Duration,
+}
+
+/// What a backend needs besides its replicas.
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamSettings {
+    pub timeout: Duration,
+    pub max_concurrency: usize,
+    pub retry_budget_ratio: f64,
+    pub breaker: BreakerSettings,
+    pub outlier: OutlierSettings,
+}
+
+/// One instance of a backend.
 #[derive(Debug)]
+pub struct Replica {
+    pub url: Url,
+    /// `url` as text: the `replica` label.
+    label: String,
+    in_flight: AtomicUsize,
+    consecutive_failures: AtomicU32,
+    ejected: AtomicBool,
+    ejections: AtomicU32,
+}
+
+impl Replica {
+    pub fn is_ejected(&self) -> bool {
+        self.ejected.load(Ordering::Acquire)
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+}
+
+/// Counts a request in flight to a replica until dropped.
+pub struct InFlight(Arc<Replica>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// One backend: its replicas and edge state.
 pub struct Upstream {
     pub backend: Backend,
-    pub replicas: Vec<Url>,
-    next: AtomicUsize,
+    pub replicas: Vec<Arc<Replica>>,
+    pub settings: UpstreamSettings,
+    pub breaker: Breaker,
+    pub budget: RetryBudget,
+    slots: Arc<Semaphore>,
+    /// Serialises ejection decisions so two at once can't leave no replica in rotation.
+    ejecting: Mutex<()>,
+    metrics: EdgeMetrics,
+    probe_client: reqwest::Client,
+}
+
+/// A load-shedding slot, held for the whole request (retries included).
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    gauge: prometheus::IntGauge,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
 }
 
 impl Upstream {
-    pub fn new(backend: Backend, replicas: Vec<Url>) -> Self {
+    pub fn new(
+        backend: Backend,
+        urls: Vec<Url>,
+        settings: UpstreamSettings,
+        metrics: EdgeMetrics,
+        probe_client: reqwest::Client,
+    ) -> Self {
+        let name = backend.name();
+        let replicas: Vec<Arc<Replica>> = urls
+            .into_iter()
+            .map(|url| {
+                let label = url.to_string();
+                metrics.replica_ejected.with_label_values(&[name, &label]).set(0);
+                Arc::new(Replica {
+                    url,
+                    label,
+                    in_flight: AtomicUsize::new(0),
+                    consecutive_failures: AtomicU32::new(0),
+                    ejected: AtomicBool::new(false),
+                    ejections: AtomicU32::new(0),
+                })
+            })
+            .collect();
+        metrics.upstream_in_flight.with_label_values(&[name]).set(0);
+        let labels: Vec<&str> = replicas.iter().map(|replica| replica.label()).collect();
+        metrics.init_upstream(name, &labels);
         Self {
+            breaker: Breaker::new(
+                name,
+                settings.breaker,
+                metrics.breaker_state.with_label_values(&[name]),
+                metrics.breaker_transitions.clone(),
+            ),
+            budget: RetryBudget::new(settings.retry_budget_ratio),
+            slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+            ejecting: Mutex::new(()),
             backend,
             replicas,
-            next: AtomicUsize::new(0),
+            settings,
+            metrics,
+            probe_client,
         }
     }
 
-    /// The next replica, round-robin.
-    pub fn pick(&self) -> &Url {
-        let index = self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len().max(1);
-        &self.replicas[index]
+    pub fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    /// A load-shedding slot, or `None` when the backend is at its concurrency limit.
+    pub fn try_slot(&self) -> Option<Slot> {
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let gauge = self.metrics.upstream_in_flight.with_label_values(&[self.name()]);
+        gauge.inc();
+        Some(Slot {
+            _permit: permit,
+            gauge,
+        })
+    }
+
+    /// A replica for the next attempt: the less busy of two random replicas in rotation
+    /// (power of two choices), avoiding `avoid` (the one that just failed) when there is another.
+    pub fn pick(&self, avoid: Option<usize>) -> (usize, InFlight) {
+        let mut candidates: Vec<usize> = (0..self.replicas.len())
+            .filter(|&index| !self.replicas[index].is_ejected())
+            .collect();
+        if candidates.is_empty() {
+            // Unreachable by construction (the last replica in rotation is never ejected), but
+            // balancing over everything beats refusing.
+            candidates = (0..self.replicas.len()).collect();
+        }
+        if candidates.len() > 1
+            && let Some(avoid) = avoid
+        {
+            candidates.retain(|&index| index != avoid);
+        }
+        let index = match candidates.len() {
+            0 => 0,
+            1 => candidates[0],
+            n => {
+                let mut rng = rand::rng();
+                let a = candidates[rng.random_range(0..n)];
+                let b = candidates[rng.random_range(0..n)];
+                let load = |i: usize| self.replicas[i].in_flight.load(Ordering::Acquire);
+                if load(b) < load(a) { b } else { a }
+            }
+        };
+        let replica = self.replicas[index].clone();
+        replica.in_flight.fetch_add(1, Ordering::AcqRel);
+        (index, InFlight(replica))
+    }
+
+    /// The outcome of an attempt at replica `index` (`success`: the replica served it, whatever
+    /// the status, short of 502/503/504), for outlier detection. Returns whether it
+    /// also counts for the circuit breaker: a success always does; a failure only when no other
+    /// replica is in rotation to take over (ejection deals with one bad replica among good
+    /// ones, the breaker with a backend that is failing as a whole) or when ejection is off.
+    pub fn report(self: &Arc<Self>, index: usize, success: bool) -> bool {
+        let Some(replica) = self.replicas.get(index) else {
+            return success;
+        };
+        if success {
+            replica.consecutive_failures.store(0, Ordering::Release);
+            return true;
+        }
+        let threshold = self.settings.outlier.consecutive_failures;
+        if threshold == 0 {
+            return true;
+        }
+        let failures = replica.consecutive_failures.fetch_add(1, Ordering::AcqRel) + 1;
+        if failures >= threshold && !replica.is_ejected() {
+            self.eject(index, replica, failures);
+        }
+        let others_in_rotation = self
+            .replicas
+            .iter()
+            .enumerate()
+            .filter(|(other, r)| *other != index && !r.is_ejected())
+            .count();
+        others_in_rotation == 0 && !replica.is_ejected()
+    }
+
+    fn eject(self: &Arc<Self>, index: usize, replica: &Arc<Replica>, failures: u32) {
+        let _deciding = self
+            .ejecting
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let in_rotation = self.replicas.iter().filter(|r| !r.is_ejected()).count();
+        if replica.is_ejected() || in_rotation <= 1 {
+            // The last replica in rotation stays: the circuit breaker handles a backend that is
+            // down as a whole.
+            return;
+        }
+        replica.ejected.store(true, Ordering::Release);
+        let ejections = replica.ejections.fetch_add(1, Ordering::AcqRel) + 1;
+        let name = self.name();
+        self.metrics
+            .ejections
+            .with_label_values(&[name, replica.label()])
+            .inc();
+        self.metrics
+            .replica_ejected
+            .with_label_values(&[name, replica.label()])
+            .set(1);
+        tracing::warn!(
+            upstream = name,
+            replica = replica.label(),
+            failures,
+            ejections,
+            "replica ejected after consecutive failures"
+        );
+        let wait = self.settings.outlier.base_ejection * ejections.min(MAX_EJECTION_MULTIPLIER);
+        tokio::spawn(probe_until_back(Arc::downgrade(self), index, wait));
     }
 }
 
-/// All backends.
-#[derive(Debug, Clone)]
-pub struct Upstreams {
-    catalog: Arc<Upstream>,
-    cart: Arc<Upstream>,
-    orders: Arc<Upstream>,
+/// After `wait`, probe the ejected replica's `/livez` every probe interval until it answers,
+/// then put it back in rotation. Ends when the gateway is gone.
+async fn probe_until_back(upstream: Weak<Upstream>, index: usize, wait: Duration) {
+    tokio::time::sleep(wait).await;
+    loop {
+        let Some(this) = upstream.upgrade() else {
+            return;
+        };
+        let Some(replica) = this.replicas.get(index).cloned() else {
+            return;
+        };
+        let mut url = replica.url.clone();
+        url.set_path(&format!("{}/livez", url.path().trim_end_matches('/')));
+        let live = this
+            .probe_client
+            .get(url)
+            .timeout(PROBE_TIMEOUT)
+            .send()
+            .await
+            .is_ok_and(|response| response.status().is_success());
+        if live {
+            replica.consecutive_failures.store(0, Ordering::Release);
+            replica.ejected.store(false, Ordering::Release);
+            this.metrics
+                .replica_ejected
+                .with_label_values(&[this.name(), replica.label()])
+                .set(0);
+            tracing::info!(
+                upstream = this.name(),
+                replica = replica.label(),
+                "ejected replica answered its probe; back in rotation"
+            );
+            return;
+        }
+        let interval = this.settings.outlier.probe_interval;
+        drop(this);
+        tokio::time::sleep(interval).await;
+    }
 }
+
+/// All backends, in [`Backend::ALL`] order.
+#[derive(Clone)]
+pub struct Upstreams(Arc<Vec<Arc<Upstream>>>);
 
 impl Upstreams {
-    pub fn new(catalog: Vec<Url>, cart: Vec<Url>, orders: Vec<Url>) -> Self {
-        Self {
-            catalog: Arc::new(Upstream::new(Backend::Catalog, catalog)),
-            cart: Arc::new(Upstream::new(Backend::Cart, cart)),
-            orders: Arc::new(Upstream::new(Backend::Orders, orders)),
-        }
+    pub fn new(upstreams: Vec<Upstream>) -> Self {
+        Self(Arc::new(upstreams.into_iter().map(Arc::new).collect()))
     }
 
+    /// The backend's upstream. Every [`Backend`] has one: [`crate::GatewayState::new`] builds
+    /// them from the same list.
     pub fn get(&self, backend: Backend) -> &Arc<Upstream> {
-        match backend {
-            Backend::Catalog => &self.catalog,
-            Backend::Cart => &self.cart,
-            Backend::Orders => &self.orders,
-        }
+        self.0
+            .iter()
+            .find(|upstream| upstream.backend == backend)
+            .unwrap_or_else(|| &self.0[0])
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
+        self.0.iter()
     }
 }

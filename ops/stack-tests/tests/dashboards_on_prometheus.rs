@@ -40,38 +40,6 @@ const PENDING: &[(&str, &str, &str)] = &[
         "Events consumed per second",
         "events_consumed_total: needs NATS (apps/orders tests run their own nats-server)",
     ),
-    // The gateway's edge policies: issue 8, not on main yet. Once it lands, the gauges fill
-    // at once; the counters need traffic that trips them (a retry, a breaker, a 429, a 401).
-    (
-        "shopstack-gateway",
-        "Retries by reason",
-        "gateway_upstream_retries_total, issue 8",
-    ),
-    (
-        "shopstack-gateway",
-        "Circuit breakers",
-        "gateway_circuit_breaker_state, issue 8",
-    ),
-    (
-        "shopstack-gateway",
-        "Requests in flight per backend",
-        "gateway_upstream_in_flight, issue 8",
-    ),
-    (
-        "shopstack-gateway",
-        "Failed fast",
-        "gateway breaker/shed/deadline/budget counters, issue 8",
-    ),
-    (
-        "shopstack-gateway",
-        "Ejected replicas",
-        "gateway_upstream_replica_ejected, issue 8",
-    ),
-    (
-        "shopstack-gateway",
-        "Rate limited and refused by auth",
-        "gateway_rate_limited_total, gateway_auth_failures_total, issue 8",
-    ),
 ];
 
 const ADMIN_TOKEN: &str = "test-admin-token";

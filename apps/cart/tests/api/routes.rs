@@ -158,6 +158,9 @@ async fn bad_input_is_a_400_problem_and_changes_nothing() {
         "{\"product_id\": \"prod-123\", \"quantity\": 99999999999}",
         "{\"product_id\": \"bad id with spaces\", \"quantity\": 1}",
         "[]",
+        // Mass assignment: members the client has no say over are refused, not ignored.
+        "{\"product_id\": \"prod-123\", \"quantity\": 1, \"price\": 0}",
+        "{\"product_id\": \"prod-123\", \"quantity\": 1, \"user_id\": \"someone-else\"}",
     ];
     for body in bodies {
         let response = client()
@@ -173,14 +176,16 @@ async fn bad_input_is_a_400_problem_and_changes_nothing() {
         assert_eq!(problem["status"], 400);
         assert!(!problem["detail"].as_str().unwrap().is_empty());
     }
-    // Exceeding the per-line maximum through repeated adds is refused too.
+    // Exceeding the per-line maximum through repeated adds is refused too: each add is well
+    // formed, so it is a conflict with what the line already holds.
     let over = client()
         .post(&url)
         .json(&json!({"product_id": "prod-123", "quantity": 100}))
         .send()
         .await
         .unwrap();
-    assert_eq!(over.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(over.status(), StatusCode::CONFLICT);
+    assert_eq!(json_of(over).await["max_quantity"], 100);
     let patch_zero = client()
         .patch(stack.cart.url("/v1/cart/user-1/items/prod-123"))
         .json(&json!({"quantity": 0}))

@@ -319,11 +319,15 @@ async fn admin_simulation_needs_the_token_and_validates() {
             .unwrap(),
     )
     .await;
-    for bad in [
-        json!({"failure_rate": 2}),
-        json!({"latency_min_ms": 10, "latency_max_ms": 5}),
-        json!({"nonsense": true}),
-        json!({"failure_status": 200}),
+    for (bad, status) in [
+        (json!({"failure_rate": 2}), StatusCode::BAD_REQUEST),
+        // Each bound is fine alone; together they contradict each other.
+        (
+            json!({"latency_min_ms": 10, "latency_max_ms": 5}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
+        (json!({"nonsense": true}), StatusCode::BAD_REQUEST),
+        (json!({"failure_status": 200}), StatusCode::BAD_REQUEST),
     ] {
         let response = client()
             .put(&url)
@@ -332,7 +336,7 @@ async fn admin_simulation_needs_the_token_and_validates() {
             .send()
             .await
             .unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(response.status(), status, "{bad}");
     }
     let after = json_of(
         client()
