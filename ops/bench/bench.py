@@ -546,7 +546,16 @@ def write_markdown(summary, args, path):
         lines.append(f"| {goal['goal']} | {goal['value']:.2f} | {target} | {met} |")
     for note in summary["notes"]:
         lines += ["", f"_{note}_"]
-    path.write_text("\n".join(lines) + "\n")
+    results = "\n".join(lines[1:]).strip() + "\n"
+    # Only the part between the markers is generated; the analysis around it is kept.
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    existing = path.read_text() if path.exists() else ""
+    if start in existing and end in existing:
+        head, rest = existing.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        path.write_text(f"{head}{start}\n{results}{end}{tail}")
+    else:
+        path.write_text(f"# Benchmarks\n\n{start}\n{results}{end}\n")
 
 
 def main():
