@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use shopstack_common::Platform;
 use shopstack_common::config::Settings;
 use shopstack_common::telemetry;
-use shopstack_common::testing::{TestServer, metric_sum, parse_metrics};
+use shopstack_common::testing::{TestServer, black_hole, closed_port, metric_sum, parse_metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Stack {
@@ -69,26 +69,6 @@ fn client() -> reqwest::Client {
 
 async fn json_of(response: reqwest::Response) -> Value {
     response.json().await.unwrap()
-}
-
-async fn closed_port() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
-
-/// Accepts connections and never answers.
-async fn black_hole() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    format!("http://{addr}")
 }
 
 /// Answers every request with bytes that are not HTTP.

@@ -100,26 +100,7 @@ pub async fn set_stock(catalog: &TestServer, product_id: &str, stock: i64) {
     assert_eq!(response.status(), reqwest::StatusCode::OK);
 }
 
-/// A port that accepts connections and never answers: a hung dependency.
-pub async fn black_hole() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((socket, _)) = listener.accept().await {
-            held.push(socket);
-        }
-    });
-    format!("http://{addr}")
-}
-
-/// A port nothing listens on: a dependency that is down.
-pub async fn closed_port() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    drop(listener);
-    format!("http://{addr}")
-}
+pub use shopstack_common::testing::{black_hole, closed_port};
 
 /// Poll `check` every 100 ms until it holds, for at most `limit`.
 pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool

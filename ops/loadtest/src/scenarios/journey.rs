@@ -120,16 +120,5 @@ async fn clear_on_stop(user: &mut GooseUser, ctx: Arc<Context>) -> TransactionRe
     if !state.dirty {
         return Ok(());
     }
-    let path = format!("/v1/cart/{}", state.user_id);
-    let outcome = send(
-        user,
-        &ctx,
-        NAME,
-        GooseMethod::Delete,
-        &path,
-        "/v1/cart/{user_id}",
-        None,
-    )
-    .await?;
-    verdict((!outcome.ok).then_some(outcome.metric))
+    super::clear_cart(user, &ctx, NAME, &state.user_id).await
 }

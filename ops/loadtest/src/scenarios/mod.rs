@@ -140,6 +140,28 @@ pub async fn send(
 }
 
 /// A transaction's result: failed (naming the request) when any of its requests failed.
+/// `DELETE /v1/cart/{user_id}`: how every scenario that leaves reserved stock in a cart gives it
+/// back when its user stops.
+pub async fn clear_cart(
+    user: &mut GooseUser,
+    ctx: &Context,
+    scenario: &'static str,
+    user_id: &str,
+) -> TransactionResult {
+    let path = format!("/v1/cart/{user_id}");
+    let outcome = send(
+        user,
+        ctx,
+        scenario,
+        GooseMethod::Delete,
+        &path,
+        "/v1/cart/{user_id}",
+        None,
+    )
+    .await?;
+    verdict((!outcome.ok).then_some(outcome.metric))
+}
+
 pub fn verdict(failed: Option<GooseRequestMetric>) -> TransactionResult {
     match failed {
         None => Ok(()),
