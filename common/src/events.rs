@@ -395,6 +395,17 @@ impl EventBus {
     /// asks for redelivery after a delay, an unreadable message is terminated (never redelivered).
     /// Survives NATS restarts (re-subscribes with backoff). Without NATS it does nothing.
     pub fn consume(&self, durable: &str, filter_subject: &str, handler: Handler) -> JoinHandle<()> {
+        // A consumer of one event type starts its series at 0, so "nothing consumed yet" (or no
+        // NATS at all) reads as 0 on a dashboard rather than as no data.
+        if !filter_subject.contains(['*', '>']) {
+            for result in ["ok", "ignored", "retry", "invalid"] {
+                self.0
+                    .metrics
+                    .consumed
+                    .with_label_values(&[filter_subject, result])
+                    .inc_by(0);
+            }
+        }
         let bus = self.clone();
         let durable = durable.to_owned();
         let filter_subject = filter_subject.to_owned();

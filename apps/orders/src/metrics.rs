@@ -80,16 +80,23 @@ impl OrdersMetrics {
                     &["result"],
                 )?,
             )?,
-            recoveries: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "order_saga_recoveries_total",
-                        "Interrupted order placements resolved by the recovery task, by outcome (finished, undone).",
-                    ),
-                    &["outcome"],
-                )?,
-            )?,
+            recoveries: {
+                let recoveries = register(
+                    registry,
+                    IntCounterVec::new(
+                        Opts::new(
+                            "order_saga_recoveries_total",
+                            "Interrupted order placements resolved by the recovery task, by outcome (finished, undone).",
+                        ),
+                        &["outcome"],
+                    )?,
+                )?;
+                // Both outcomes start at 0: "no interrupted checkout" is a value, not missing data.
+                for outcome in ["finished", "undone"] {
+                    recoveries.with_label_values(&[outcome]).inc_by(0);
+                }
+                recoveries
+            },
             outbox_backlog: register(
                 registry,
                 IntGauge::new(
