@@ -10,6 +10,7 @@ use shopstack_common::observe::REQUEST_ID;
 use shopstack_common::pagination::{PageParams, Pagination};
 use shopstack_common::{ApiInfo, Problem};
 use tracing::Instrument as _;
+use utoipa::openapi::OpenApi;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -19,7 +20,8 @@ use crate::error::OrdersError;
 use crate::model::{Order, OrderStatus};
 use crate::repo::OrderFilter;
 use crate::service::{
-    Checkout, PlaceOrder, Placed, optional_text, required_text, validate_id, validate_idempotency_key,
+    Checkout, Limits, PlaceOrder, Placed, optional_text, required_id, required_text, validate_id,
+    validate_idempotency_key,
 };
 use crate::upstream::StockLine;
 
@@ -47,24 +49,52 @@ pub fn router(state: AppState) -> OpenApiRouter {
 /// One requested line (seed 004).
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrderItemRequest {
-    #[schema(example = "prod-123")]
+    #[schema(value_type = String, required = true, example = "prod-123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub product_id: Option<String>,
-    #[schema(example = 2)]
+    /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
+    #[schema(value_type = i64, required = true, example = 2, minimum = 1)]
+    #[serde(
+        default,
+        deserialize_with = "shopstack_common::extract::optional_whole_number"
+    )]
     pub quantity: Option<i64>,
 }
+
+// The members are `Option`s so that a missing one gets a message naming it; the document says
+// which are required. Required free text (`shipping_address`) has a pattern: no NUL (PostgreSQL
+// `text` cannot hold one) and at least one character outside Unicode's White_Space (what
+// `str::trim` removes), spelled out so that the document and the server agree on every character. Unknown members are ignored (seed 004's clients may send a `unit_price`):
+// nothing a client sends can set a price, a status or a total.
 
 /// Seed 004's create-order body. Prices are not accepted: they come from the catalog.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateOrderRequest {
-    #[schema(example = "user123")]
+    #[schema(value_type = String, required = true, example = "user123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub user_id: Option<String>,
-    #[schema(example = "123 Main St, New York, NY 10001")]
+    /// Required: at least one character that is not white space (the value is trimmed); no NUL.
+    #[schema(value_type = String, required = true, example = "123 Main St, New York, NY 10001",
+        pattern = "^[^\\u0000]*[^\\u0000\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$", min_length = 1, max_length = 2000)]
     pub shipping_address: Option<String>,
-    #[schema(example = "123 Main St, New York, NY 10001")]
+    /// Optional; blank is the same as absent.
+    #[schema(
+        example = "123 Main St, New York, NY 10001",
+        pattern = "^[^\\u0000]*$",
+        max_length = 2000
+    )]
     pub billing_address: Option<String>,
-    #[schema(example = "Please ring doorbell")]
+    /// Optional; blank is the same as absent.
+    #[schema(
+        example = "Please ring doorbell",
+        pattern = "^[^\\u0000]*$",
+        max_length = 2000
+    )]
     pub notes: Option<String>,
-    /// At least one line; a product listed twice is one line with the quantities added.
+    /// At least one line, at most MAX_ORDER_LINES (the document states the configured value); a
+    /// product listed twice is one line with the quantities added (422 if that passes
+    /// MAX_ITEM_QUANTITY).
+    #[schema(value_type = Vec<OrderItemRequest>, required = true, min_items = 1)]
     #[serde(default)]
     pub order_items: Option<Vec<OrderItemRequest>>,
 }
@@ -72,19 +102,25 @@ pub struct CreateOrderRequest {
 /// Checkout body: the items come from the user's cart.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CheckoutRequest {
-    #[schema(example = "user123")]
+    #[schema(value_type = String, required = true, example = "user123",
+        pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     pub user_id: Option<String>,
-    #[schema(example = "123 Main St, New York, NY 10001")]
+    /// Required: at least one character that is not white space (the value is trimmed); no NUL.
+    #[schema(value_type = String, required = true, example = "123 Main St, New York, NY 10001",
+        pattern = "^[^\\u0000]*[^\\u0000\\t\\n\\u000b\\f\\r \\u0085\\u00a0\\u1680\\u2000-\\u200a\\u2028\\u2029\\u202f\\u205f\\u3000][^\\u0000]*$", min_length = 1, max_length = 2000)]
     pub shipping_address: Option<String>,
+    /// Optional; blank is the same as absent.
+    #[schema(pattern = "^[^\\u0000]*$", max_length = 2000)]
     pub billing_address: Option<String>,
+    /// Optional; blank is the same as absent.
+    #[schema(pattern = "^[^\\u0000]*$", max_length = 2000)]
     pub notes: Option<String>,
 }
 
 /// Seed 004's status-change body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateStatusRequest {
-    /// pending, confirmed, shipped, delivered or cancelled.
-    #[schema(example = "confirmed")]
+    #[schema(value_type = OrderStatus, required = true, example = "confirmed")]
     pub status: Option<String>,
 }
 
@@ -114,8 +150,10 @@ pub struct OrderListResponse {
 #[into_params(parameter_in = Query)]
 struct ListFilter {
     /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
     /// Only this user's orders.
+    #[param(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
     user_id: Option<String>,
 }
 
@@ -123,7 +161,37 @@ struct ListFilter {
 #[into_params(parameter_in = Query)]
 struct StatusFilter {
     /// Only orders in this status.
+    #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
+}
+
+/// State the configured limits (`MAX_ITEM_QUANTITY`, `MAX_ORDER_LINES`) in the document, so it
+/// tells clients the truth.
+pub fn document_limits(openapi: OpenApi, limits: Limits) -> OpenApi {
+    let Ok(mut doc) = serde_json::to_value(&openapi) else {
+        return openapi;
+    };
+    let edits = [
+        (
+            "/components/schemas/OrderItemRequest/properties/quantity",
+            "maximum",
+            limits.max_quantity as usize,
+        ),
+        (
+            "/components/schemas/CreateOrderRequest/properties/order_items",
+            "maxItems",
+            limits.max_lines,
+        ),
+    ];
+    for (pointer, keyword, value) in edits {
+        if let Some(schema) = doc
+            .pointer_mut(pointer)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schema.insert(keyword.into(), serde_json::json!(value));
+        }
+    }
+    serde_json::from_value(doc).unwrap_or(openapi)
 }
 
 fn success(code: StatusCode, message: &str, order: Order) -> Response {
@@ -191,13 +259,13 @@ fn list_response(orders: Vec<Order>, pagination: Pagination) -> Json<OrderListRe
 
 /// Create an order (seed 004). Unit prices come from the catalog; the stock is committed.
 #[utoipa::path(post, path = "/api/orders", tag = TAG, request_body = CreateOrderRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same order (422 if the body differs)")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same order (422 if the body differs)", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 201, description = "Order created (or, with `Idempotent-Replayed: true`, found again)", body = OrderResponse),
         (status = 400, description = "Malformed body, missing field, no items, quantity out of range", body = Problem, content_type = PROBLEM),
         (status = 404, description = "Unknown product", body = Problem, content_type = PROBLEM),
         (status = 409, description = "Insufficient stock, or the same request is in progress", body = Problem, content_type = PROBLEM),
-        (status = 422, description = "Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "Idempotency-Key reused with another body, or lines of one product that add up past MAX_ITEM_QUANTITY", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog or database unavailable", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
         (status = 504, description = "Catalog timed out", body = Problem, content_type = PROBLEM),
     ))]
@@ -207,22 +275,28 @@ async fn create_order(
     Json(body): Json<CreateOrderRequest>,
 ) -> Result<Response, OrdersError> {
     let key = idempotency_key(&headers)?;
-    let user_id = body.user_id.unwrap_or_default().trim().to_owned();
-    validate_id("user_id", &user_id)?;
+    let user_id = required_id("user_id", body.user_id)?;
     let shipping_address = required_text("shipping_address", body.shipping_address.as_deref())?;
     let billing_address = optional_text("billing_address", body.billing_address.as_deref())?;
     let notes = optional_text("notes", body.notes.as_deref())?;
-    let requested = body.order_items.unwrap_or_default();
+    let requested = body
+        .order_items
+        .ok_or_else(|| OrdersError::BadRequest("order_items is required".into()))?;
     if requested.is_empty() {
         return Err(OrdersError::BadRequest(
             "order_items must contain at least one item".into(),
         ));
     }
     let limits = state.orders.limits();
+    if requested.len() > limits.max_lines {
+        return Err(OrdersError::BadRequest(format!(
+            "an order may have at most {} lines",
+            limits.max_lines
+        )));
+    }
     let mut items: Vec<StockLine> = Vec::new();
     for (index, item) in requested.into_iter().enumerate() {
-        let product_id = item.product_id.unwrap_or_default().trim().to_owned();
-        validate_id(&format!("order_items[{index}].product_id"), &product_id)?;
+        let product_id = required_id(&format!("order_items[{index}].product_id"), item.product_id)?;
         let quantity = item
             .quantity
             .ok_or_else(|| OrdersError::BadRequest(format!("order_items[{index}].quantity is required")))?;
@@ -236,20 +310,14 @@ async fn create_order(
             Some(line) => {
                 line.quantity += quantity;
                 if line.quantity > limits.max_quantity {
-                    return Err(OrdersError::BadRequest(format!(
-                        "the total quantity of {product_id} must be at most {}",
-                        limits.max_quantity
+                    return Err(OrdersError::Unprocessable(format!(
+                        "the lines of {product_id} add up to {}; one product may have at most {}",
+                        line.quantity, limits.max_quantity
                     )));
                 }
             }
             None => items.push(StockLine { product_id, quantity }),
         }
-    }
-    if items.len() > limits.max_lines {
-        return Err(OrdersError::BadRequest(format!(
-            "an order may have at most {} lines",
-            limits.max_lines
-        )));
     }
     let request = PlaceOrder {
         user_id,
@@ -266,12 +334,12 @@ async fn create_order(
 /// Check out a user's cart: price it from the catalog, commit its reserved stock, write the
 /// order, clear the cart.
 #[utoipa::path(post, path = "/api/orders/checkout", tag = TAG, request_body = CheckoutRequest,
-    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same order (422 if the body differs)")),
+    params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same order (422 if the body differs)", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 201, description = "Order placed from the cart (or, with `Idempotent-Replayed: true`, found again)", body = OrderResponse),
-        (status = 400, description = "Malformed body, missing field, or the cart is empty", body = Problem, content_type = PROBLEM),
+        (status = 400, description = "Malformed body or missing field", body = Problem, content_type = PROBLEM),
         (status = 404, description = "A product in the cart is no longer in the catalog", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "Insufficient stock (cart and stock unchanged), or a checkout of this user is in progress", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "The cart is empty, insufficient stock (cart and stock unchanged), or a checkout of this user is in progress", body = Problem, content_type = PROBLEM),
         (status = 422, description = "Idempotency-Key reused with another body", body = Problem, content_type = PROBLEM),
         (status = 503, description = "Catalog, cart or database unavailable", body = Problem, content_type = PROBLEM, headers(("Retry-After" = u32))),
         (status = 504, description = "Catalog or cart timed out", body = Problem, content_type = PROBLEM),
@@ -282,8 +350,7 @@ async fn checkout(
     Json(body): Json<CheckoutRequest>,
 ) -> Result<Response, OrdersError> {
     let key = idempotency_key(&headers)?;
-    let user_id = body.user_id.unwrap_or_default().trim().to_owned();
-    validate_id("user_id", &user_id)?;
+    let user_id = required_id("user_id", body.user_id)?;
     let request = Checkout {
         user_id,
         shipping_address: required_text("shipping_address", body.shipping_address.as_deref())?,
@@ -309,10 +376,7 @@ async fn list_orders(
     let page = paging
         .resolve()
         .map_err(|problem| OrdersError::BadRequest(problem.detail))?;
-    let user_id = filter
-        .user_id
-        .map(|id| id.trim().to_owned())
-        .filter(|id| !id.is_empty());
+    let user_id = filter.user_id;
     if let Some(user_id) = &user_id {
         validate_id("user_id", user_id)?;
     }
@@ -326,7 +390,7 @@ async fn list_orders(
 
 /// One user's orders, newest first, a page at a time (seed 004).
 #[utoipa::path(get, path = "/api/users/{user_id}/orders", tag = TAG,
-    params(("user_id" = String, Path, description = "The user"), PageParams, StatusFilter),
+    params(("user_id" = String, Path, description = "The user", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), PageParams, StatusFilter),
     responses(
         (status = 200, description = "The user's orders (an empty page for a user with none)", body = OrderListResponse),
         (status = 400, description = "Bad user id, page, page_size or status", body = Problem, content_type = PROBLEM),
@@ -352,7 +416,7 @@ async fn user_orders(
 
 /// One order (seed 004).
 #[utoipa::path(get, path = "/api/orders/{id}", tag = TAG,
-    params(("id" = String, Path, description = "Order id (UUID)")),
+    params(("id" = String, Path, format = "uuid", description = "Order id (UUID)")),
     responses(
         (status = 200, body = OrderResponse),
         (status = 400, description = "Not a UUID", body = Problem, content_type = PROBLEM),
@@ -366,7 +430,7 @@ async fn get_order(State(state): State<AppState>, Path(id): Path<String>) -> Res
 /// Change an order's status (seed 004). pending → confirmed → shipped → delivered; cancelled
 /// from pending or confirmed (its stock goes back to the catalog); any other move is 409.
 #[utoipa::path(patch, path = "/api/orders/{id}/status", tag = TAG, request_body = UpdateStatusRequest,
-    params(("id" = String, Path, description = "Order id (UUID)")),
+    params(("id" = String, Path, format = "uuid", description = "Order id (UUID)")),
     responses(
         (status = 200, description = "Status changed; `data` is the order after the change", body = OrderResponse),
         (status = 400, description = "Not a UUID, or not a status", body = Problem, content_type = PROBLEM),
@@ -392,7 +456,7 @@ async fn update_status(
 
 /// Cancel an order (seed 004): allowed while pending or confirmed; its stock goes back.
 #[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = TAG,
-    params(("id" = String, Path, description = "Order id (UUID)")),
+    params(("id" = String, Path, format = "uuid", description = "Order id (UUID)")),
     responses(
         (status = 200, description = "Cancelled; `data` is the cancelled order", body = OrderResponse),
         (status = 400, description = "Not a UUID", body = Problem, content_type = PROBLEM),

@@ -11,9 +11,13 @@ pub enum OrdersError {
     /// 400: malformed id, body or parameter; empty order.
     #[error("{0}")]
     BadRequest(String),
-    /// 400: checkout of an empty cart.
+    /// 409: checkout of an empty cart (well formed, but the cart's state does not allow it).
     #[error("The cart of user {0} is empty; there is nothing to check out.")]
     EmptyCart(String),
+    /// 422: well formed, every line within bounds, but the order as a whole is not (lines of
+    /// one product that add up past the per-product maximum).
+    #[error("{0}")]
+    Unprocessable(String),
     /// 404: no order with this id.
     #[error("Order {0} not found")]
     OrderNotFound(String),
@@ -60,6 +64,7 @@ impl OrdersError {
         match self {
             OrdersError::BadRequest(_) => "bad_request",
             OrdersError::EmptyCart(_) => "empty_cart",
+            OrdersError::Unprocessable(_) => "unprocessable",
             OrdersError::OrderNotFound(_) | OrdersError::ProductNotFound(_) => "not_found",
             OrdersError::InvalidTransition { .. } => "invalid_transition",
             OrdersError::InsufficientStock { .. } => "insufficient_stock",
@@ -103,7 +108,10 @@ impl IntoResponse for OrdersError {
         let problem = match &self {
             OrdersError::BadRequest(_) => Problem::bad_request(detail),
             OrdersError::EmptyCart(user) => {
-                Problem::new(StatusCode::BAD_REQUEST, "empty-cart", detail).with("user_id", user.as_str())
+                Problem::new(StatusCode::CONFLICT, "empty-cart", detail).with("user_id", user.as_str())
+            }
+            OrdersError::Unprocessable(_) => {
+                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "order-too-large", detail)
             }
             OrdersError::OrderNotFound(id) => Problem::not_found(detail).with("order_id", id.as_str()),
             OrdersError::ProductNotFound(id) => Problem::not_found(detail).with("product_id", id.as_str()),

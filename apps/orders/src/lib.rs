@@ -128,5 +128,8 @@ impl UpstreamCheck {
 /// The orders router, ready to serve (tests bind it on port 0).
 pub fn app(state: AppState) -> Router {
     let platform = state.platform.clone();
-    platform.service_router(api::router(state), api::INFO)
+    let limits = state.orders.limits();
+    platform.service_router_with(api::router(state), api::INFO, |doc| {
+        api::document_limits(doc, limits)
+    })
 }

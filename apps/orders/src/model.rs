@@ -64,13 +64,14 @@ impl fmt::Display for OrderStatus {
     }
 }
 
+/// Seed 004's spelling exactly (lowercase): what the document's enum promises, no more.
 impl FromStr for OrderStatus {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
         Self::ALL
             .into_iter()
-            .find(|status| status.as_str() == text.trim().to_ascii_lowercase())
+            .find(|status| status.as_str() == text)
             .ok_or_else(|| {
                 format!(
                     "{text:?} is not an order status; expected one of pending, confirmed, shipped, delivered, cancelled"
@@ -193,9 +194,11 @@ mod tests {
     }
 
     #[test]
-    fn statuses_parse_case_insensitively_and_refuse_others() {
-        assert_eq!("Shipped".parse::<OrderStatus>(), Ok(OrderStatus::Shipped));
-        assert!("returned".parse::<OrderStatus>().is_err());
+    fn statuses_parse_exactly_as_seed_004_spells_them() {
+        assert_eq!("shipped".parse::<OrderStatus>(), Ok(OrderStatus::Shipped));
+        for other in ["Shipped", " shipped", "returned", ""] {
+            assert!(other.parse::<OrderStatus>().is_err(), "{other:?}");
+        }
         assert_eq!(
             serde_json::to_string(&OrderStatus::Cancelled).unwrap_or_default(),
             "\"cancelled\""

@@ -781,24 +781,36 @@ pub fn validate_id(what: &str, value: &str) -> Result<(), OrdersError> {
     }
 }
 
-/// A required free-text field: trimmed, non-empty, bounded.
-pub fn required_text(what: &str, value: Option<&str>) -> Result<String, OrdersError> {
-    let value = value.map(str::trim).unwrap_or_default();
-    if value.is_empty() {
-        return Err(OrdersError::BadRequest(format!("{what} is required")));
-    }
-    optional_text(what, Some(value)).map(Option::unwrap_or_default)
+/// A required id: present, and [`validate_id`]'s shape.
+pub fn required_id(what: &str, value: Option<String>) -> Result<String, OrdersError> {
+    let value = value.ok_or_else(|| OrdersError::BadRequest(format!("{what} is required")))?;
+    validate_id(what, &value)?;
+    Ok(value)
 }
 
-/// An optional free-text field: trimmed, empty → absent, bounded.
+/// A required free-text field: bounded, no NUL, trimmed, non-empty.
+pub fn required_text(what: &str, value: Option<&str>) -> Result<String, OrdersError> {
+    optional_text(what, value)?.ok_or_else(|| OrdersError::BadRequest(format!("{what} is required")))
+}
+
+/// An optional free-text field: bounded (before trimming, as the document counts), no NUL
+/// (PostgreSQL `text` cannot hold one), trimmed, blank → absent.
 pub fn optional_text(what: &str, value: Option<&str>) -> Result<Option<String>, OrdersError> {
-    match value.map(str::trim).filter(|value| !value.is_empty()) {
-        None => Ok(None),
-        Some(value) if value.chars().count() > MAX_TEXT_LEN => Err(OrdersError::BadRequest(format!(
+    let Some(value) = value else {
+        return Ok(None);
+    };
+    if value.chars().count() > MAX_TEXT_LEN {
+        return Err(OrdersError::BadRequest(format!(
             "{what} must be at most {MAX_TEXT_LEN} characters"
-        ))),
-        Some(value) => Ok(Some(value.to_owned())),
+        )));
     }
+    if value.contains('\0') {
+        return Err(OrdersError::BadRequest(format!(
+            "{what} must not contain NUL characters"
+        )));
+    }
+    let value = value.trim();
+    Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
 /// An `Idempotency-Key`: 1-255 visible ASCII characters.

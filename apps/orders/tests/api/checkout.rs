@@ -87,7 +87,7 @@ async fn checkout_orders_the_cart_and_clears_it(engine: Engine) {
 
     // An empty cart has nothing to check out.
     let response = checkout(&stack, "shopper", None).await;
-    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(response.status(), StatusCode::CONFLICT);
     assert_eq!(
         json_of(response).await["type"],
         "https://shopstack.dev/problems/empty-cart"

@@ -12,6 +12,7 @@ on_both_engines!(
     pagination_and_user_orders,
     bad_input_is_refused_and_changes_nothing,
     concurrent_status_changes_never_lose_one,
+    document_states_what_the_server_checks,
 );
 
 fn assert_envelope(body: &Value, message: &str) {
@@ -415,6 +416,29 @@ async fn bad_input_is_refused_and_changes_nothing(engine: Engine) {
             json!({"user_id": "u 1", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
             StatusCode::BAD_REQUEST,
         ),
+        // Ids are taken as sent: no trimming, so the document's pattern is the whole rule.
+        (
+            json!({"user_id": " u1", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"user_id": null, "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        // Blank, or holding a NUL (PostgreSQL text cannot).
+        (
+            json!({"user_id": "u1", "shipping_address": " \t ", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"user_id": "u1", "shipping_address": "x", "notes": "a\u{0}b", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        // Every line within bounds, but one product's lines add up past the maximum.
+        (
+            json!({"user_id": "u1", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 600}, {"product_id": "prod-113", "quantity": 600}]}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+        ),
         // Unknown product: nothing is ordered, even with a known one beside it.
         (
             json!({"user_id": "u1", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}, {"product_id": "no-such-product", "quantity": 1}]}),
@@ -451,7 +475,13 @@ async fn bad_input_is_refused_and_changes_nothing(engine: Engine) {
         .as_str()
         .unwrap()
         .to_owned();
-    for status in [json!({"status": "returned"}), json!({}), json!({"status": 3})] {
+    for status in [
+        json!({"status": "returned"}),
+        json!({}),
+        json!({"status": 3}),
+        json!({"status": "Confirmed"}),
+        json!({"status": " confirmed"}),
+    ] {
         let response = http
             .patch(stack.url(&format!("/api/orders/{id}/status")))
             .json(&status)
@@ -558,4 +588,39 @@ async fn concurrent_status_changes_never_lose_one(engine: Engine) {
         })
         .await
     );
+}
+
+/// The served document promises what the handlers check (schemathesis holds it to that in
+/// `make schemathesis`; this pins the parts that come from configuration or are easy to lose).
+async fn document_states_what_the_server_checks(engine: Engine) {
+    let db = TestDb::of(engine).await;
+    let stack = spawn_stack(&db, None, &[]).await;
+    let doc = json_of(
+        client()
+            .get(stack.orders.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let schemas = &doc["components"]["schemas"];
+    let create = &schemas["CreateOrderRequest"];
+    let mut required: Vec<&str> = create["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|name| name.as_str().unwrap())
+        .collect();
+    required.sort_unstable();
+    assert_eq!(required, ["order_items", "shipping_address", "user_id"]);
+    assert_eq!(create["properties"]["user_id"]["type"], "string", "not nullable");
+    assert_eq!(create["properties"]["order_items"]["minItems"], 1);
+    assert!(create["properties"]["order_items"]["maxItems"].as_u64().is_some());
+    let item = &schemas["OrderItemRequest"];
+    assert_eq!(item["properties"]["quantity"]["minimum"], 1);
+    assert!(item["properties"]["quantity"]["maximum"].as_u64().is_some());
+    let status = &schemas["UpdateStatusRequest"]["properties"]["status"];
+    assert_eq!(status["$ref"], "#/components/schemas/OrderStatus");
+    let get_order = &doc["paths"]["/api/orders/{id}"]["get"]["parameters"][0]["schema"];
+    assert_eq!(get_order["format"], "uuid");
 }
