@@ -35,6 +35,10 @@ pub struct OrdersConfig {
     #[arg(long, env = "NATS_URL")]
     pub nats_url: Option<String>,
 
+    /// How long an order stays in the Redis read cache (on when REDIS_URL is set), e.g. 5m.
+    #[arg(long, env = "ORDER_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]
+    pub order_cache_ttl: Duration,
+
     /// Largest quantity of one order line.
     #[arg(long, env = "MAX_ITEM_QUANTITY", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_item_quantity: u32,

@@ -5,9 +5,11 @@
 //! - [`model`]: orders on the wire and the status machine; [`service`]: the order rules and the
 //!   checkout saga; [`upstream`]: calls to the catalog and the cart;
 //! - [`tasks`]: the outbox relay and the maintenance loop; [`api`]: HTTP handlers;
+//! - [`cache`]: the optional Redis cache for order reads;
 //! - [`error`]: the error enum; [`metrics`]: business metrics.
 
 pub mod api;
+pub mod cache;
 pub mod config;
 pub mod db;
 pub mod error;
@@ -24,8 +26,10 @@ use axum::Router;
 use shopstack_common::Platform;
 use shopstack_common::config::ServiceDefaults;
 use shopstack_common::events::EventBus;
+use shopstack_common::redis::Redis;
 use shopstack_common::simulation::SimulationProfile;
 
+use cache::OrderCache;
 pub use config::OrdersConfig;
 use db::Db;
 use metrics::OrdersMetrics;
@@ -83,16 +87,32 @@ impl AppState {
                 Box::pin(async move { live.live().await })
             });
         }
+        let redis = match &platform.settings().redis_url {
+            Some(url) => {
+                let redis = Redis::connect(url).await?;
+                let probe = redis.clone();
+                // Not needed for readiness: without the cache, reads go to the database.
+                platform.health().register("redis", false, move || {
+                    let redis = probe.clone();
+                    Box::pin(async move { redis.ping().await })
+                });
+                Some(redis)
+            }
+            None => None,
+        };
+        let metrics = OrdersMetrics::new(registry)?;
+        let cache = OrderCache::new(redis, config.order_cache_ttl, metrics.cache_requests.clone());
         let orders = OrderService::new(
             db,
             catalog,
             cart,
             bus,
-            OrdersMetrics::new(registry)?,
+            metrics,
             Limits {
                 max_quantity: i64::from(config.max_item_quantity),
                 max_lines: config.max_order_lines as usize,
             },
+            cache,
         );
         let tasks = tasks::spawn(
             orders.clone(),

@@ -27,6 +27,9 @@ pub struct OrdersMetrics {
     pub recoveries: IntCounterVec,
     /// `outbox_backlog`: events written but not yet published.
     pub outbox_backlog: IntGauge,
+    /// `order_cache_requests_total{result}`: order reads by cache result (hit, miss, error);
+    /// series appear only when the cache is on.
+    pub cache_requests: IntCounterVec,
 }
 
 impl OrdersMetrics {
@@ -102,6 +105,16 @@ impl OrdersMetrics {
                 IntGauge::new(
                     "outbox_backlog",
                     "Order events written to the outbox but not yet published.",
+                )?,
+            )?,
+            cache_requests: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "order_cache_requests_total",
+                        "Order reads by Redis cache result (hit, miss, error: Redis failed and the database answered).",
+                    ),
+                    &["result"],
                 )?,
             )?,
         })

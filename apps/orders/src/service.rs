@@ -29,6 +29,7 @@ use shopstack_common::pagination::{Page, Pagination};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
+use crate::cache::OrderCache;
 use crate::db::{Db, now};
 use crate::error::OrdersError;
 use crate::metrics::OrdersMetrics;
@@ -88,6 +89,7 @@ struct Inner {
     bus: EventBus,
     metrics: OrdersMetrics,
     limits: Limits,
+    cache: OrderCache,
     relay_wake: Arc<Notify>,
 }
 
@@ -99,6 +101,7 @@ impl OrderService {
         bus: EventBus,
         metrics: OrdersMetrics,
         limits: Limits,
+        cache: OrderCache,
     ) -> Self {
         Self(Arc::new(Inner {
             db,
@@ -107,6 +110,7 @@ impl OrderService {
             bus,
             metrics,
             limits,
+            cache,
             relay_wake: Arc::new(Notify::new()),
         }))
     }
@@ -140,14 +144,25 @@ impl OrderService {
         self.0.limits
     }
 
+    pub fn cache(&self) -> &OrderCache {
+        &self.0.cache
+    }
+
     // -----------------------------------------------------------------------------------------
     // Reads
 
+    /// One order: from the Redis cache when it is on and holds it, else from the database
+    /// (and then into the cache).
     pub async fn get(&self, id: &str) -> Result<Order, OrdersError> {
         let uuid = parse_order_id(id)?;
-        repo::get_order(&self.0.db, uuid)
+        if let Some(order) = self.0.cache.get(uuid).await {
+            return Ok(order);
+        }
+        let order = repo::get_order(&self.0.db, uuid)
             .await?
-            .ok_or_else(|| OrdersError::OrderNotFound(id.to_owned()))
+            .ok_or_else(|| OrdersError::OrderNotFound(id.to_owned()))?;
+        self.0.cache.put(&order).await;
+        Ok(order)
     }
 
     pub async fn list(
@@ -563,9 +578,12 @@ impl OrderService {
                 if cancelling {
                     self.restock_cancelled(uuid).await;
                 }
-                return repo::get_order(&self.0.db, uuid)
+                let order = repo::get_order(&self.0.db, uuid)
                     .await?
-                    .ok_or_else(|| OrdersError::OrderNotFound(id.to_owned()));
+                    .ok_or_else(|| OrdersError::OrderNotFound(id.to_owned()))?;
+                // Write through: the cache holds the new version before the answer is sent.
+                self.0.cache.put(&order).await;
+                return Ok(order);
             }
         }
         Err(OrdersError::Busy(id.to_owned()))

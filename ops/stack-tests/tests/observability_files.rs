@@ -247,6 +247,7 @@ fn compose_runs_every_component_with_limits() {
         "cart",
         "orders",
         "redis",
+        "order-cache",
         "postgres",
         "nats",
         "otel-collector",

@@ -165,16 +165,19 @@ pub async fn spawn_cart(catalog_url: &str, nats_url: Option<&str>) -> TestServer
     TestServer::start(platform, cart::app(state)).await.unwrap()
 }
 
-/// The orders service on `db_url`, with extra `--flags`.
+/// The orders service on `db_url` (with its Redis read cache on `redis_url`), with extra `--flags`.
 pub async fn spawn_orders(
     db_url: &str,
     catalog_url: &str,
     cart_url: &str,
     nats_url: Option<&str>,
+    redis_url: Option<&str>,
     flags: &[&str],
 ) -> (TestServer, orders::AppState) {
     telemetry::init_for_tests();
-    let platform = Platform::new(Settings::for_tests("orders")).unwrap();
+    let mut settings = Settings::for_tests("orders");
+    settings.redis_url = redis_url.map(str::to_owned);
+    let platform = Platform::new(settings).unwrap();
     let mut args = vec![
         "orders",
         "--database-url",
@@ -215,10 +218,27 @@ pub async fn spawn_gateway(catalog_url: &str, cart_url: &str, orders_url: &str) 
 }
 
 pub async fn spawn_stack(db: &TestDb, nats_url: Option<&str>, flags: &[&str]) -> Stack {
+    spawn_stack_on(db, nats_url, None, flags).await
+}
+
+/// [`spawn_stack`] with the orders service's Redis read cache on `redis_url`.
+pub async fn spawn_stack_on(
+    db: &TestDb,
+    nats_url: Option<&str>,
+    redis_url: Option<&str>,
+    flags: &[&str],
+) -> Stack {
     let catalog = spawn_catalog().await;
     let cart = spawn_cart(&catalog.url(""), nats_url).await;
-    let (orders, orders_state) =
-        spawn_orders(&db.url, &catalog.url(""), &cart.url(""), nats_url, flags).await;
+    let (orders, orders_state) = spawn_orders(
+        &db.url,
+        &catalog.url(""),
+        &cart.url(""),
+        nats_url,
+        redis_url,
+        flags,
+    )
+    .await;
     let gateway = spawn_gateway(&catalog.url(""), &cart.url(""), &orders.url("")).await;
     Stack {
         catalog,

@@ -3,6 +3,7 @@
 //! `nats-server` where events are concerned.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod cache;
 mod checkout;
 mod contract;
 mod events;
