@@ -21,6 +21,7 @@ use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::observe::observe_request;
 use crate::problem::Problem;
+use crate::redis::Redis;
 use crate::simulation::{Simulation, inject_faults};
 
 /// How often dependency checks refresh `dependency_up` between probes.
@@ -83,6 +84,22 @@ impl Platform {
 
     pub fn client(&self) -> &HttpClient {
         &self.0.client
+    }
+
+    /// The service's Redis when `REDIS_URL`/`REDIS_ADDR` is set (connected without waiting for
+    /// it: see [`Redis::connect`]), its `redis` check registered in `/healthz`;
+    /// `required_for_readiness`: whether `/readyz` fails while it is down.
+    pub async fn redis(&self, required_for_readiness: bool) -> anyhow::Result<Option<Redis>> {
+        let Some(url) = &self.settings().redis_url else {
+            return Ok(None);
+        };
+        let redis = Redis::connect(url).await?;
+        let probe = redis.clone();
+        self.health().register("redis", required_for_readiness, move || {
+            let redis = probe.clone();
+            Box::pin(async move { redis.ping().await })
+        });
+        Ok(Some(redis))
     }
 
     pub(crate) fn stress_slot(&self) -> Arc<Semaphore> {

@@ -24,7 +24,6 @@ use shopstack_common::Platform;
 use shopstack_common::config::ServiceDefaults;
 use shopstack_common::idempotency::Idempotency;
 use shopstack_common::metrics::register;
-use shopstack_common::redis::Redis;
 use shopstack_common::simulation::SimulationProfile;
 
 use catalog_client::CatalogClient;
@@ -64,19 +63,9 @@ impl AppState {
                 &["op", "result"],
             )?,
         )?;
-        let redis = match &platform.settings().redis_url {
-            Some(url) => Some(Redis::connect(url).await?),
-            None => None,
-        };
+        let redis = platform.redis(true).await?;
         let store: Arc<dyn CartStore> = match &redis {
-            Some(redis) => {
-                let probe = redis.clone();
-                platform.health().register("redis", true, move || {
-                    let redis = probe.clone();
-                    Box::pin(async move { redis.ping().await })
-                });
-                Arc::new(RedisStore::new(redis.clone(), config.cart_ttl))
-            }
+            Some(redis) => Arc::new(RedisStore::new(redis.clone(), config.cart_ttl)),
             None => {
                 let memory = Arc::new(MemoryStore::new(config.cart_ttl));
                 spawn_sweeper(memory.clone());

@@ -19,7 +19,6 @@ use std::sync::Arc;
 use axum::Router;
 use shopstack_common::Platform;
 use shopstack_common::config::ServiceDefaults;
-use shopstack_common::redis::Redis;
 use shopstack_common::simulation::SimulationProfile;
 
 pub use config::CatalogConfig;
@@ -44,16 +43,8 @@ pub struct AppState {
 impl AppState {
     pub async fn new(config: &CatalogConfig, platform: Platform) -> anyhow::Result<Self> {
         let catalog = Arc::new(Catalog::load(config.products_file.as_deref())?);
-        let store: Arc<dyn InventoryStore> = match &platform.settings().redis_url {
-            Some(url) => {
-                let redis = Redis::connect(url).await?;
-                let probe = redis.clone();
-                platform.health().register("redis", true, move || {
-                    let redis = probe.clone();
-                    Box::pin(async move { redis.ping().await })
-                });
-                Arc::new(RedisInventory::new(redis))
-            }
+        let store: Arc<dyn InventoryStore> = match platform.redis(true).await? {
+            Some(redis) => Arc::new(RedisInventory::new(redis)),
             None => Arc::new(MemoryInventory::default()),
         };
         let inventory = Inventory::new(store, catalog.clone(), platform.metrics().registry())?;

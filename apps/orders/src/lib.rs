@@ -26,7 +26,6 @@ use axum::Router;
 use shopstack_common::Platform;
 use shopstack_common::config::ServiceDefaults;
 use shopstack_common::events::EventBus;
-use shopstack_common::redis::Redis;
 use shopstack_common::simulation::SimulationProfile;
 
 use cache::OrderCache;
@@ -87,19 +86,8 @@ impl AppState {
                 Box::pin(async move { live.live().await })
             });
         }
-        let redis = match &platform.settings().redis_url {
-            Some(url) => {
-                let redis = Redis::connect(url).await?;
-                let probe = redis.clone();
-                // Not needed for readiness: without the cache, reads go to the database.
-                platform.health().register("redis", false, move || {
-                    let redis = probe.clone();
-                    Box::pin(async move { redis.ping().await })
-                });
-                Some(redis)
-            }
-            None => None,
-        };
+        // Not needed for readiness: without the cache, reads go to the database.
+        let redis = platform.redis(false).await?;
         let metrics = OrdersMetrics::new(registry)?;
         let cache = OrderCache::new(redis, config.order_cache_ttl, metrics.cache_requests.clone());
         let orders = OrderService::new(
