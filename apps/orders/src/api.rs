@@ -64,8 +64,9 @@ pub struct OrderItemRequest {
 // The members are `Option`s so that a missing one gets a message naming it; the document says
 // which are required. Required free text (`shipping_address`) has a pattern: no NUL (PostgreSQL
 // `text` cannot hold one) and at least one character outside Unicode's White_Space (what
-// `str::trim` removes), spelled out so that the document and the server agree on every character. Unknown members are ignored (seed 004's clients may send a `unit_price`):
-// nothing a client sends can set a price, a status or a total.
+// `str::trim` removes), spelled out so that the document and the server agree on every
+// character. Unknown members are ignored (seed 004's clients may send a `unit_price`): nothing a
+// client sends can set a price, a status or a total.
 
 /// Seed 004's create-order body. Prices are not accepted: they come from the catalog.
 #[derive(Debug, Deserialize, ToSchema)]
