@@ -457,6 +457,42 @@ pub fn run_healthcheck(binary: &std::path::Path, port: u16) -> anyhow::Result<Pr
     })
 }
 
+/// The container probe's contract, for each service's test: `binary healthcheck` exits 0 while
+/// the service is ready, fails while it drains (the service still answers, with 503) and once
+/// it is gone. Panics (a test assertion) when any of that does not hold.
+pub fn assert_healthcheck_follows_readiness(binary: &std::path::Path) -> anyhow::Result<()> {
+    let lifecycle = probe_lifecycle(binary)?;
+    assert!(
+        lifecycle.ready.success,
+        "ready service: {}",
+        lifecycle.ready.stderr
+    );
+    assert!(!lifecycle.draining.success, "a draining service is not ready");
+    assert!(
+        lifecycle.draining.stderr.contains("answered 503"),
+        "while draining the service still answers, with 503: {}",
+        lifecycle.draining.stderr
+    );
+    assert!(!lifecycle.stopped.success, "nothing listens any more");
+    Ok(())
+}
+
+/// The probe refuses an invalid `PORT` without reading the service's config (an invalid
+/// service setting must not matter to it), and a port nobody listens on is a plain failure,
+/// not a hang. Panics (a test assertion) when either does not hold.
+pub fn assert_healthcheck_refuses_bad_and_closed_ports(binary: &std::path::Path) -> anyhow::Result<()> {
+    let output = std::process::Command::new(binary)
+        .args(["healthcheck"])
+        .env("PORT", "not-a-port")
+        .env("SIM_FAILURE_RATE", "7")
+        .output()?;
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("not a port number"));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    assert!(!run_healthcheck(binary, port)?.success);
+    Ok(())
+}
+
 /// Start `binary`, probe it ready, send SIGTERM and probe it while it drains (a 10 s drain
 /// window; polled up to 5 s for readiness to fail), then kill it and probe once more.
 pub fn probe_lifecycle(binary: &std::path::Path) -> anyhow::Result<ProbeLifecycle> {
