@@ -123,11 +123,7 @@ async fn reads_survive_redis_going_down_and_the_cache_comes_back(engine: Engine)
             started.elapsed()
         );
     }
-    let response = client()
-        .post(stack.url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(get_order(&stack, &id).await["status"], "cancelled");
     assert!(cache_results(&stack).await.2 >= 1.0, "errors counted");

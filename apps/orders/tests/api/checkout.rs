@@ -77,11 +77,7 @@ async fn checkout_orders_the_cart_and_clears_it(engine: Engine) {
     assert_eq!(holds["holds"], json!([]));
     // Cancelling the order returns the units.
     let id = order["id"].as_str().unwrap();
-    let response = client()
-        .post(stack.url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, id).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(stock_of(&stack, "prod-111").await, initial);
 

@@ -100,11 +100,7 @@ async fn seed_004_contract_through_the_gateway(engine: Engine) {
         assert_eq!(body["data"]["status"], status);
     }
     // Delivered cannot be cancelled.
-    let response = http
-        .post(stack.url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, &id).await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     let problem = json_of(response).await;
@@ -115,22 +111,14 @@ async fn seed_004_contract_through_the_gateway(engine: Engine) {
     assert_eq!(response.status(), StatusCode::CREATED);
     let second = json_of(response).await["data"]["id"].as_str().unwrap().to_owned();
     assert_eq!(stock_of(&stack, "prod-110").await, stock_before - 5);
-    let response = http
-        .post(stack.url(&format!("/api/orders/{second}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, &second).await;
     assert_eq!(response.status(), StatusCode::OK);
     let body = json_of(response).await;
     assert_envelope(&body, "Order cancelled successfully");
     assert_eq!(body["data"]["status"], "cancelled");
     assert_eq!(stock_of(&stack, "prod-110").await, stock_before - 2);
     // Cancelling again is a conflict, and gives nothing back twice.
-    let response = http
-        .post(stack.url(&format!("/api/orders/{second}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, &second).await;
     assert_eq!(response.status(), StatusCode::CONFLICT);
     assert_eq!(stock_of(&stack, "prod-110").await, stock_before - 2);
 
@@ -195,11 +183,7 @@ async fn seed_004_contract_through_the_gateway(engine: Engine) {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let response = http
-        .post(stack.url(&format!("/api/orders/{unknown}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, &unknown.to_string()).await;
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
 
     // The business metrics moved.

@@ -45,11 +45,7 @@ async fn a_subscriber_receives_the_events_of_a_checkout() {
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }
-    let response = client()
-        .post(stack.url(&format!("/api/orders/{id}/cancel")))
-        .send()
-        .await
-        .unwrap();
+    let response = cancel_order(&stack, &id).await;
     assert_eq!(response.status(), StatusCode::OK);
 
     let mut received = Vec::new();

@@ -318,6 +318,15 @@ pub async fn checkout(stack: &Stack, user: &str, key: Option<&str>) -> reqwest::
     request.send().await.unwrap()
 }
 
+/// Cancel order `id` through the gateway.
+pub async fn cancel_order(stack: &Stack, id: &str) -> reqwest::Response {
+    client()
+        .post(stack.url(&format!("/api/orders/{id}/cancel")))
+        .send()
+        .await
+        .unwrap()
+}
+
 /// POST a direct order through the gateway.
 pub async fn create_order(stack: &Stack, user: &str, items: &[(&str, i64)]) -> reqwest::Response {
     let items: Vec<Value> = items
