@@ -48,6 +48,24 @@ pub struct ApiInfo {
     pub description: &'static str,
 }
 
+/// Set `keyword: value` on the schemas at the given JSON pointers of `openapi`, for what only the
+/// running service knows (a configured limit), so the document tells clients the truth. A
+/// pointer that names nothing is left alone.
+pub fn set_schema_keywords(openapi: OpenApi, edits: &[(String, &str, serde_json::Value)]) -> OpenApi {
+    let Ok(mut doc) = serde_json::to_value(&openapi) else {
+        return openapi;
+    };
+    for (pointer, keyword, value) in edits {
+        if let Some(schema) = doc
+            .pointer_mut(pointer)
+            .and_then(serde_json::Value::as_object_mut)
+        {
+            schema.insert((*keyword).to_owned(), value.clone());
+        }
+    }
+    serde_json::from_value(doc).unwrap_or(openapi)
+}
+
 impl Platform {
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new(&settings.identity)?;

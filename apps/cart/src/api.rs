@@ -5,6 +5,7 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shopstack_common::extract::{Json, Path};
+use shopstack_common::platform::set_schema_keywords;
 use shopstack_common::{ApiInfo, Problem};
 use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
@@ -128,17 +129,14 @@ const QUANTITY_SCHEMAS: [&str; 3] = ["SimpleAddRequest", "AddItemRequest", "Upda
 
 /// State the configured quantity cap in the document, so it tells clients the truth.
 pub fn document_quantity_cap(openapi: OpenApi, max_item_quantity: u32) -> OpenApi {
-    let Ok(mut doc) = serde_json::to_value(&openapi) else {
-        return openapi;
-    };
-    for schema in QUANTITY_SCHEMAS {
-        if let Some(quantity) = doc.pointer_mut(&format!("/components/schemas/{schema}/properties/quantity"))
-            && let Some(quantity) = quantity.as_object_mut()
-        {
-            quantity.insert("maximum".into(), serde_json::json!(max_item_quantity));
-        }
-    }
-    serde_json::from_value(doc).unwrap_or(openapi)
+    let edits = QUANTITY_SCHEMAS.map(|schema| {
+        (
+            format!("/components/schemas/{schema}/properties/quantity"),
+            "maximum",
+            serde_json::json!(max_item_quantity),
+        )
+    });
+    set_schema_keywords(openapi, &edits)
 }
 
 /// Add to a cart, seed 003's form (user in the body).

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use shopstack_common::extract::{Json, Path, Query};
 use shopstack_common::observe::REQUEST_ID;
 use shopstack_common::pagination::{PageParams, Pagination};
+use shopstack_common::platform::set_schema_keywords;
 use shopstack_common::{ApiInfo, Problem};
 use tracing::Instrument as _;
 use utoipa::openapi::OpenApi;
@@ -169,30 +170,19 @@ struct StatusFilter {
 /// State the configured limits (`MAX_ITEM_QUANTITY`, `MAX_ORDER_LINES`) in the document, so it
 /// tells clients the truth.
 pub fn document_limits(openapi: OpenApi, limits: Limits) -> OpenApi {
-    let Ok(mut doc) = serde_json::to_value(&openapi) else {
-        return openapi;
-    };
     let edits = [
         (
-            "/components/schemas/OrderItemRequest/properties/quantity",
+            "/components/schemas/OrderItemRequest/properties/quantity".to_owned(),
             "maximum",
-            limits.max_quantity as usize,
+            serde_json::json!(limits.max_quantity),
         ),
         (
-            "/components/schemas/CreateOrderRequest/properties/order_items",
+            "/components/schemas/CreateOrderRequest/properties/order_items".to_owned(),
             "maxItems",
-            limits.max_lines,
+            serde_json::json!(limits.max_lines),
         ),
     ];
-    for (pointer, keyword, value) in edits {
-        if let Some(schema) = doc
-            .pointer_mut(pointer)
-            .and_then(serde_json::Value::as_object_mut)
-        {
-            schema.insert(keyword.into(), serde_json::json!(value));
-        }
-    }
-    serde_json::from_value(doc).unwrap_or(openapi)
+    set_schema_keywords(openapi, &edits)
 }
 
 fn success(code: StatusCode, message: &str, order: Order) -> Response {
