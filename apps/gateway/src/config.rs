@@ -211,6 +211,15 @@ impl GatewayConfig {
             bail!("RATE_LIMIT_RPS must be 0 (off) or a positive number");
         }
         self.upstream_timeout.validate()?;
+        for (backend, urls) in self.upstream_urls() {
+            if let Some(url) = urls.iter().find(|url| url.scheme() != "http") {
+                // The gateway's client is built without TLS: backends sit on the internal network.
+                bail!(
+                    "{} backend URL {url} must be http:// (the gateway speaks plain HTTP to its backends)",
+                    backend.name()
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -303,5 +312,19 @@ mod tests {
         let unknown: TimeoutTable = "basket=1s".parse().unwrap_or_else(|_| unreachable!());
         assert!(unknown.validate().is_err());
         assert!("cart=soon".parse::<TimeoutTable>().is_err());
+    }
+
+    #[test]
+    fn backends_are_plain_http() {
+        let tls = GatewayConfig::try_parse_from(["gateway", "--cart-service-url", "https://cart:8002"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let error = tls.validate().err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            error.contains("cart backend URL https://cart:8002/ must be http://"),
+            "{error}"
+        );
+        let plain = GatewayConfig::try_parse_from(["gateway", "--cart-service-url", "http://cart:8002"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(plain.validate().is_ok());
     }
 }

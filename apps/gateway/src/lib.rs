@@ -106,7 +106,7 @@ impl GatewayState {
                 settings,
                 metrics.clone(),
                 platform.client().inner().clone(),
-            ));
+            )?);
         }
         for backend in Backend::ALL {
             if !upstreams.iter().any(|upstream| upstream.backend == backend) {

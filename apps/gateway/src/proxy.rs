@@ -470,38 +470,45 @@ async fn send_once(
 ) -> Result<Answer, GatewayError> {
     let name = upstream.name();
     let started = Instant::now();
-    let outcome: Result<Answer, GatewayError> = async {
+    let attempt = async {
         let replica = upstream
             .replicas
             .get(index)
             .ok_or(GatewayError::Unavailable { upstream: name })?;
-        let mut url = replica.url.clone();
         let (path, query) = outbound.path_and_query;
-        url.set_path(&format!("{}{}", url.path().trim_end_matches('/'), path));
-        url.set_query(query);
-        let client = state.platform.client();
-        let request = client
-            .inner()
-            .request(outbound.method.clone(), url)
-            .headers(outbound.headers.clone())
-            .body(outbound.body.clone())
-            .timeout(timeout)
-            .build()
+        let uri = replica
+            .uri(path, query)
             .map_err(|_| GatewayError::BadGateway { upstream: name })?;
-        let response = client
-            .send(name, spec.path, request)
+        let mut request = Request::new(Body::from(outbound.body.clone()));
+        *request.method_mut() = outbound.method.clone();
+        *request.uri_mut() = uri;
+        *request.headers_mut() = outbound.headers.clone();
+        let response = state
+            .platform
+            .client()
+            .forward(name, spec.path, request)
             .await
-            .map_err(|error| classify(name, &error))?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.map_err(|error| classify(name, &error))?;
+            .map_err(|error| {
+                if error.is_connect() {
+                    GatewayError::Unavailable { upstream: name }
+                } else {
+                    GatewayError::BadGateway { upstream: name }
+                }
+            })?;
+        let (parts, body) = response.into_parts();
+        let body = axum::body::to_bytes(body, usize::MAX)
+            .await
+            .map_err(|_| GatewayError::BadGateway { upstream: name })?;
         Ok(Answer {
-            status,
-            headers,
+            status: parts.status,
+            headers: parts.headers,
             body,
         })
-    }
-    .await;
+    };
+    // One timeout for the whole attempt: connecting, the answer and its body.
+    let outcome: Result<Answer, GatewayError> = tokio::time::timeout(timeout, attempt)
+        .await
+        .unwrap_or(Err(GatewayError::Timeout { upstream: name }));
     let status = match &outcome {
         Ok(answer) => answer.status.as_str().to_owned(),
         Err(error) => {
@@ -525,16 +532,6 @@ async fn send_once(
         .with_label_values(&[name, spec.path])
         .observe(started.elapsed().as_secs_f64());
     outcome
-}
-
-fn classify(upstream: &'static str, error: &reqwest::Error) -> GatewayError {
-    if error.is_timeout() {
-        GatewayError::Timeout { upstream }
-    } else if error.is_connect() {
-        GatewayError::Unavailable { upstream }
-    } else {
-        GatewayError::BadGateway { upstream }
-    }
 }
 
 #[cfg(test)]

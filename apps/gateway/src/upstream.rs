@@ -7,6 +7,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
+use anyhow::Context as _;
+use axum::http::Uri;
+use axum::http::uri::{Authority, Scheme};
 use rand::Rng;
 use reqwest::Url;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -45,6 +48,11 @@ pub struct Replica {
     pub url: Url,
     /// `url` as text: the `replica` label.
     label: String,
+    /// `url` taken apart once, so a forwarded request's URI is put together without parsing.
+    scheme: Scheme,
+    authority: Authority,
+    /// `url`'s path without its trailing `/`: prefixed to every forwarded path.
+    path_prefix: String,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejected: AtomicBool,
@@ -52,12 +60,48 @@ pub struct Replica {
 }
 
 impl Replica {
+    /// Fails on a URL without a host (the config refuses those before this is reached).
+    fn new(url: Url) -> anyhow::Result<Self> {
+        let host = url.host_str().context("a backend URL needs a host")?;
+        let port = url
+            .port_or_known_default()
+            .context("a backend URL needs a port")?;
+        Ok(Self {
+            scheme: Scheme::try_from(url.scheme())?,
+            authority: Authority::try_from(format!("{host}:{port}"))?,
+            path_prefix: url.path().trim_end_matches('/').to_owned(),
+            label: url.to_string(),
+            url,
+            in_flight: AtomicUsize::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejected: AtomicBool::new(false),
+            ejections: AtomicU32::new(0),
+        })
+    }
+
     pub fn is_ejected(&self) -> bool {
         self.ejected.load(Ordering::Acquire)
     }
 
     pub fn label(&self) -> &str {
         &self.label
+    }
+
+    /// The URI of `path` and `query` (as the client sent them) on this replica.
+    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, axum::http::Error> {
+        let query_len = query.map_or(0, |query| query.len() + 1);
+        let mut path_and_query = String::with_capacity(self.path_prefix.len() + path.len() + query_len);
+        path_and_query.push_str(&self.path_prefix);
+        path_and_query.push_str(path);
+        if let Some(query) = query {
+            path_and_query.push('?');
+            path_and_query.push_str(query);
+        }
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()
     }
 }
 
@@ -97,33 +141,30 @@ impl Drop for Slot {
 }
 
 impl Upstream {
+    /// Fails on a backend URL without a host (the config refuses those first).
     pub fn new(
         backend: Backend,
         urls: Vec<Url>,
         settings: UpstreamSettings,
         metrics: EdgeMetrics,
         probe_client: reqwest::Client,
-    ) -> Self {
+    ) -> anyhow::Result<Self> {
         let name = backend.name();
-        let replicas: Vec<Arc<Replica>> = urls
+        let replicas = urls
             .into_iter()
             .map(|url| {
-                let label = url.to_string();
-                metrics.replica_ejected.with_label_values(&[name, &label]).set(0);
-                Arc::new(Replica {
-                    url,
-                    label,
-                    in_flight: AtomicUsize::new(0),
-                    consecutive_failures: AtomicU32::new(0),
-                    ejected: AtomicBool::new(false),
-                    ejections: AtomicU32::new(0),
-                })
+                let replica = Replica::new(url)?;
+                metrics
+                    .replica_ejected
+                    .with_label_values(&[name, replica.label()])
+                    .set(0);
+                Ok(Arc::new(replica))
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
         metrics.upstream_in_flight.with_label_values(&[name]).set(0);
         let labels: Vec<&str> = replicas.iter().map(|replica| replica.label()).collect();
         metrics.init_upstream(name, &labels);
-        Self {
+        Ok(Self {
             breaker: Breaker::new(
                 name,
                 settings.breaker,
@@ -138,7 +179,7 @@ impl Upstream {
             settings,
             metrics,
             probe_client,
-        }
+        })
     }
 
     pub fn name(&self) -> &'static str {
@@ -159,6 +200,10 @@ impl Upstream {
     /// A replica for the next attempt: the less busy of two random replicas in rotation
     /// (power of two choices), avoiding `avoid` (the one that just failed) when there is another.
     pub fn pick(&self, avoid: Option<usize>) -> (usize, InFlight) {
+        if let [only] = self.replicas.as_slice() {
+            only.in_flight.fetch_add(1, Ordering::AcqRel);
+            return (0, InFlight(only.clone()));
+        }
         let mut candidates: Vec<usize> = (0..self.replicas.len())
             .filter(|&index| !self.replicas[index].is_ejected())
             .collect();
@@ -312,5 +357,34 @@ impl Upstreams {
 
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Upstream>> {
         self.0.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn replica(url: &str) -> Replica {
+        Url::parse(url)
+            .map_err(anyhow::Error::from)
+            .and_then(Replica::new)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn forwarded_uris_keep_the_base_path_and_the_query_as_sent() {
+        let at_root = replica("http://127.0.0.1:8001");
+        let uri = at_root
+            .uri("/catalog/prod-1", None)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(uri.to_string(), "http://127.0.0.1:8001/catalog/prod-1");
+        let under_a_path = replica("http://catalog/base/");
+        let uri = under_a_path
+            .uri("/catalog", Some("page=2&q=a%20b"))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(uri.to_string(), "http://catalog:80/base/catalog?page=2&q=a%20b");
+        let ipv6 = replica("http://[::1]:9000");
+        let uri = ipv6.uri("/x", None).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(uri.to_string(), "http://[::1]:9000/x");
     }
 }
