@@ -563,11 +563,7 @@ mod tests {
     #[test]
     fn trace_context_round_trips_through_the_envelope() {
         crate::telemetry::init_for_tests();
-        let span = tracing::info_span!(
-            "test",
-            trace_id = tracing::field::Empty,
-            span_id = tracing::field::Empty
-        );
+        let span = tracing::info_span!("test");
         let trace_id = crate::telemetry::record_trace_ids(&span);
         let event = span.in_scope(|| Event::new("cart.cleared", "cart", None, Value::Null));
         let traceparent = event.traceparent.clone().unwrap_or_default();

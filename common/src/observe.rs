@@ -74,8 +74,11 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         request.headers_mut().insert(X_REQUEST_ID, value);
     }
 
+    // Log lines show `http.request.method`, `http.route` and `url.path` as `method`, `route`
+    // and `path` (telemetry::log_name); `service` and `pod_name` are here for in-process tests,
+    // where several services share one log layer.
     let span = tracing::info_span!(
-        "http.server.request",
+        telemetry::SERVER_SPAN,
         otel.name = %format_args!("{method} {route}"),
         otel.kind = "server",
         otel.status_code = Empty,
@@ -85,12 +88,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         http.response.status_code = Empty,
         service = %platform.identity().name,
         pod_name = %platform.identity().pod_name,
-        method = %method,
-        route = %route,
-        path = %request.uri().path(),
         request_id = %request_id,
-        trace_id = Empty,
-        span_id = Empty,
     );
     let _ = span.set_parent(propagation::extract(request.headers()));
     let trace_id = telemetry::record_trace_ids(&span);

@@ -104,6 +104,10 @@ where
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
                 .with_tracked_inactivity(false)
+                // Nothing here reads OpenTelemetry's "current" context (ids and propagation go
+                // through the tracing span), and activating it on every poll of every
+                // instrumented future cost allocations on the hot path.
+                .with_context_activation(false)
                 .with_filter(span_filter),
         )
         .with(JsonLogLayer::new(identity, writer).with_filter(log_filter)))
@@ -237,8 +241,10 @@ impl Write for TeeLine {
     }
 }
 
-/// Record the span's OpenTelemetry ids into its `trace_id` / `span_id` fields so log lines
-/// written inside it carry them. The span must declare both fields (as `Empty`).
+/// Put the span's OpenTelemetry ids into its log fields (`trace_id`, `span_id`) so log lines
+/// written inside it carry them; returns the trace id. They go straight into the fields the log
+/// layer keeps, not through `Span::record`, which would also have copied them into every
+/// exported span as attributes that repeat the span's own ids.
 pub fn record_trace_ids(span: &tracing::Span) -> Option<String> {
     let context = span.context();
     let otel_span = context.span();
@@ -247,8 +253,19 @@ pub fn record_trace_ids(span: &tracing::Span) -> Option<String> {
         return None;
     }
     let trace_id = span_context.trace_id().to_string();
-    span.record("trace_id", trace_id.as_str());
-    span.record("span_id", span_context.span_id().to_string().as_str());
+    let span_id = span_context.span_id().to_string();
+    span.with_subscriber(|(id, dispatch)| {
+        let Some(data) = dispatch
+            .downcast_ref::<Registry>()
+            .and_then(|registry| registry.span(id))
+        else {
+            return;
+        };
+        if let Some(SpanFields(fields)) = data.extensions_mut().get_mut::<SpanFields>() {
+            upsert(fields, "trace_id", Value::String(trace_id.clone()));
+            upsert(fields, "span_id", Value::String(span_id));
+        }
+    });
     Some(trace_id)
 }
 
@@ -269,8 +286,9 @@ fn upsert(fields: &mut Fields, name: &'static str, value: Value) {
 struct SpanFields(Fields);
 
 /// Stores span fields as JSON for [`JsonLogLayer`]. Only plain names are kept: dotted names
-/// (`http.route`, `otel.kind`) are OpenTelemetry attributes for traces, not log fields — they
-/// are skipped before their values are even formatted.
+/// (`otel.kind`, `server.port`) are OpenTelemetry attributes for traces, not log fields — they
+/// are skipped before their values are even formatted — except the three a request's log line
+/// shows under plain names ([`log_name`]), so a span states each of them once.
 struct SpanFieldsLayer;
 
 impl<S> Layer<S> for SpanFieldsLayer
@@ -279,14 +297,14 @@ where
 {
     fn on_new_span(&self, attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut visitor = FieldVisitor::default();
+        let mut visitor = FieldVisitor::for_span(attrs.metadata().name());
         attrs.record(&mut visitor);
         span.extensions_mut().insert(SpanFields(visitor.fields));
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, ctx: Context<'_, S>) {
         let Some(span) = ctx.span(id) else { return };
-        let mut visitor = FieldVisitor::default();
+        let mut visitor = FieldVisitor::for_span(span.name());
         values.record(&mut visitor);
         if visitor.fields.is_empty() {
             return;
@@ -353,28 +371,27 @@ where
             "timestamp",
             &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
         );
-        write_member(
-            &mut line,
-            "level",
-            &metadata.level().as_str().to_ascii_lowercase(),
-        );
+        write_member(&mut line, "level", &level_name(*metadata.level()));
         write_member(&mut line, "message", message.unwrap_or(&Value::Null));
 
         // Defaults, then span fields root to leaf, then the event's fields: later ones win.
-        let mut inherited: Vec<(&str, Value)> = vec![
-            ("service", self.service.clone()),
-            ("pod_name", self.pod_name.clone()),
-            ("target", Value::String(metadata.target().to_owned())),
+        // The spans' fields are borrowed (their extensions held for the line), never copied.
+        let target = Value::String(metadata.target().to_owned());
+        let spans: Vec<_> = ctx
+            .event_scope(event)
+            .map(|scope| scope.from_root().collect())
+            .unwrap_or_default();
+        let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
+        let mut inherited: Vec<(&str, &Value)> = vec![
+            ("service", &self.service),
+            ("pod_name", &self.pod_name),
+            ("target", &target),
         ];
-        if let Some(scope) = ctx.event_scope(event) {
-            for span in scope.from_root() {
-                if let Some(SpanFields(fields)) = span.extensions().get::<SpanFields>() {
-                    for (name, value) in fields {
-                        match inherited.iter_mut().find(|(existing, _)| existing == name) {
-                            Some(slot) => slot.1 = value.clone(),
-                            None => inherited.push((name, value.clone())),
-                        }
-                    }
+        for SpanFields(fields) in extensions.iter().filter_map(|ext| ext.get::<SpanFields>()) {
+            for (name, value) in fields {
+                match inherited.iter_mut().find(|(existing, _)| existing == name) {
+                    Some(slot) => slot.1 = value,
+                    None => inherited.push((name, value)),
                 }
             }
         }
@@ -394,20 +411,60 @@ where
     }
 }
 
+fn level_name(level: tracing::Level) -> &'static str {
+    match level {
+        tracing::Level::ERROR => "error",
+        tracing::Level::WARN => "warn",
+        tracing::Level::INFO => "info",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::TRACE => "trace",
+    }
+}
+
 #[derive(Default)]
 struct FieldVisitor {
     fields: Fields,
     /// Events keep every field; spans only plain (undotted) names.
     keep_dotted: bool,
+    /// Visiting a [`SERVER_SPAN`]'s fields.
+    server_span: bool,
+}
+
+/// The span whose request attributes are also log fields ([`log_name`]).
+pub const SERVER_SPAN: &str = "http.server.request";
+
+/// A span field's name in log lines, or `None` for a trace-only attribute. A server span's
+/// method, route and path are log fields too, under plain names; elsewhere (a client span's
+/// `http.request.method`, say) they are attributes only.
+fn log_name(name: &'static str, server_span: bool) -> Option<&'static str> {
+    match name {
+        "http.request.method" if server_span => Some("method"),
+        "http.route" if server_span => Some("route"),
+        "url.path" if server_span => Some("path"),
+        name if name.contains('.') => None,
+        name => Some(name),
+    }
 }
 
 impl FieldVisitor {
+    fn for_span(name: &str) -> Self {
+        Self {
+            server_span: name == SERVER_SPAN,
+            ..Self::default()
+        }
+    }
+
     fn wants(&self, field: &Field) -> bool {
-        self.keep_dotted || !field.name().contains('.')
+        self.keep_dotted || log_name(field.name(), self.server_span).is_some()
     }
 
     fn put(&mut self, field: &Field, value: Value) {
-        upsert(&mut self.fields, field.name(), value);
+        let name = if self.keep_dotted {
+            field.name()
+        } else {
+            log_name(field.name(), self.server_span).unwrap_or(field.name())
+        };
+        upsert(&mut self.fields, name, value);
     }
 }
 

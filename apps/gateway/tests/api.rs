@@ -198,7 +198,15 @@ async fn an_inbound_traceparent_reaches_every_backend_log() {
         assert_eq!(line["request_id"], "req-trace-test-1", "{service}");
         assert!(line["span_id"].as_str().unwrap().len() == 16, "{service}");
         assert!(line["duration_ms"].is_number());
-        assert!(line["route"].as_str().unwrap().starts_with('/'));
+        // The server span's `http.request.method`, `http.route` and `url.path`, under log names.
+        if service == "catalog" {
+            assert!(line["method"].is_string() && line["path"].is_string(), "{line}");
+            assert!(line["route"].as_str().unwrap().starts_with('/'));
+        } else {
+            assert_eq!(line["method"], "POST", "{service}");
+            assert_eq!(line["route"], "/v1/cart/{user_id}", "{service}");
+            assert_eq!(line["path"], "/v1/cart/traced-user", "{service}");
+        }
         assert!(line["status"].is_number());
         assert_eq!(line["level"], "info");
         assert!(line["timestamp"].is_string());
