@@ -1,21 +1,12 @@
 //! The one outbound HTTP client of a service: pooled keep-alive connections, a client span per
-//! call, and `traceparent` + `x-request-id` injected so the callee continues the trace.
-//!
-//! Two ways in, one behaviour: [`HttpClient::send`] takes a `reqwest::Request` (typed calls:
-//! JSON bodies, query strings); [`HttpClient::forward`] takes a ready `http::Request` with an
-//! absolute URI and hands it to the hyper pool reqwest is built on, skipping reqwest's
-//! per-request URL parsing and request conversion — the gateway's proxy path, where that was a
-//! measurable share of the cost (docs/benchmarks.md).
+//! call, and `traceparent` + `x-request-id` injected so the callee continues the trace. (The
+//! gateway's proxy path has its own connections to its backends: `apps/gateway/src/pool.rs`.)
 
 use std::fmt::Display;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::body::Body;
-use axum::http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
@@ -29,7 +20,6 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: reqwest::Client,
-    forwarder: Client<HttpConnector, Body>,
 }
 
 impl HttpClient {
@@ -44,15 +34,7 @@ impl HttpClient {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .build()
             .context("Failed to build the outbound HTTP client")?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let forwarder = Client::builder(TokioExecutor::new())
-            .pool_timer(TokioTimer::new())
-            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-            .build(connector);
-        Ok(Self { client, forwarder })
+        Ok(Self { client })
     }
 
     /// For building requests; send them with [`HttpClient::send`].
@@ -81,30 +63,6 @@ impl HttpClient {
         let result = self.client.execute(request).instrument(span.clone()).await;
         record_status(&span, result.as_ref().ok().map(reqwest::Response::status));
         result
-    }
-
-    /// Send `request` (an absolute `http://` URI; the Host header is derived from it) to `peer`
-    /// inside a client span, as [`HttpClient::send`] does. No timeout of its own: the caller
-    /// bounds the call and the reading of the body together.
-    pub async fn forward(
-        &self,
-        peer: &str,
-        route: &str,
-        mut request: Request<Body>,
-    ) -> Result<Response<Body>, hyper_util::client::legacy::Error> {
-        let uri = request.uri();
-        let span = client_span(
-            peer,
-            route,
-            request.method(),
-            uri,
-            uri.host().unwrap_or_default(),
-            uri.port_u16().unwrap_or(80),
-        );
-        propagate(&span, request.headers_mut());
-        let result = self.forwarder.request(request).instrument(span.clone()).await;
-        record_status(&span, result.as_ref().ok().map(Response::status));
-        result.map(|response| response.map(Body::new))
     }
 }
 

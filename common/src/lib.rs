@@ -28,6 +28,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod logsink;
 pub mod metrics;
 pub mod money;
 pub mod observe;

@@ -4,14 +4,21 @@
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{
+    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId,
+    TraceState, Tracer as _,
+};
 use prometheus::IntGauge;
+use rand::Rng as _;
 use tracing::Instrument;
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use crate::metrics::RouteMetrics;
 use crate::platform::Platform;
 use crate::simulation::InjectedFault;
 use crate::{propagation, telemetry};
@@ -36,14 +43,124 @@ fn is_quiet_route(route: &str) -> bool {
 }
 
 /// Accept a caller's request id only if it is short and printable; otherwise mint one.
-fn request_id_from(request: &Request) -> String {
-    request
-        .headers()
+fn request_id_from(headers: &HeaderMap) -> String {
+    headers
         .get(&X_REQUEST_ID)
+        .filter(|id| acceptable_request_id(id.as_bytes()))
         .and_then(|value| value.to_str().ok())
-        .filter(|id| !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::now_v7().to_string())
+        .unwrap_or_else(new_request_id)
+}
+
+/// Short and printable: a caller's request id worth keeping.
+fn acceptable_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// A fresh request id: a UUIDv7 (time-ordered) whose random bits come from the thread's RNG, so
+/// minting one costs no system call (`Uuid::now_v7` asks the kernel for randomness every time).
+pub fn new_request_id() -> String {
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    mint_request_id(&mut text).to_owned()
+}
+
+/// [`new_request_id`] written into `text`, formatted without the formatting machinery.
+fn mint_request_id(text: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(text)
+}
+
+/// A request's duration in whole microseconds: logged as `duration_ms` (a number) and as
+/// `duration` (`"12.345ms"`), written without formatting a float.
+#[derive(Clone, Copy)]
+struct Micros(u64);
+
+impl Micros {
+    fn of(elapsed: std::time::Duration) -> Self {
+        Self(u64::try_from((elapsed.as_nanos() + 500) / 1000).unwrap_or(u64::MAX))
+    }
+
+    fn as_millis_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}ms", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// A [`RouteObserver`] request line's own members — what `observe_request`'s line takes from
+/// its span — written as JSON only when the line is written ([`telemetry::JSON_MEMBERS`]).
+struct RequestLine<'a> {
+    service: &'a str,
+    pod_name: &'a str,
+    method: &'a str,
+    route: &'a str,
+    path: &'a str,
+    request_id: &'a str,
+    trace_id: &'a str,
+    span_id: &'a str,
+    status: u16,
+    micros: Micros,
+}
+
+impl std::fmt::Display for RequestLine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        thread_local! {
+            static MEMBERS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        // Assembled as bytes and handed over in one piece: a formatting call per member cost
+        // more than the rest of the line.
+        MEMBERS.with(|members| {
+            let Ok(mut members) = members.try_borrow_mut() else {
+                return Err(std::fmt::Error);
+            };
+            let line = &mut *members;
+            line.clear();
+            for (name, text) in [
+                (&b"\"service\":"[..], self.service),
+                (b",\"pod_name\":", self.pod_name),
+                (b",\"method\":", self.method),
+                (b",\"route\":", self.route),
+                (b",\"path\":", self.path),
+                (b",\"request_id\":", self.request_id),
+            ] {
+                line.extend_from_slice(name);
+                telemetry::write_json_string(line, text);
+            }
+            line.extend_from_slice(b",\"trace_id\":\"");
+            line.extend_from_slice(self.trace_id.as_bytes());
+            line.extend_from_slice(b"\",\"span_id\":\"");
+            line.extend_from_slice(self.span_id.as_bytes());
+            line.extend_from_slice(b"\",\"status\":");
+            let _ = serde_json::to_writer(&mut *line, &self.status);
+            line.extend_from_slice(b",\"duration_ms\":");
+            let (whole, fraction) = (self.micros.0 / 1000, self.micros.0 % 1000);
+            let _ = serde_json::to_writer(&mut *line, &whole);
+            let digits = [fraction / 100, fraction / 10 % 10, fraction % 10].map(|digit| b'0' + digit as u8);
+            // JSON's shortest form of the float: `12.3`, `12.0`.
+            let keep = digits
+                .iter()
+                .rposition(|&digit| digit != b'0')
+                .map_or(1, |last| last + 1);
+            line.push(b'.');
+            line.extend_from_slice(&digits[..keep]);
+            line.extend_from_slice(b",\"duration\":\"");
+            let _ = serde_json::to_writer(&mut *line, &whole);
+            line.push(b'.');
+            line.extend_from_slice(&digits);
+            line.extend_from_slice(b"ms\"");
+            f.write_str(std::str::from_utf8(line).map_err(|_| std::fmt::Error)?)
+        })
+    }
 }
 
 struct InFlight(IntGauge);
@@ -69,7 +186,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
-    let request_id = request_id_from(&request);
+    let request_id = request_id_from(request.headers());
     if let Ok(value) = HeaderValue::from_str(&request_id) {
         request.headers_mut().insert(X_REQUEST_ID, value);
     }
@@ -117,8 +234,9 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         span.record("otel.status_code", "ERROR");
     }
     let injected = response.extensions().get::<InjectedFault>().is_some();
-    let duration_ms = (elapsed.as_secs_f64() * 1_000_000.0).round() / 1000.0;
-    let duration = format!("{duration_ms:.3}ms");
+    let micros = Micros::of(elapsed);
+    let duration_ms = micros.as_millis_f64();
+    let duration = tracing::field::display(micros);
     let status_code = status.as_u16();
     span.in_scope(|| {
         if injected {
@@ -146,4 +264,320 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         headers.insert(X_TRACE_ID, value);
     }
     response
+}
+
+// ---- Requests observed without a `tracing` span --------------------------------------------
+
+/// Observes the requests of one route and method without a `tracing` span per request: the
+/// same metrics, `x-request-id` and `x-trace-id`, log line and (when spans are exported) server
+/// span as [`observe_request`], for a path that serves thousands of requests a second per core
+/// and where creating, entering and closing spans cost more than the rest of the request (the
+/// gateway's proxied routes; docs/benchmarks.md). Built once per route at start-up. Log lines
+/// written while serving such a request don't inherit its fields: that code names what it logs.
+pub struct RouteObserver {
+    route: &'static str,
+    method: Method,
+    /// `"GET /catalog/{id}"`: the span name.
+    span_name: String,
+    method_value: opentelemetry::StringValue,
+    service: String,
+    pod_name: String,
+    metrics: RouteMetrics,
+}
+
+/// One request being observed by a [`RouteObserver`]; hand it back to [`RouteObserver::finish`].
+pub struct ObservedRequest {
+    started: Instant,
+    /// Made into a header value once: it goes to the backend and back to the caller.
+    request_id: HeaderValue,
+    trace: RequestTrace,
+    _in_flight: InFlight,
+}
+
+impl ObservedRequest {
+    /// The caller's `x-request-id` when it was acceptable, else a new one.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// When the request started (the clock is read once for it).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn trace(&self) -> &RequestTrace {
+        &self.trace
+    }
+}
+
+impl RouteObserver {
+    pub fn new(platform: &Platform, method: Method, route: &'static str) -> Self {
+        let identity = platform.identity();
+        Self {
+            span_name: format!("{method} {route}"),
+            method_value: method.as_str().to_owned().into(),
+            metrics: platform.metrics().for_route(method.as_str(), route),
+            service: identity.name.clone(),
+            pod_name: identity.pod_name.clone(),
+            route,
+            method,
+        }
+    }
+
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// Start observing a request with these headers (its `traceparent` continued, its
+    /// `x-request-id` kept when acceptable) for `path`.
+    pub fn start(&self, headers: &HeaderMap, path: &str) -> ObservedRequest {
+        let started = Instant::now();
+        let request_id = match headers
+            .get(&X_REQUEST_ID)
+            .filter(|id| acceptable_request_id(id.as_bytes()))
+        {
+            Some(id) => id.clone(),
+            None => HeaderValue::from_str(mint_request_id(&mut [0; uuid::fmt::Hyphenated::LENGTH]))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+        };
+        let trace = RequestTrace::start(propagation::parse_traceparent(headers), || {
+            SpanBuilder::from_name(self.span_name.clone())
+                .with_kind(SpanKind::Server)
+                .with_attributes([
+                    KeyValue::new("http.request.method", self.method_value.clone()),
+                    KeyValue::new("http.route", self.route),
+                    KeyValue::new("url.path", path.to_owned()),
+                    KeyValue::new("request_id", request_id.to_str().unwrap_or_default().to_owned()),
+                ])
+        });
+        ObservedRequest {
+            started,
+            request_id,
+            trace,
+            _in_flight: InFlight::enter(&self.metrics.in_flight),
+        }
+    }
+
+    /// Record the request's metrics, end its span, write its log line and put `x-request-id`
+    /// and `x-trace-id` on the response.
+    pub fn finish(&self, request: ObservedRequest, path: &str, response: &mut Response) {
+        let ObservedRequest {
+            started,
+            request_id,
+            trace,
+            _in_flight,
+        } = request;
+        let status = response.status();
+        let elapsed = started.elapsed();
+        self.metrics.requests.inc(status.as_str());
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        drop(_in_flight);
+
+        let mut trace_hex = [0u8; 32];
+        propagation::write_hex(&mut trace_hex, &trace.trace_id.to_bytes());
+        let mut span_hex = [0u8; 16];
+        propagation::write_hex(&mut span_hex, &trace.span_id.to_bytes());
+        let trace_id = std::str::from_utf8(&trace_hex).unwrap_or_default();
+        let span_id = std::str::from_utf8(&span_hex).unwrap_or_default();
+        trace.end(Some(status));
+
+        // The same line as `observe_request` writes, with the span's fields written here.
+        let line = RequestLine {
+            service: &self.service,
+            pod_name: &self.pod_name,
+            method: self.method.as_str(),
+            route: self.route,
+            path,
+            request_id: request_id.to_str().unwrap_or_default(),
+            trace_id,
+            span_id,
+            status: status.as_u16(),
+            micros: Micros::of(elapsed),
+        };
+        // `service` and `pod_name` are written among the members (the layer's own defaults
+        // name the process, which in a test may hold several services).
+        macro_rules! request_line {
+            ($level:ident, $($rest:tt)*) => {
+                tracing::$level!(
+                    service = tracing::field::Empty,
+                    pod_name = tracing::field::Empty,
+                    json_members = %line,
+                    $($rest)*
+                )
+            };
+        }
+        if response.extensions().get::<InjectedFault>().is_some() {
+            request_line!(warn, injected = true, "request failed by injected fault");
+        } else if status.is_server_error() {
+            request_line!(error, "request failed");
+        } else if is_quiet_route(self.route) {
+            request_line!(debug, "request completed");
+        } else {
+            request_line!(info, "request completed");
+        }
+
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID, request_id);
+        if let Ok(value) = HeaderValue::from_bytes(&trace_hex) {
+            headers.insert(X_TRACE_ID, value);
+        }
+    }
+}
+
+/// The trace ids of an operation observed without a `tracing` span — a request or a call it
+/// makes — and its OpenTelemetry span when this process exports spans. Without an exporter no
+/// span is built: the ids are drawn here (a new trace is marked sampled, as the SDK's default
+/// parent-based sampler would, so services behind this one that export record it).
+pub struct RequestTrace {
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+    /// Boxed: the SDK's span is large, and this lives in request futures that are moved.
+    span: Option<Box<opentelemetry_sdk::trace::Span>>,
+}
+
+impl RequestTrace {
+    /// A span under `parent` (a caller's or this process's), described by `describe` when it
+    /// is exported.
+    pub fn start(parent: Option<SpanContext>, describe: impl FnOnce() -> SpanBuilder) -> Self {
+        if let Some(tracer) = telemetry::exporting_tracer() {
+            let parent = parent.map_or_else(opentelemetry::Context::new, |parent| {
+                opentelemetry::Context::new().with_remote_span_context(parent)
+            });
+            let span = tracer.build_with_context(describe(), &parent);
+            let context = span.span_context();
+            return Self {
+                trace_id: context.trace_id(),
+                span_id: context.span_id(),
+                sampled: context.is_sampled(),
+                span: Some(Box::new(span)),
+            };
+        }
+        let mut rng = rand::rng();
+        let (trace_id, sampled) = match &parent {
+            Some(parent) => (parent.trace_id(), parent.is_sampled()),
+            None => (
+                TraceId::from_bytes(rng.random::<u128>().max(1).to_be_bytes()),
+                true,
+            ),
+        };
+        Self {
+            trace_id,
+            span_id: SpanId::from_bytes(rng.random::<u64>().max(1).to_be_bytes()),
+            sampled,
+            span: None,
+        }
+    }
+
+    /// A span for a call this operation makes (its child).
+    pub fn child(&self, describe: impl FnOnce() -> SpanBuilder) -> RequestTrace {
+        let flags = if self.sampled {
+            TraceFlags::SAMPLED
+        } else {
+            TraceFlags::default()
+        };
+        let parent = SpanContext::new(self.trace_id, self.span_id, flags, false, TraceState::default());
+        Self::start(Some(parent), describe)
+    }
+
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    pub fn span_id(&self) -> SpanId {
+        self.span_id
+    }
+
+    /// The `traceparent` that makes this span the callee's parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        propagation::traceparent(self.trace_id, self.span_id, self.sampled)
+    }
+
+    /// [`RequestTrace::traceparent`]'s text, for a request written by hand.
+    pub fn traceparent_text(&self) -> [u8; 55] {
+        propagation::traceparent_text(self.trace_id, self.span_id, self.sampled)
+    }
+
+    /// End the span (exporting it, when spans are exported) with the answer's status, or as
+    /// failed when there was no answer (`None`).
+    pub fn end(self, status: Option<StatusCode>) {
+        let Some(mut span) = self.span else { return };
+        match status {
+            Some(status) => {
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                ));
+                if status.is_server_error() {
+                    span.set_status(opentelemetry::trace::Status::error(""));
+                }
+            }
+            None => span.set_status(opentelemetry::trace::Status::error("")),
+        }
+        span.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Micros, RequestLine, new_request_id};
+
+    #[test]
+    fn the_request_line_members_are_json_and_duration_ms_is_written_as_json_writes_the_float() {
+        let samples = (0..20_000u64).chain([999_999, 1_000_000, 86_400_000_123, 123_456_789_012]);
+        for micros in samples {
+            let micros = Micros(micros);
+            let line = RequestLine {
+                service: "gateway",
+                pod_name: "gateway-0",
+                method: "GET",
+                route: "/catalog/{id}",
+                path: "/catalog/a\"b",
+                request_id: "r-1",
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                span_id: "00f067aa0ba902b7",
+                status: 200,
+                micros,
+            };
+            let members: serde_json::Value = serde_json::from_str(&format!("{{{line}}}")).unwrap();
+            assert_eq!(
+                members["duration_ms"].to_string(),
+                serde_json::to_string(&micros.as_millis_f64()).unwrap(),
+                "{}",
+                micros.0
+            );
+            assert_eq!(members["duration"], micros.to_string());
+            if micros.0 == 0 {
+                assert_eq!(members["path"], "/catalog/a\"b");
+                assert_eq!(members["service"], "gateway");
+                assert_eq!(members["route"], "/catalog/{id}");
+                assert_eq!(members["status"], 200);
+                assert_eq!(members["span_id"], "00f067aa0ba902b7");
+            }
+        }
+        assert_eq!(Micros(12_345).to_string(), "12.345ms");
+        assert_eq!(Micros(7).to_string(), "0.007ms");
+    }
+
+    #[test]
+    fn minted_request_ids_are_distinct_time_ordered_uuid_v7s() {
+        let ids: Vec<uuid::Uuid> = (0..1000)
+            .map(|_| uuid::Uuid::parse_str(&new_request_id()).unwrap())
+            .collect();
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        let millis = |id: &uuid::Uuid| id.get_timestamp().unwrap().to_unix();
+        assert!(
+            ids.windows(2).all(|pair| millis(&pair[0]) <= millis(&pair[1])),
+            "time-ordered to the millisecond"
+        );
+    }
 }

@@ -208,7 +208,8 @@ async fn method_not_allowed(method: Method, uri: axum::http::Uri) -> Problem {
     )
 }
 
-fn panic_to_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+/// The answer to a handler that panicked: a 500 problem (the panic logged, never sent).
+pub fn panic_to_problem(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
     let detail = panic
         .downcast_ref::<String>()
         .map(String::as_str)

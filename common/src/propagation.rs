@@ -1,8 +1,11 @@
 //! W3C trace context (`traceparent`/`tracestate`) in and out of HTTP headers.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use std::str::FromStr;
+
 use opentelemetry::Context;
 use opentelemetry::propagation::{Extractor, Injector};
+use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct HeaderExtractor<'a>(&'a HeaderMap);
@@ -38,4 +41,158 @@ pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });
+}
+
+/// The caller's `traceparent` (W3C Trace Context, version 00 or a later one read as 00), when
+/// it is valid: the remote parent of a request handled without a `tracing` span. Parsed by hand
+/// because it is on every request of the gateway's proxy path; the rules are the propagator's.
+pub fn parse_traceparent(headers: &HeaderMap) -> Option<SpanContext> {
+    let value = headers.get("traceparent")?.as_bytes();
+    // version "-" trace-id "-" parent-id "-" flags, then (versions after 00) maybe more.
+    if value.len() < 55 || (value.len() > 55 && value[55] != b'-') {
+        return None;
+    }
+    let (version, trace_id, span_id, flags) = (&value[..2], &value[3..35], &value[36..52], &value[53..55]);
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return None;
+    }
+    let version = u8::from_str_radix(std::str::from_utf8(version).ok()?, 16).ok()?;
+    if version == 0xff || (version == 0 && value.len() != 55) {
+        return None;
+    }
+    let lower_hex = |part: &[u8]| part.iter().all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+    if !(lower_hex(trace_id) && lower_hex(span_id) && lower_hex(flags)) {
+        return None;
+    }
+    let trace_id = TraceId::from_hex(std::str::from_utf8(trace_id).ok()?).ok()?;
+    let span_id = SpanId::from_hex(std::str::from_utf8(span_id).ok()?).ok()?;
+    let flags = u8::from_str_radix(std::str::from_utf8(flags).ok()?, 16).ok()?;
+    let trace_state = headers
+        .get("tracestate")
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| TraceState::from_str(value).ok())
+        .unwrap_or_default();
+    let context = SpanContext::new(
+        trace_id,
+        span_id,
+        TraceFlags::new(flags) & TraceFlags::SAMPLED,
+        true,
+        trace_state,
+    );
+    context.is_valid().then_some(context)
+}
+
+/// The `traceparent` naming span `span_id` of trace `trace_id` as the callee's parent.
+pub fn traceparent(trace_id: TraceId, span_id: SpanId, sampled: bool) -> HeaderValue {
+    HeaderValue::from_bytes(&traceparent_text(trace_id, span_id, sampled))
+        .unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// [`traceparent`]'s text, for a request written by hand.
+pub fn traceparent_text(trace_id: TraceId, span_id: SpanId, sampled: bool) -> [u8; 55] {
+    let mut text = [0u8; 55];
+    text[..3].copy_from_slice(b"00-");
+    write_hex(&mut text[3..35], &trace_id.to_bytes());
+    text[35] = b'-';
+    write_hex(&mut text[36..52], &span_id.to_bytes());
+    text[52] = b'-';
+    text[53..].copy_from_slice(if sampled { b"01" } else { b"00" });
+    text
+}
+
+/// Lowercase hex of `bytes` into `out` (twice as long).
+pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use opentelemetry::propagation::TextMapPropagator;
+    use opentelemetry::trace::TraceContextExt;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+
+    use super::*;
+
+    fn headers(traceparent: &str, tracestate: Option<&str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert("traceparent", HeaderValue::from_str(traceparent).unwrap());
+        if let Some(state) = tracestate {
+            headers.insert("tracestate", HeaderValue::from_str(state).unwrap());
+        }
+        headers
+    }
+
+    /// What the OpenTelemetry propagator reads from the same headers.
+    fn by_the_propagator(headers: &HeaderMap) -> Option<SpanContext> {
+        let context = TraceContextPropagator::new().extract(&HeaderExtractor(headers));
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then_some(span_context)
+    }
+
+    #[test]
+    fn traceparent_parsing_agrees_with_the_propagator() {
+        let cases = [
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-03",
+            "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-future",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0g",
+            "",
+        ];
+        for case in cases {
+            let headers = headers(case, Some("vendor=value"));
+            let ours = parse_traceparent(&headers);
+            let theirs = by_the_propagator(&headers);
+            assert_eq!(
+                ours.as_ref().map(|c| (
+                    c.trace_id(),
+                    c.span_id(),
+                    c.is_sampled(),
+                    c.trace_state().header()
+                )),
+                theirs.as_ref().map(|c| (
+                    c.trace_id(),
+                    c.span_id(),
+                    c.is_sampled(),
+                    c.trace_state().header()
+                )),
+                "{case:?}"
+            );
+        }
+        // Stricter than the propagator where the W3C text is: the ids have fixed lengths (the
+        // propagator pads a short one).
+        let short = headers("00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01", None);
+        assert!(by_the_propagator(&short).is_some());
+        assert!(parse_traceparent(&short).is_none());
+    }
+
+    #[test]
+    fn a_written_traceparent_reads_back() {
+        let trace_id = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let span_id = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        for sampled in [true, false] {
+            let value = traceparent(trace_id, span_id, sampled);
+            let read = parse_traceparent(&headers(value.to_str().unwrap(), None)).unwrap();
+            assert_eq!(
+                (read.trace_id(), read.span_id(), read.is_sampled()),
+                (trace_id, span_id, sampled)
+            );
+        }
+        assert_eq!(
+            traceparent(trace_id, span_id, true),
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        );
+    }
 }

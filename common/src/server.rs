@@ -4,28 +4,86 @@
 //! `SHUTDOWN_DRAIN_MS` so load balancers stop sending; then it stops accepting and waits up to
 //! `SHUTDOWN_GRACE_MS` for in-flight requests; finally telemetry is flushed.
 
-use std::future::{Future, IntoFuture};
+use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tower::Service;
 
 use crate::config::{CommonConfig, ServiceDefaults};
 use crate::platform::Platform;
 use crate::telemetry;
 
+/// What a service serves: its axum [`Router`], or a front service of its own (the gateway's
+/// edge) that is handed each connection's peer address.
+pub trait Front: Clone + Send + Sync + 'static {
+    type Service: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static;
+
+    /// The service for one accepted connection from `peer`.
+    fn for_connection(&self, peer: SocketAddr) -> Self::Service;
+}
+
+impl Front for Router {
+    type Service = Router;
+
+    fn for_connection(&self, _peer: SocketAddr) -> Router {
+        self.clone()
+    }
+}
+
+/// One connection's service as hyper calls it: a clone per request (an `Arc` or two), the body
+/// as axum's. `Front` services are always ready, so readiness is not awaited.
+struct PerRequest<S>(S);
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for PerRequest<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.0.clone().call(request.map(Body::new))
+    }
+}
+
+/// After a failed `accept`: a connection that broke before it was accepted is nothing; anything
+/// else (out of file descriptors, say) is logged, and accepting pauses a moment, as axum does.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accepting a connection failed");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}
+
 /// A bound, not yet running service (bind first so tests can learn the port).
-pub struct Server {
+pub struct Server<F = Router> {
     listener: TcpListener,
-    router: Router,
+    router: F,
     platform: Platform,
 }
 
-impl Server {
+impl<F: Front> Server<F> {
     /// Bind the address and port from the platform's settings (port 0: any free port).
-    pub async fn bind(platform: Platform, router: Router) -> anyhow::Result<Self> {
+    pub async fn bind(platform: Platform, router: F) -> anyhow::Result<Self> {
         let settings = platform.settings();
         let addr = SocketAddr::new(settings.bind_addr, settings.port);
         let listener = TcpListener::bind(addr)
@@ -56,42 +114,80 @@ impl Server {
         } = self;
         platform.start_background_tasks();
         let settings = platform.settings().clone();
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
         let health = platform.health().clone();
+        let drain = settings.shutdown_drain;
         let graceful = async move {
             shutdown.await;
             health.begin_draining();
             tracing::info!(
-                drain_ms = settings.shutdown_drain.as_millis() as u64,
+                drain_ms = drain.as_millis() as u64,
                 "shutdown requested: readiness now fails, still serving while load balancers notice"
             );
-            tokio::time::sleep(settings.shutdown_drain).await;
+            tokio::time::sleep(drain).await;
             tracing::info!(
                 grace_ms = settings.shutdown_grace.as_millis() as u64,
                 "no longer accepting connections; waiting for in-flight requests"
             );
-            let _ = stopping_tx.send(());
         };
-        let serve = axum::serve(
-            listener,
-            router.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(graceful)
-        .into_future();
+        let connections = GracefulShutdown::new();
+        // HTTP/1.1 only (no service speaks HTTP/2; nothing upgrades connections).
+        let http = hyper::server::conn::http1::Builder::new();
+        tokio::pin!(graceful);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        accept_failed(error).await;
+                        continue;
+                    }
+                },
+                () = &mut graceful => break,
+            };
+            // Answers go out at once, not held back for more to send.
+            let _ = stream.set_nodelay(true);
+            let connection =
+                http.serve_connection(TokioIo::new(stream), PerRequest(router.for_connection(peer)));
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
         let grace = settings.shutdown_grace;
-        let deadline = async move {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(grace).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
         tokio::select! {
-            result = serve => result.context("server error")?,
-            () = deadline => tracing::warn!("grace period over with requests still in flight; closing them"),
+            () = connections.shutdown() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!("grace period over with requests still in flight; closing them"),
         }
         tracing::info!("server stopped");
         Ok(())
+    }
+}
+
+/// The Tokio runtime a service binary runs on: a worker thread per CPU it may use; on a single
+/// CPU (a container limited to one, a process pinned to one) the current-thread scheduler,
+/// which does the same work without the synchronization between workers that a multi-thread
+/// scheduler keeps paying for with one worker (docs/benchmarks.md).
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
+/// Run `main`, a service binary's whole life, on its [`runtime`].
+pub fn block_on(main: impl Future<Output = ExitCode>) -> ExitCode {
+    match runtime() {
+        Ok(runtime) => runtime.block_on(main),
+        Err(error) => {
+            eprintln!("error: cannot start the Tokio runtime: {error}");
+            ExitCode::FAILURE
+        }
     }
 }
 
@@ -125,10 +221,11 @@ pub async fn shutdown_signal() {
 
 /// The whole life of a service binary: settings → telemetry → build → bind → serve → flush.
 /// Bad settings exit with code 2 before anything is bound.
-pub async fn run<F, Fut>(common: CommonConfig, defaults: ServiceDefaults, build: F) -> ExitCode
+pub async fn run<B, Fut, F>(common: CommonConfig, defaults: ServiceDefaults, build: B) -> ExitCode
 where
-    F: FnOnce(Platform) -> Fut,
-    Fut: Future<Output = anyhow::Result<Router>>,
+    B: FnOnce(Platform) -> Fut,
+    Fut: Future<Output = anyhow::Result<F>>,
+    F: Front,
 {
     let settings = match common.resolve(defaults) {
         Ok(settings) => settings,

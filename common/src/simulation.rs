@@ -325,23 +325,23 @@ fn header_number(headers: &axum::http::HeaderMap, name: &str) -> Option<u64> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Middleware applied to business routes only.
-pub async fn inject_faults(State(simulation): State<Simulation>, request: Request, next: Next) -> Response {
-    let decision = simulation.decide(request.method(), request.headers());
-    if decision.delay.is_none() && decision.abort.is_none() {
-        return next.run(request).await;
-    }
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|path| path.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    if let Some(delay) = decision.delay {
-        simulation.injected.with_label_values(&[&route, "latency"]).inc();
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(status) = decision.abort {
-        simulation.injected.with_label_values(&[&route, "error"]).inc();
+impl Simulation {
+    /// Apply the profile to one request of `route` (the matched template): wait out the
+    /// injected latency, and return the injected failure's answer, if any. `None`: serve the
+    /// request.
+    pub async fn apply(
+        &self,
+        route: &str,
+        method: &Method,
+        headers: &axum::http::HeaderMap,
+    ) -> Option<Response> {
+        let decision = self.decide(method, headers);
+        if let Some(delay) = decision.delay {
+            self.injected.with_label_values(&[route, "latency"]).inc();
+            tokio::time::sleep(delay).await;
+        }
+        let status = decision.abort?;
+        self.injected.with_label_values(&[route, "error"]).inc();
         let mut response = Problem::new(
             status,
             "injected-fault",
@@ -355,7 +355,18 @@ pub async fn inject_faults(State(simulation): State<Simulation>, request: Reques
         )
         .into_response();
         response.extensions_mut().insert(InjectedFault);
-        return response;
+        Some(response)
+    }
+}
+
+/// Middleware applied to business routes only.
+pub async fn inject_faults(State(simulation): State<Simulation>, request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", MatchedPath::as_str);
+    if let Some(injected) = simulation.apply(route, request.method(), request.headers()).await {
+        return injected;
     }
     next.run(request).await
 }

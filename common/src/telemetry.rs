@@ -16,7 +16,7 @@ use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
@@ -29,15 +29,16 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{ServiceIdentity, Settings};
+use crate::logsink::{LogSink, LogSinkGuard};
 
-/// Keeps the exporters and log writers alive; call [`TelemetryGuard::shutdown`] last.
+/// Keeps the exporters and the log writer alive; call [`TelemetryGuard::shutdown`] last.
 pub struct TelemetryGuard {
     provider: SdkTracerProvider,
-    _writers: Vec<tracing_appender::non_blocking::WorkerGuard>,
+    logs: LogSinkGuard,
 }
 
 impl TelemetryGuard {
-    /// Flush pending spans (and, on drop of the writer guards, pending log lines).
+    /// Flush pending spans, then the log lines still waiting to be written.
     pub fn shutdown(self) {
         if let Err(error) = self.provider.force_flush() {
             tracing::warn!(%error, "flushing spans at shutdown failed");
@@ -45,42 +46,47 @@ impl TelemetryGuard {
         if let Err(error) = self.provider.shutdown() {
             tracing::warn!(%error, "shutting down the tracer provider failed");
         }
+        drop(self.logs);
     }
+}
+
+/// The process's tracer when it exports spans (set by [`init`] when an OTLP endpoint is
+/// configured).
+static EXPORTING_TRACER: OnceLock<SdkTracer> = OnceLock::new();
+
+/// The tracer for spans built without `tracing` ([`crate::observe::RouteObserver`]), when this
+/// process exports spans; `None` when nothing is exported, so such spans are not built at all.
+pub fn exporting_tracer() -> Option<&'static SdkTracer> {
+    EXPORTING_TRACER.get()
 }
 
 /// Install logging and tracing for a service process.
 pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
-    let mut guards = Vec::new();
-    let (stdout, guard) = tracing_appender::non_blocking(std::io::stdout());
-    guards.push(guard);
-    let file = match &settings.log_file {
-        Some(path) => {
-            if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("Failed to create the LOG_FILE directory {}", dir.display()))?;
-            }
-            let file = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .with_context(|| format!("Failed to open LOG_FILE {}", path.display()))?;
-            let (writer, guard) = tracing_appender::non_blocking(file);
-            guards.push(guard);
-            Some(writer)
+    let mut outputs: Vec<Box<dyn Write + Send>> = vec![Box::new(std::io::stdout())];
+    if let Some(path) = &settings.log_file {
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("Failed to create the LOG_FILE directory {}", dir.display()))?;
         }
-        None => None,
-    };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("Failed to open LOG_FILE {}", path.display()))?;
+        outputs.push(Box::new(file));
+    }
+    let (sink, logs) =
+        LogSink::start(&settings.identity.name, outputs).context("Failed to start the log writer thread")?;
     let provider = tracer_provider(&settings.identity, settings.otlp_endpoint.as_ref())?;
-    let writer = TeeWriter { stdout, file };
-    let subscriber = build_subscriber(&settings.identity, &settings.log_level, writer, &provider)?;
+    if settings.otlp_endpoint.is_some() {
+        let _ = EXPORTING_TRACER.set(provider.tracer("shopstack"));
+    }
+    let subscriber = build_subscriber(&settings.identity, &settings.log_level, sink, &provider)?;
     tracing::subscriber::set_global_default(subscriber)
         .context("Failed to install the tracing subscriber (already installed?)")?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
     opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(TelemetryGuard {
-        provider,
-        _writers: guards,
-    })
+    Ok(TelemetryGuard { provider, logs })
 }
 
 /// The subscriber: JSON logs filtered by `log_level`, OpenTelemetry spans at INFO and above.
@@ -205,42 +211,6 @@ pub fn init_for_tests() -> &'static LogCapture {
     })
 }
 
-/// Writes each line to stdout and, when configured, to `LOG_FILE`.
-struct TeeWriter {
-    stdout: tracing_appender::non_blocking::NonBlocking,
-    file: Option<tracing_appender::non_blocking::NonBlocking>,
-}
-
-impl<'a> MakeWriter<'a> for TeeWriter {
-    type Writer = TeeLine;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        TeeLine {
-            stdout: self.stdout.clone(),
-            file: self.file.clone(),
-        }
-    }
-}
-
-struct TeeLine {
-    stdout: tracing_appender::non_blocking::NonBlocking,
-    file: Option<tracing_appender::non_blocking::NonBlocking>,
-}
-
-impl Write for TeeLine {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Some(file) = &mut self.file {
-            file.write_all(buf)?;
-        }
-        self.stdout.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Put the span's OpenTelemetry ids into its log fields (`trace_id`, `span_id`) so log lines
 /// written inside it carry them; returns the trace id. They go straight into the fields the log
 /// layer keeps, not through `Span::record`, which would also have copied them into every
@@ -322,28 +292,19 @@ where
 /// fields of the enclosing spans (trace_id, span_id, method, route, …; inner spans win) and the
 /// event's own fields (which win over all). The line is written straight into one buffer.
 struct JsonLogLayer<W> {
-    service: Value,
-    pod_name: Value,
+    service: String,
+    pod_name: String,
     writer: W,
 }
 
 impl<W> JsonLogLayer<W> {
     fn new(identity: &ServiceIdentity, writer: W) -> Self {
         Self {
-            service: Value::String(identity.name.clone()),
-            pod_name: Value::String(identity.pod_name.clone()),
+            service: identity.name.clone(),
+            pod_name: identity.pod_name.clone(),
             writer,
         }
     }
-}
-
-fn write_member(line: &mut Vec<u8>, name: &str, value: &impl serde::Serialize) {
-    if line.len() > 1 {
-        line.push(b',');
-    }
-    let _ = serde_json::to_writer(&mut *line, name);
-    line.push(b':');
-    let _ = serde_json::to_writer(&mut *line, value);
 }
 
 impl<S, W> Layer<S> for JsonLogLayer<W>
@@ -352,62 +313,334 @@ where
     W: for<'a> MakeWriter<'a> + 'static,
 {
     fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
-        let mut visitor = FieldVisitor {
-            keep_dotted: true,
-            ..FieldVisitor::default()
+        thread_local! {
+            /// The line being written, reused from line to line.
+            static LINE: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+        }
+        let write = |line: &mut Vec<u8>| {
+            line.clear();
+            self.write_line(line, event, &ctx);
+            let mut writer = self.writer.make_writer();
+            let _ = writer.write_all(line);
         };
-        event.record(&mut visitor);
-        let event_fields = visitor.fields;
-        let message = event_fields
-            .iter()
-            .find(|(name, _)| *name == "message")
-            .map(|(_, value)| value);
+        // A value whose formatting logs (re-entering here) gets a buffer of its own.
+        let reused = LINE.with(|line| line.try_borrow_mut().map(|mut line| write(&mut line)).is_ok());
+        if !reused {
+            write(&mut Vec::with_capacity(512));
+        }
+    }
+}
 
+impl<W> JsonLogLayer<W> {
+    /// One JSON object: timestamp, level, message, then the defaults (service, pod_name,
+    /// target) and the fields of the enclosing spans root to leaf (later ones win), then the
+    /// event's own fields, which win over all: a name the event sets is not inherited. Span
+    /// fields are borrowed (their extensions held for the line), never copied; the event's are
+    /// written straight from its values, in one visit.
+    fn write_line<S>(&self, line: &mut Vec<u8>, event: &Event<'_>, ctx: &Context<'_, S>)
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+    {
         let metadata = event.metadata();
-        let mut line = Vec::with_capacity(512);
-        line.push(b'{');
-        write_member(
-            &mut line,
-            "timestamp",
-            &chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        );
-        write_member(&mut line, "level", &level_name(*metadata.level()));
-        write_member(&mut line, "message", message.unwrap_or(&Value::Null));
+        line.extend_from_slice(b"{\"timestamp\":\"");
+        write_timestamp(line);
+        line.extend_from_slice(b"\",\"level\":\"");
+        line.extend_from_slice(level_name(*metadata.level()).as_bytes());
+        line.push(b'"');
 
-        // Defaults, then span fields root to leaf, then the event's fields: later ones win.
-        // The spans' fields are borrowed (their extensions held for the line), never copied.
-        let target = Value::String(metadata.target().to_owned());
         let spans: Vec<_> = ctx
             .event_scope(event)
             .map(|scope| scope.from_root().collect())
             .unwrap_or_default();
         let extensions: Vec<_> = spans.iter().map(|span| span.extensions()).collect();
-        let mut inherited: Vec<(&str, &Value)> = vec![
-            ("service", &self.service),
-            ("pod_name", &self.pod_name),
-            ("target", &target),
-        ];
+        let mut span_fields: Vec<(&str, &Value)> = Vec::new();
         for SpanFields(fields) in extensions.iter().filter_map(|ext| ext.get::<SpanFields>()) {
             for (name, value) in fields {
-                match inherited.iter_mut().find(|(existing, _)| existing == name) {
+                match span_fields.iter_mut().find(|(existing, _)| existing == name) {
                     Some(slot) => slot.1 = value,
-                    None => inherited.push((name, value)),
+                    None => span_fields.push((name, value)),
                 }
             }
         }
-        for (name, value) in &inherited {
-            if !event_fields.iter().any(|(own, _)| own == name) {
-                write_member(&mut line, name, value);
+        let mut writer = EventFieldWriter {
+            line,
+            inherited: Some(Inherited {
+                defaults: [
+                    ("service", self.service.as_str()),
+                    ("pod_name", self.pod_name.as_str()),
+                    ("target", metadata.target()),
+                ],
+                span_fields,
+                event_fields: metadata.fields(),
+            }),
+            message: false,
+        };
+        event.record(&mut writer);
+        writer.write_inherited();
+        if !writer.message {
+            writer.line.extend_from_slice(b",\"message\":null");
+        }
+        writer.line.extend_from_slice(b"}\n");
+    }
+}
+
+/// What a line inherits: the defaults and the enclosing spans' fields, minus what the event
+/// sets itself.
+struct Inherited<'a> {
+    defaults: [(&'static str, &'a str); 3],
+    span_fields: Vec<(&'a str, &'a Value)>,
+    event_fields: &'a tracing::field::FieldSet,
+}
+
+impl Inherited<'_> {
+    fn write(&self, line: &mut Vec<u8>) {
+        let event_sets = |name: &str| {
+            self.event_fields
+                .iter()
+                .any(|field| event_field_name(field.name()) == name)
+        };
+        for (name, default) in self.defaults {
+            if event_sets(name) {
+                continue;
+            }
+            write_key(line, name);
+            match self.span_fields.iter().find(|(field, _)| *field == name) {
+                Some((_, value)) => {
+                    let _ = serde_json::to_writer(&mut *line, value);
+                }
+                None => write_json_string(line, default),
             }
         }
-        for (name, value) in &event_fields {
-            if *name != "message" {
-                write_member(&mut line, name.trim_start_matches("log."), value);
+        for (name, value) in &self.span_fields {
+            if !self.defaults.iter().any(|(default, _)| default == name) && !event_sets(name) {
+                write_key(line, name);
+                let _ = serde_json::to_writer(&mut *line, value);
             }
         }
-        line.extend_from_slice(b"}\n");
-        let mut writer = self.writer.make_writer();
-        let _ = writer.write_all(&line);
+    }
+}
+
+/// The name of an event field whose value (given with `%`, as `Display`) writes members already
+/// in JSON (`"name":value`, comma-separated), put into the line as they are. It is for a line
+/// assembled on a hot path — the request line of [`crate::observe::RouteObserver`] — without a
+/// visit and a formatting step per field; and since the value is only formatted when a line is
+/// written, nothing is spent while its level is off. Its members don't take part in the
+/// inheritance rules: to write a default (`service`, `pod_name`) among them, declare it as an
+/// event field with the value `tracing::field::Empty`, which keeps the default out of the line;
+/// never write the message or `target` there. [`write_json_string`] writes text inside it.
+pub const JSON_MEMBERS: &str = "json_members";
+
+/// Appends what a `Display` value writes to the line unchanged (a [`JSON_MEMBERS`] value).
+struct RawText<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for RawText<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        self.0.extend_from_slice(text.as_bytes());
+        Ok(())
+    }
+}
+
+/// An event field's name in the log line (`log.target` from the `log` crate shows as `target`).
+fn event_field_name(name: &str) -> &str {
+    name.strip_prefix("log.").unwrap_or(name)
+}
+
+/// `,"name":` (names are field names: no characters that need escaping).
+fn write_key(line: &mut Vec<u8>, name: &str) {
+    line.reserve(name.len() + 4);
+    line.extend_from_slice(b",\"");
+    line.extend_from_slice(name.as_bytes());
+    line.extend_from_slice(b"\":");
+}
+
+/// `text` as a JSON string, escaped as RFC 8259 requires (`"`, `\`, control characters).
+pub fn write_json_string(line: &mut Vec<u8>, text: &str) {
+    line.push(b'"');
+    escape_json_into(line, text);
+    line.push(b'"');
+}
+
+fn escape_json_into(line: &mut Vec<u8>, text: &str) {
+    let bytes = text.as_bytes();
+    // Most text needs no escaping: a pass over it eight bytes at a time says so, then it is
+    // copied as it is.
+    if !any_needs_escape(bytes) {
+        line.extend_from_slice(bytes);
+        return;
+    }
+    let mut start = 0;
+    for (index, &byte) in bytes.iter().enumerate() {
+        if !needs_escape(byte) {
+            continue;
+        }
+        line.extend_from_slice(&bytes[start..index]);
+        match byte {
+            b'"' => line.extend_from_slice(b"\\\""),
+            b'\\' => line.extend_from_slice(b"\\\\"),
+            b'\n' => line.extend_from_slice(b"\\n"),
+            b'\r' => line.extend_from_slice(b"\\r"),
+            b'\t' => line.extend_from_slice(b"\\t"),
+            _ => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                line.extend_from_slice(b"\\u00");
+                line.push(HEX[usize::from(byte >> 4)]);
+                line.push(HEX[usize::from(byte & 0xf)]);
+            }
+        }
+        start = index + 1;
+    }
+    line.extend_from_slice(&bytes[start..]);
+}
+
+/// `"`, `\` and control characters must be escaped in a JSON string (RFC 8259 §7).
+fn needs_escape(byte: u8) -> bool {
+    byte < 0x20 || byte == b'"' || byte == b'\\'
+}
+
+/// Whether any byte [`needs_escape`], tested a word at a time ("has less than" and "has zero
+/// byte" from Bit Twiddling Hacks: exact for "any").
+fn any_needs_escape(bytes: &[u8]) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGHS: u64 = 0x8080_8080_8080_8080;
+    let has_zero_byte = |word: u64| word.wrapping_sub(ONES) & !word & HIGHS != 0;
+    let mut words = bytes.chunks_exact(8);
+    for chunk in &mut words {
+        let word = u64::from_le_bytes(<[u8; 8]>::try_from(chunk).unwrap_or_default());
+        let control = word.wrapping_sub(0x20 * ONES) & !word & HIGHS != 0;
+        if control
+            || has_zero_byte(word ^ (u64::from(b'"') * ONES))
+            || has_zero_byte(word ^ (u64::from(b'\\') * ONES))
+        {
+            return true;
+        }
+    }
+    words.remainder().iter().any(|&byte| needs_escape(byte))
+}
+
+/// Formats straight into a JSON string's contents (a `Debug`/`Display` field, the message).
+struct JsonStringContents<'a>(&'a mut Vec<u8>);
+
+impl std::fmt::Write for JsonStringContents<'_> {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        escape_json_into(self.0, text);
+        Ok(())
+    }
+}
+
+/// The wall-clock time as RFC 3339 with microseconds (`2026-11-27T17:00:19.243111Z`). The
+/// date-and-seconds part is formatted once per second per thread.
+fn write_timestamp(line: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: std::cell::RefCell<(u64, String)> = const { std::cell::RefCell::new((u64::MAX, String::new())) };
+    }
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let seconds = since_epoch.as_secs();
+    SECOND.with_borrow_mut(|(cached, text)| {
+        if *cached != seconds {
+            *cached = seconds;
+            *text = i64::try_from(seconds)
+                .ok()
+                .and_then(|seconds| chrono::DateTime::from_timestamp(seconds, 0))
+                .unwrap_or_default()
+                .format("%Y-%m-%dT%H:%M:%S")
+                .to_string();
+        }
+        line.extend_from_slice(text.as_bytes());
+    });
+    let micros = since_epoch.subsec_micros();
+    line.push(b'.');
+    let mut digits = [b'0'; 6];
+    let mut rest = micros;
+    for digit in digits.iter_mut().rev() {
+        *digit = b'0' + (rest % 10) as u8;
+        rest /= 10;
+    }
+    line.extend_from_slice(&digits);
+    line.push(b'Z');
+}
+
+/// Writes an event's fields into the line as they are visited. `tracing`'s macros put the
+/// message first; the inherited members follow it (or come first when there is no message or
+/// it comes later), then the event's other fields.
+struct EventFieldWriter<'a> {
+    line: &'a mut Vec<u8>,
+    /// Still to be written (before the first field that is not the message).
+    inherited: Option<Inherited<'a>>,
+    /// The message was written.
+    message: bool,
+}
+
+impl EventFieldWriter<'_> {
+    fn write_inherited(&mut self) {
+        // Checked before taking: moving the (large) value out costs more than the check.
+        if self.inherited.is_some()
+            && let Some(inherited) = self.inherited.take()
+        {
+            inherited.write(self.line);
+        }
+    }
+
+    /// Start the member for `field`.
+    fn begin(&mut self, field: &Field) {
+        if field.name() == "message" {
+            self.message = true;
+        } else {
+            self.write_inherited();
+        }
+        write_key(self.line, event_field_name(field.name()));
+    }
+}
+
+impl Visit for EventFieldWriter<'_> {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.begin(field);
+        let _ = serde_json::to_writer(
+            &mut *self.line,
+            &serde_json::Number::from_f64(value).map_or(Value::Null, Value::Number),
+        );
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.begin(field);
+        let _ = serde_json::to_writer(&mut *self.line, &value);
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.begin(field);
+        let _ = serde_json::to_writer(&mut *self.line, &value);
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.begin(field);
+        self.line
+            .extend_from_slice(if value { b"true" } else { b"false" });
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.begin(field);
+        write_json_string(self.line, value);
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.begin(field);
+        self.line.push(b'"');
+        let _ = std::fmt::Write::write_fmt(&mut JsonStringContents(self.line), format_args!("{value}"));
+        self.line.push(b'"');
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == JSON_MEMBERS {
+            self.write_inherited();
+            self.line.push(b',');
+            let _ = std::fmt::Write::write_fmt(&mut RawText(self.line), format_args!("{value:?}"));
+            return;
+        }
+        self.begin(field);
+        self.line.push(b'"');
+        let _ = std::fmt::Write::write_fmt(&mut JsonStringContents(self.line), format_args!("{value:?}"));
+        self.line.push(b'"');
     }
 }
 
@@ -421,11 +654,10 @@ fn level_name(level: tracing::Level) -> &'static str {
     }
 }
 
+/// Collects a span's log fields: plain (undotted) names only, see [`log_name`].
 #[derive(Default)]
 struct FieldVisitor {
     fields: Fields,
-    /// Events keep every field; spans only plain (undotted) names.
-    keep_dotted: bool,
     /// Visiting a [`SERVER_SPAN`]'s fields.
     server_span: bool,
 }
@@ -455,15 +687,11 @@ impl FieldVisitor {
     }
 
     fn wants(&self, field: &Field) -> bool {
-        self.keep_dotted || log_name(field.name(), self.server_span).is_some()
+        log_name(field.name(), self.server_span).is_some()
     }
 
     fn put(&mut self, field: &Field, value: Value) {
-        let name = if self.keep_dotted {
-            field.name()
-        } else {
-            log_name(field.name(), self.server_span).unwrap_or(field.name())
-        };
+        let name = log_name(field.name(), self.server_span).unwrap_or(field.name());
         upsert(&mut self.fields, name, value);
     }
 }
@@ -512,5 +740,193 @@ impl Visit for FieldVisitor {
         if self.wants(field) {
             self.put(field, Value::String(format!("{value:?}")));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// The lines `body` logs through the real subscriber (installed for this thread only).
+    fn log_lines(body: impl FnOnce()) -> Vec<Value> {
+        let capture = LogCapture::default();
+        let identity = Settings::for_tests("unit").identity;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = build_subscriber(&identity, "debug", capture.clone(), &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, body);
+        capture.json_lines()
+    }
+
+    #[test]
+    fn a_line_has_the_shared_members_and_the_event_fields_as_json_values() {
+        let lines = log_lines(|| {
+            tracing::info!(
+                count = 3u64,
+                delta = -2i64,
+                ratio = 0.5,
+                ok = true,
+                name = "plain",
+                shown = %"display \"quoted\"",
+                "hello {}",
+                "world"
+            );
+        });
+        let line = &lines[0];
+        assert_eq!(line["message"], "hello world");
+        assert_eq!(line["level"], "info");
+        assert_eq!(line["service"], "unit");
+        assert_eq!(line["target"], module_path!());
+        assert_eq!(line["count"], 3);
+        assert_eq!(line["delta"], -2);
+        assert_eq!(line["ratio"], 0.5);
+        assert_eq!(line["ok"], true);
+        assert_eq!(line["name"], "plain");
+        assert_eq!(line["shown"], "display \"quoted\"");
+        let timestamp = line["timestamp"].as_str().unwrap();
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(timestamp).is_ok()
+                && timestamp.len() == 27
+                && timestamp.ends_with('Z'),
+            "RFC 3339 with microseconds in UTC: {timestamp}"
+        );
+    }
+
+    #[test]
+    fn the_word_at_a_time_check_agrees_with_the_byte_check() {
+        for byte in 0..=u8::MAX {
+            for position in 0..20 {
+                let mut text = vec![b'a'; 20];
+                text[position] = byte;
+                assert_eq!(
+                    any_needs_escape(&text),
+                    needs_escape(byte),
+                    "byte {byte:#04x} at {position}"
+                );
+            }
+        }
+        assert!(!any_needs_escape("plain ascii, ünïcödé and ✓ marks".as_bytes()));
+    }
+
+    #[test]
+    fn text_is_escaped_so_every_line_stays_one_json_object() {
+        let nasty = "quote \" backslash \\ newline \n tab \t bell \u{7} é ✓";
+        let lines = log_lines(|| tracing::warn!(text = nasty, debug = ?nasty, "{nasty}"));
+        assert_eq!(lines.len(), 1, "one line, whatever the text holds");
+        assert_eq!(lines[0]["message"], nasty);
+        assert_eq!(lines[0]["text"], nasty);
+        assert_eq!(lines[0]["debug"], format!("{nasty:?}"));
+    }
+
+    #[test]
+    fn span_fields_are_inherited_inner_spans_win_and_event_fields_win_over_all() {
+        let lines = log_lines(|| {
+            let outer =
+                tracing::info_span!("outer", request_id = "r-1", route = "outer", otel.kind = "server");
+            let _outer = outer.enter();
+            let inner = tracing::info_span!("inner", route = "inner", user = "u-1");
+            let _inner = inner.enter();
+            tracing::info!(user = "from-event", "inside");
+        });
+        let line = lines[0].as_object().unwrap();
+        assert_eq!(line["request_id"], "r-1");
+        assert_eq!(line["route"], "inner", "the inner span wins");
+        assert_eq!(line["user"], "from-event", "the event wins");
+        assert!(
+            !line.contains_key("otel.kind"),
+            "trace-only attributes stay out of logs"
+        );
+    }
+
+    #[test]
+    fn a_server_spans_request_attributes_show_under_plain_names() {
+        let lines = log_lines(|| {
+            let span = tracing::info_span!(
+                SERVER_SPAN,
+                http.request.method = "GET",
+                http.route = "/catalog/{id}",
+                url.path = "/catalog/p-1"
+            );
+            let _span = span.enter();
+            tracing::info!("request completed");
+        });
+        assert_eq!(lines[0]["method"], "GET");
+        assert_eq!(lines[0]["route"], "/catalog/{id}");
+        assert_eq!(lines[0]["path"], "/catalog/p-1");
+    }
+
+    #[test]
+    fn json_members_are_spliced_into_the_line_as_they_are() {
+        struct Members;
+        impl std::fmt::Display for Members {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                let mut members = b"\"path\":".to_vec();
+                write_json_string(&mut members, "/a \"quoted\"\\path\n\u{1}");
+                members.extend_from_slice(b",\"status\":200");
+                f.write_str(std::str::from_utf8(&members).map_err(|_| std::fmt::Error)?)
+            }
+        }
+        let lines = log_lines(|| {
+            let span = tracing::info_span!("outer", route = "from-span");
+            let _span = span.enter();
+            tracing::info!(service = "edge", json_members = %Members, "request completed");
+        });
+        let line = &lines[0];
+        assert_eq!(line["message"], "request completed");
+        assert_eq!(line["service"], "edge");
+        assert_eq!(line["route"], "from-span", "inherited fields are kept");
+        assert_eq!(line["path"], "/a \"quoted\"\\path\n\u{1}");
+        assert_eq!(line["status"], 200);
+        assert!(line.get(JSON_MEMBERS).is_none());
+    }
+
+    #[test]
+    fn json_members_can_carry_the_service_when_the_event_declares_it_empty() {
+        struct Members;
+        impl std::fmt::Display for Members {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("\"service\":\"edge\",\"pod_name\":\"edge-1\"")
+            }
+        }
+        let capture = LogCapture::default();
+        let identity = Settings::for_tests("unit").identity;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = build_subscriber(&identity, "info", capture.clone(), &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(
+                service = tracing::field::Empty,
+                pod_name = tracing::field::Empty,
+                json_members = %Members,
+                "request completed"
+            );
+        });
+        let raw = capture.lines.lock().unwrap().join("\n");
+        assert_eq!(raw.matches("\"service\"").count(), 1, "{raw}");
+        assert_eq!(raw.matches("\"pod_name\"").count(), 1, "{raw}");
+        let line: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(
+            (line["service"].as_str(), line["pod_name"].as_str()),
+            (Some("edge"), Some("edge-1"))
+        );
+        assert_eq!(line["target"], module_path!());
+    }
+
+    #[test]
+    fn an_event_can_name_its_own_service_target_or_message_free_line() {
+        let capture = LogCapture::default();
+        let identity = Settings::for_tests("unit").identity;
+        let provider = SdkTracerProvider::builder().build();
+        let subscriber = build_subscriber(&identity, "info", capture.clone(), &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(service = "other", target = "elsewhere");
+        });
+        let raw = capture.lines.lock().unwrap().join("\n");
+        assert_eq!(raw.matches("\"service\"").count(), 1, "each member once: {raw}");
+        assert_eq!(raw.matches("\"target\"").count(), 1, "each member once: {raw}");
+        let line: Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(line["service"], "other");
+        assert_eq!(line["target"], "elsewhere");
+        assert_eq!(line["message"], Value::Null);
     }
 }

@@ -2,12 +2,11 @@
 
 use std::net::SocketAddr;
 
-use axum::Router;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 use crate::platform::Platform;
-use crate::server::Server;
+use crate::server::{Front, Server};
 
 /// A service running on a free loopback port until stopped (or the test's runtime ends).
 pub struct TestServer {
@@ -17,9 +16,10 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Bind `router` on the port in `platform`'s settings (0 in [`crate::config::Settings::for_tests`]) and serve it.
-    pub async fn start(platform: Platform, router: Router) -> anyhow::Result<Self> {
-        let server = Server::bind(platform, router).await?;
+    /// Bind `app` (a service's router or front) on the port in `platform`'s settings (0 in
+    /// [`crate::config::Settings::for_tests`]) and serve it.
+    pub async fn start(platform: Platform, app: impl Front) -> anyhow::Result<Self> {
+        let server = Server::bind(platform, app).await?;
         let addr = server.local_addr();
         let (shutdown, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run_until_stopped(async move {

@@ -4,14 +4,14 @@ use catalog::{AppState, CatalogConfig, DEFAULTS, app};
 use clap::Parser;
 use shopstack_common::server;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     if let Some(code) = shopstack_common::probe::healthcheck_from_args(DEFAULTS.port) {
         return code;
     }
     let config = CatalogConfig::parse();
-    server::run(config.common.clone(), DEFAULTS, |platform| async move {
-        Ok(app(AppState::new(&config, platform).await?))
-    })
-    .await
+    server::block_on(server::run(
+        config.common.clone(),
+        DEFAULTS,
+        |platform| async move { Ok(app(AppState::new(&config, platform).await?)) },
+    ))
 }

@@ -38,9 +38,10 @@ pub enum GatewayError {
         /// RFC 6750 `error="invalid_token"`: a token was presented but refused.
         invalid_token: bool,
     },
-    /// 401: an admin route without the admin token.
+    /// 401: an admin route without the admin token (boxed: it is large, and this error lives in
+    /// request futures that are moved).
     #[error("{}", .0.detail)]
-    AdminOnly(Problem),
+    AdminOnly(Box<Problem>),
     /// 404: another user's resource; answered as if it did not exist.
     #[error("Not found.")]
     NotYours,
@@ -123,7 +124,7 @@ impl IntoResponse for GatewayError {
                 }
                 problem
             }
-            GatewayError::AdminOnly(problem) => problem,
+            GatewayError::AdminOnly(problem) => *problem,
             GatewayError::NotYours => Problem::not_found(detail),
             GatewayError::BadRequestBody => Problem::bad_request(detail),
             GatewayError::BodyTooLarge { limit } => {

@@ -1,19 +1,24 @@
 //! The gateway: ShopStack's front door on :8000. A routing table ([`routes`]) maps every public
-//! route to the backend that serves it and says who may call it; [`proxy`] forwards requests
-//! (continuing the trace) through the edge policies and answers JSON problems naming the backend
-//! when it can't.
+//! route to the backend that serves it and says who may call it; [`edge`] takes the requests on
+//! those routes and observes them, [`proxy`] forwards them (continuing the trace) through the
+//! edge policies and answers JSON problems naming the backend when it can't.
 //!
 //! - [`config`]: settings; [`upstream`]: replicas, balancing, outlier ejection and the per-backend
-//!   state; [`breaker`]: circuit breakers; [`retry`]: retry rules, backoff and budget;
+//!   state; [`pool`]: keep-alive connections to a replica, [`exchange`]: one request and its
+//!   answer on one; [`breaker`]: circuit breakers;
+//!   [`retry`]: retry rules, backoff and budget;
 //! - [`ratelimit`]: per-client rate limits; [`auth`]: JWT verification and minting;
 //! - [`metrics`]: the gateway's metrics; [`openapi`]: the merged document; [`error`]: its errors.
 
 pub mod auth;
 pub mod breaker;
 pub mod config;
+pub mod edge;
 pub mod error;
+pub mod exchange;
 pub mod metrics;
 pub mod openapi;
+pub mod pool;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
@@ -23,9 +28,8 @@ pub mod upstream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::extract::{Request, State};
-use axum::routing::{MethodFilter, get, on};
+use axum::extract::State;
+use axum::routing::get;
 use serde::Serialize;
 use shopstack_common::config::ServiceDefaults;
 use shopstack_common::extract::Json;
@@ -245,36 +249,14 @@ async fn index(State(state): State<GatewayState>) -> Json<GatewayInfo> {
     })
 }
 
-/// The gateway's router, ready to serve.
-pub fn app(state: GatewayState) -> Router {
-    let mut api: OpenApiRouter<GatewayState> = OpenApiRouter::new().routes(routes!(index));
-    // `/admin/*` is never wrapped in the simulation (ARCHITECTURE.md): the proxied admin routes
-    // sit beside the business routes, not inside them.
-    let mut admin: OpenApiRouter<GatewayState> = OpenApiRouter::new();
-    for spec in state.routes.iter() {
-        let Ok(filter) = MethodFilter::try_from(spec.method.clone()) else {
-            tracing::error!(method = %spec.method, path = spec.path, "route table entry with an unsupported method skipped");
-            continue;
-        };
-        let spec = Arc::new(spec.clone());
-        let path = spec.path;
-        let handler = on(
-            filter,
-            move |State(state): State<GatewayState>, request: Request| {
-                let spec = spec.clone();
-                async move { proxy::forward(state, &spec, request).await }
-            },
-        );
-        if path.starts_with("/admin/") {
-            admin = admin.route(path, handler);
-        } else {
-            api = api.route(path, handler);
-        }
-    }
+/// The gateway, ready to serve: its [`edge::Edge`] takes the proxied routes and hands the rest
+/// to the axum router of the gateway's own routes built here. (Where other services return
+/// their `Router`, the gateway returns the front that wraps it; tests serve either the same way.)
+pub fn app(state: GatewayState) -> edge::Edge {
+    let api: OpenApiRouter<GatewayState> = OpenApiRouter::new().routes(routes!(index));
     let platform = state.platform.clone();
     let (router, own_doc) = platform
         .with_common_routes(api.with_state(state.clone()))
-        .merge(admin.with_state(state.clone()))
         .split_for_parts();
     let own_doc = serde_json::to_value(platform.document(own_doc, INFO)).unwrap_or_default();
     let docs_state = state.clone();
@@ -288,5 +270,5 @@ pub fn app(state: GatewayState) -> Router {
             }),
         )
         .merge(Platform::docs_page("/openapi.json"));
-    platform.finish(router)
+    edge::Edge::new(state, platform.finish(router))
 }

@@ -10,27 +10,39 @@
 //!    attempt timeout within the request's deadline (504), and — for requests safe to retry —
 //!    up to 3 attempts with jittered exponential backoff while the retry budget allows.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, FromRequestParts, RawPathParams, Request};
+use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::Response;
 use futures::StreamExt;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{SpanBuilder, SpanKind};
 use shopstack_common::admin;
+use shopstack_common::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID};
 
 use crate::GatewayState;
 use crate::auth::Caller;
+use crate::edge::ProxiedRoute;
 use crate::error::GatewayError;
+use crate::exchange::{Answer, OutboundRequest};
+use crate::pool::SendError;
 use crate::ratelimit::ClientKey;
 use crate::retry::{backoff, request_is_retryable, status_is_retryable};
 use crate::routes::{Access, RouteSpec};
-use crate::upstream::Upstream;
+use crate::upstream::{Replica, Upstream};
 
 /// The authenticated subject, for the backend (set by the gateway only; a client's is dropped).
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// Left out of an ownership probe: it is a read, the caller's body and its key are not its own.
+static PROBE_DROPS: [HeaderName; 2] = [
+    header::CONTENT_TYPE,
+    HeaderName::from_static(crate::retry::IDEMPOTENCY_KEY),
+];
 
 /// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
 const HOP_BY_HOP: [HeaderName; 8] = [
@@ -45,6 +57,10 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Usually there are none: one look at the names present, instead of a removal per name.
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -59,11 +75,10 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The client's address: the peer, or with `TRUST_FORWARDED_FOR` the last `X-Forwarded-For`
 /// entry (the one the proxy in front of the gateway added).
-fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> IpAddr {
+fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_forwarded_for: bool) -> IpAddr {
     if trust_forwarded_for {
-        let entries: Vec<&str> = parts
-            .headers
-            .get_all("x-forwarded-for")
+        let entries: Vec<&str> = headers
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|value| value.to_str().ok())
             .flat_map(|value| value.split(','))
@@ -75,47 +90,118 @@ fn client_ip(parts: &Parts, trust_forwarded_for: bool) -> IpAddr {
             return ip;
         }
     }
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |ConnectInfo(peer)| peer.ip())
+    peer.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
 }
 
-/// A backend's answer, read in full.
-struct Answer {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
+/// The caller's end of a connection, as the proxy path uses it.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub ip: IpAddr,
+    /// `ip` as an `X-Forwarded-For` value, written once per connection.
+    pub header: HeaderValue,
 }
 
-impl Answer {
-    fn into_response(self) -> Response {
-        let mut headers = self.headers;
-        strip_hop_by_hop(&mut headers);
-        headers.remove(header::CONTENT_LENGTH);
-        let mut response = Response::new(Body::from(self.body));
-        *response.status_mut() = self.status;
-        *response.headers_mut() = headers;
-        response
+impl Peer {
+    pub fn new(ip: IpAddr) -> Self {
+        Self {
+            ip,
+            header: ip_header_value(ip),
+        }
     }
+}
+
+/// `ip` as a header value.
+fn ip_header_value(ip: IpAddr) -> HeaderValue {
+    HeaderValue::from_str(&ip.to_string()).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The response for a backend's answer: its headers but those of the hop, its body framed
+/// anew (a HEAD answer keeps the length the backend stated).
+fn into_response(answer: Answer, method: &Method) -> Response {
+    let mut headers = answer.headers;
+    strip_hop_by_hop(&mut headers);
+    if method != Method::HEAD {
+        headers.remove(header::CONTENT_LENGTH);
+    }
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = headers;
+    response
 }
 
 /// Everything needed to send the request once, again and again.
 struct Outbound<'a> {
     method: Method,
-    path_and_query: (&'a str, Option<&'a str>),
-    headers: HeaderMap,
+    /// Path and query as the backend gets them, before a replica's base path.
+    path_and_query: PathAndQuery,
+    /// The caller's headers, sent but for those [`Outbound::forwards`] leaves out.
+    received: &'a HeaderMap,
+    /// Names the caller's `Connection` header lists: hop-by-hop as well (usually none).
+    connection_named: Vec<HeaderName>,
+    /// Also left out of this request.
+    also_dropped: &'static [HeaderName],
+    /// The gateway's own headers: `x-request-id`, `x-forwarded-for`, `x-user-id`.
+    added: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
+    /// Safe to send twice (see [`request_is_retryable`]).
+    replayable: bool,
 }
 
+impl Outbound<'_> {
+    /// Whether the caller's header `name` goes to the backend: not one that describes the
+    /// connection (RFC 9110 §7.6.1), nor one the gateway writes itself (`host`, the length of
+    /// the body it sends, `traceparent` naming its own span, the headers it adds); `expect`
+    /// neither, as the body is read in full before it is sent. (`tracestate` passes unchanged.)
+    fn forwards(&self, name: &HeaderName) -> bool {
+        let dropped = matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "proxy-authenticate"
+                | "proxy-authorization"
+                | "te"
+                | "trailer"
+                | "transfer-encoding"
+                | "upgrade"
+                | "host"
+                | "content-length"
+                | "expect"
+                | "traceparent"
+                | "x-request-id"
+                | "x-forwarded-for"
+                | "x-user-id"
+        );
+        !dropped && !self.connection_named.contains(name) && !self.also_dropped.contains(name)
+    }
+}
+
+/// The header names the `Connection` headers list (they describe the connection, not the
+/// message, and are not forwarded).
+fn connection_named(headers: &HeaderMap) -> Vec<HeaderName> {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
+        .collect()
+}
+
+/// Forward one request on `route` (`parts` and `body` as received from `peer`; `observed` its
+/// ids) through the edge policies. `path_owner`: the value of the route's owner path
+/// parameter, for [`Access::OwnerInPath`] routes.
 pub async fn forward(
-    state: GatewayState,
-    spec: &RouteSpec,
-    request: Request,
+    state: &GatewayState,
+    route: &ProxiedRoute,
+    parts: Parts,
+    body: Body,
+    observed: &ObservedRequest,
+    peer: Option<&Peer>,
+    path_owner: Option<&str>,
 ) -> Result<Response, GatewayError> {
-    let started = Instant::now();
+    let started = observed.started();
+    let spec = &route.spec;
     let limit = state.platform.settings().max_body_bytes;
-    let (mut parts, body) = request.into_parts();
 
     // Admin and staff routes carry the admin token, not a JWT.
     let caller = match &state.auth {
@@ -125,12 +211,16 @@ pub async fn forward(
 
     // Refusals come first (as in Kong's and Envoy's filter order): they cost a signature check
     // and never reach a backend; what is let through is then limited per user, or per IP.
-    let user = authorize(&state, spec, caller, &mut parts).await?;
+    let user = authorize(state, spec, caller, &parts.headers, path_owner)?;
 
     if let Some(limiter) = &state.rate_limiter {
         let client = match &user {
             Some(user) => ClientKey::User(user.clone()),
-            None => ClientKey::Ip(client_ip(&parts, state.edge.trust_forwarded_for)),
+            None => ClientKey::Ip(client_ip(
+                &parts.headers,
+                peer.map(|peer| peer.ip),
+                state.edge.trust_forwarded_for,
+            )),
         };
         if let Err(retry_after) = limiter.check(&client) {
             state
@@ -174,53 +264,64 @@ pub async fn forward(
         }
     }
 
-    let mut headers = parts.headers;
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
-    // The gateway's own client span becomes the backend's parent.
-    headers.remove("traceparent");
-    headers.remove("tracestate");
-    headers.remove(&X_USER_ID);
-    if let Some(value) = user.as_deref().and_then(|user| HeaderValue::from_str(user).ok()) {
-        headers.insert(X_USER_ID, value);
-    }
-    if let Some(ConnectInfo(peer)) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
-        let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(previous) => format!("{previous}, {}", peer.ip()),
-            None => peer.ip().to_string(),
+    // What the gateway adds; the caller's own headers are sent as they are, but for those
+    // `forwards` leaves out (they are not written, rather than removed from a map first).
+    let mut added = Vec::with_capacity(3);
+    added.push((X_REQUEST_ID, observed.request_id().clone()));
+    if let Some(peer) = peer {
+        let value = match parts.headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+            Some(previous) => HeaderValue::from_str(&format!("{previous}, {}", peer.ip)).ok(),
+            None => Some(peer.header.clone()),
         };
-        if let Ok(value) = HeaderValue::from_str(&forwarded_for) {
-            headers.insert("x-forwarded-for", value);
+        if let Some(value) = value {
+            added.push((X_FORWARDED_FOR, value));
         }
     }
-
-    let path = spec.backend_path.unwrap_or_else(|| parts.uri.path());
+    if let Some(value) = user.as_deref().and_then(|user| HeaderValue::from_str(user).ok()) {
+        added.push((X_USER_ID, value));
+    }
+    let path_and_query = match spec.backend_path {
+        Some(path) => PathAndQuery::from_static(path),
+        None => parts
+            .uri
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/")),
+    };
     let outbound = Outbound {
+        replayable: request_is_retryable(&parts.method, &parts.headers),
         method: parts.method.clone(),
-        path_and_query: (path, parts.uri.query()),
-        headers,
+        path_and_query,
+        received: &parts.headers,
+        connection_named: connection_named(&parts.headers),
+        also_dropped: &[],
+        added,
         body,
     };
     let upstream = state.upstreams.get(spec.backend).clone();
     let deadline = started + state.edge.deadline;
+    let trace = observed.trace();
     if let (Access::OwnerOfResource { lookup, owner }, Some(user)) = (spec.access, user.as_deref()) {
         let Some(path) = fill_template(lookup, spec.path, parts.uri.path()) else {
             return Err(GatewayError::NotYours);
         };
-        let mut headers = outbound.headers.clone();
-        headers.remove(header::CONTENT_TYPE);
-        headers.remove(crate::retry::IDEMPOTENCY_KEY);
+        let Ok(path_and_query) = PathAndQuery::try_from(path) else {
+            return Err(GatewayError::NotYours);
+        };
         let probe = Outbound {
             method: Method::GET,
-            path_and_query: (&path, None),
-            headers,
+            path_and_query,
+            received: outbound.received,
+            connection_named: outbound.connection_named.clone(),
+            also_dropped: &PROBE_DROPS,
+            added: outbound.added.clone(),
             body: Bytes::new(),
+            replayable: true,
         };
-        let answer = call(&state, spec, &upstream, probe, deadline).await?;
+        let answer = call(state, route, &upstream, &probe, trace, deadline).await?;
         if !answer.status.is_success() {
             // Unknown (404) or unreadable right now (5xx): the caller gets that answer.
-            return Ok(answer.into_response());
+            return Ok(into_response(answer, &probe.method));
         }
         let found = serde_json::from_slice::<serde_json::Value>(&answer.body)
             .ok()
@@ -234,9 +335,9 @@ pub async fn forward(
             return Err(GatewayError::NotYours);
         }
     }
-    call(&state, spec, &upstream, outbound, deadline)
+    call(state, route, &upstream, &outbound, trace, deadline)
         .await
-        .map(Answer::into_response)
+        .map(|answer| into_response(answer, &outbound.method))
 }
 
 /// `template` (e.g. `/api/orders/{id}`) with each `{name}` replaced by the request path's
@@ -267,6 +368,9 @@ const DRAIN_MAX_TIME: Duration = Duration::from_secs(1);
 
 /// The whole body, or 413 once it passes `limit` (after draining a bounded rest).
 async fn read_body(body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    if axum::body::HttpBody::is_end_stream(&body) {
+        return Ok(Bytes::new());
+    }
     let mut stream = body.into_data_stream();
     let mut collected = Vec::new();
     while let Some(chunk) = stream.next().await {
@@ -294,20 +398,19 @@ async fn drain(mut stream: axum::body::BodyDataStream, max_bytes: usize) {
 }
 
 /// Step 4: may this caller use this route? Returns the user the request acts for, if any.
-async fn authorize(
+fn authorize(
     state: &GatewayState,
     spec: &RouteSpec,
     caller: Caller,
-    parts: &mut Parts,
+    headers: &HeaderMap,
+    path_owner: Option<&str>,
 ) -> Result<Option<String>, GatewayError> {
     let fail = |reason: &str| state.metrics.auth_failures.with_label_values(&[reason]).inc();
     if spec.access == Access::Admin || (spec.access == Access::Staff && state.auth.is_some()) {
-        admin::authorize(state.platform.settings().admin_token.as_deref(), &parts.headers).map_err(
-            |problem| {
-                fail("admin_token");
-                GatewayError::AdminOnly(problem)
-            },
-        )?;
+        admin::authorize(state.platform.settings().admin_token.as_deref(), headers).map_err(|problem| {
+            fail("admin_token");
+            GatewayError::AdminOnly(Box::new(problem))
+        })?;
         return Ok(None);
     }
     if state.auth.is_none() {
@@ -332,20 +435,11 @@ async fn authorize(
         // A public route: a missing or refused token just leaves the caller anonymous.
         Caller::Anonymous | Caller::Refused(_) => return Ok(None),
     };
-    if let Access::OwnerInPath(param) = spec.access {
-        let owner = RawPathParams::from_request_parts(parts, &())
-            .await
-            .ok()
-            .and_then(|params| {
-                params
-                    .iter()
-                    .find(|(name, _)| *name == param)
-                    .map(|(_, value)| value.to_owned())
-            });
-        if owner.as_deref() != Some(user.as_str()) {
-            fail("not_owner");
-            return Err(GatewayError::NotYours);
-        }
+    if let Access::OwnerInPath(_) = spec.access
+        && path_owner != Some(user.as_str())
+    {
+        fail("not_owner");
+        return Err(GatewayError::NotYours);
     }
     Ok(Some(user))
 }
@@ -353,9 +447,10 @@ async fn authorize(
 /// Steps 5 and 6: the attempts at the backend.
 async fn call(
     state: &GatewayState,
-    spec: &RouteSpec,
+    route: &ProxiedRoute,
     upstream: &Arc<Upstream>,
-    outbound: Outbound<'_>,
+    outbound: &Outbound<'_>,
+    trace: &RequestTrace,
     deadline: Instant,
 ) -> Result<Answer, GatewayError> {
     let name = upstream.name();
@@ -365,11 +460,7 @@ async fn call(
         return Err(GatewayError::Overloaded { upstream: name });
     };
     let edge = &state.edge;
-    let max_attempts = if request_is_retryable(&outbound.method, &outbound.headers) {
-        edge.max_attempts
-    } else {
-        1
-    };
+    let max_attempts = if outbound.replayable { edge.max_attempts } else { 1 };
     let mut last: Option<Result<Answer, GatewayError>> = None;
     let mut avoid = None;
     for attempt in 1..=max_attempts {
@@ -385,7 +476,8 @@ async fn call(
                 });
             }
         };
-        let remaining = deadline.saturating_duration_since(Instant::now());
+        let now = Instant::now();
+        let remaining = deadline.saturating_duration_since(now);
         if remaining.is_zero() {
             metrics.deadline_exceeded.with_label_values(&[name]).inc();
             return Err(GatewayError::Timeout { upstream: name });
@@ -395,7 +487,7 @@ async fn call(
         if attempt == 1 {
             upstream.budget.deposit();
         }
-        let outcome = send_once(state, spec, upstream, index, &outbound, timeout).await;
+        let outcome = send_once(route, upstream, index, outbound, trace, now, timeout).await;
         drop(in_flight);
         // The breaker and ejection count signs the backend is unavailable (no answer, or
         // 502/503/504), not a 500: that is an answer, about this request.
@@ -442,11 +534,20 @@ async fn call(
             metrics.retry_budget_exhausted.with_label_values(&[name]).inc();
             return outcome;
         }
+        let route_path = route.spec.path;
         metrics
             .retries
-            .with_label_values(&[name, spec.path, &reason])
+            .with_label_values(&[name, route_path, &reason])
             .inc();
-        tracing::info!(upstream = name, route = spec.path, attempt, reason = %reason, delay_ms = delay.as_millis() as u64, "retrying");
+        tracing::info!(
+            upstream = name,
+            route = route_path,
+            attempt,
+            reason = %reason,
+            delay_ms = delay.as_millis() as u64,
+            trace_id = %trace.trace_id(),
+            "retrying"
+        );
         last = Some(outcome);
         avoid = Some(index);
         tokio::time::sleep(delay).await;
@@ -459,84 +560,154 @@ fn is_gateway_failure(status: StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 
-/// One attempt at replica `index`, recorded in the upstream metrics.
+/// The client span of one attempt (built only when spans are exported).
+fn attempt_span(
+    route: &ProxiedRoute,
+    upstream: &Upstream,
+    replica: &Replica,
+    outbound: &Outbound<'_>,
+) -> SpanBuilder {
+    SpanBuilder::from_name(route.client_span_name.clone())
+        .with_kind(SpanKind::Client)
+        .with_attributes([
+            KeyValue::new("peer.service", upstream.name()),
+            KeyValue::new("http.request.method", outbound.method.as_str().to_owned()),
+            KeyValue::new("url.full", replica.url_of(&outbound.path_and_query)),
+            KeyValue::new("server.address", replica.host().to_owned()),
+            KeyValue::new("server.port", i64::from(replica.port())),
+        ])
+}
+
+/// One attempt at replica `index` (from `started`), recorded in the upstream metrics and, when
+/// spans are exported, as a client span.
 async fn send_once(
-    state: &GatewayState,
-    spec: &RouteSpec,
+    route: &ProxiedRoute,
     upstream: &Upstream,
     index: usize,
     outbound: &Outbound<'_>,
+    trace: &RequestTrace,
+    started: Instant,
     timeout: Duration,
 ) -> Result<Answer, GatewayError> {
     let name = upstream.name();
-    let started = Instant::now();
-    let attempt = async {
-        let replica = upstream
-            .replicas
-            .get(index)
-            .ok_or(GatewayError::Unavailable { upstream: name })?;
-        let (path, query) = outbound.path_and_query;
-        let uri = replica
-            .uri(path, query)
-            .map_err(|_| GatewayError::BadGateway { upstream: name })?;
-        let mut request = Request::new(Body::from(outbound.body.clone()));
-        *request.method_mut() = outbound.method.clone();
-        *request.uri_mut() = uri;
-        *request.headers_mut() = outbound.headers.clone();
-        let response = state
-            .platform
-            .client()
-            .forward(name, spec.path, request)
-            .await
-            .map_err(|error| {
-                if error.is_connect() {
-                    GatewayError::Unavailable { upstream: name }
-                } else {
-                    GatewayError::BadGateway { upstream: name }
-                }
-            })?;
-        let (parts, body) = response.into_parts();
-        let body = axum::body::to_bytes(body, usize::MAX)
-            .await
-            .map_err(|_| GatewayError::BadGateway { upstream: name })?;
-        Ok(Answer {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
+    let Some(replica) = upstream.replicas.get(index) else {
+        return Err(GatewayError::Unavailable { upstream: name });
+    };
+    let span = trace.child(|| attempt_span(route, upstream, replica, outbound));
+    let traceparent = span.traceparent_text();
+    let target = replica.target(&outbound.path_and_query);
+    let request = OutboundRequest {
+        method: &outbound.method,
+        target: &target,
+        host: replica.host_header(),
+        traceparent: &traceparent,
+        added: &outbound.added,
+        headers: outbound.received,
+        forwards: &|name| outbound.forwards(name),
+        body: &outbound.body,
     };
     // One timeout for the whole attempt: connecting, the answer and its body.
-    let outcome: Result<Answer, GatewayError> = tokio::time::timeout(timeout, attempt)
-        .await
-        .unwrap_or(Err(GatewayError::Timeout { upstream: name }));
-    let status = match &outcome {
-        Ok(answer) => answer.status.as_str().to_owned(),
+    let outcome = match tokio::time::timeout(
+        timeout,
+        replica.pool.send(&request, outbound.replayable, started),
+    )
+    .await
+    {
+        Ok(Ok(answer)) => Ok(answer),
+        Ok(Err(SendError::Connect(_))) => Err(GatewayError::Unavailable { upstream: name }),
+        Ok(Err(SendError::Exchange(_))) => Err(GatewayError::BadGateway { upstream: name }),
+        Err(_) => Err(GatewayError::Timeout { upstream: name }),
+    };
+    match &outcome {
+        Ok(answer) => {
+            route.upstream_requests.inc(answer.status.as_str());
+            span.end(Some(answer.status));
+        }
         Err(error) => {
             tracing::warn!(
                 upstream = name,
-                route = spec.path,
+                route = route.spec.path,
                 outcome = error.outcome(),
+                trace_id = %trace.trace_id(),
                 "upstream call failed"
             );
-            error.outcome().to_owned()
+            route.upstream_requests.inc(error.outcome());
+            span.end(None);
         }
-    };
-    state
-        .metrics
-        .upstream_requests
-        .with_label_values(&[name, spec.path, outbound.method.as_str(), &status])
-        .inc();
-    state
-        .metrics
-        .upstream_duration
-        .with_label_values(&[name, spec.path])
-        .observe(started.elapsed().as_secs_f64());
+    }
+    route.upstream_duration.observe(started.elapsed().as_secs_f64());
     outcome
 }
 
 #[cfg(test)]
 mod tests {
-    use super::fill_template;
+    use super::{Peer, fill_template};
+
+    #[test]
+    fn the_callers_own_headers_go_through_but_hop_by_hop_and_the_gateways_do_not() {
+        use axum::http::uri::PathAndQuery;
+        use axum::http::{HeaderMap, HeaderName, HeaderValue, Method};
+
+        let mut received = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive, x-hop"),
+            ("x-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("te", "trailers"),
+            ("upgrade", "websocket"),
+            ("host", "gateway"),
+            ("content-length", "3"),
+            ("expect", "100-continue"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-request-id", "client's"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-user-id", "forged"),
+            ("tracestate", "vendor=1"),
+            ("accept", "application/json"),
+            ("content-type", "application/json"),
+            ("idempotency-key", "k-1"),
+        ] {
+            received.append(HeaderName::from_static(name), HeaderValue::from_static(value));
+        }
+        let outbound = super::Outbound {
+            method: Method::POST,
+            path_and_query: PathAndQuery::from_static("/"),
+            received: &received,
+            connection_named: super::connection_named(&received),
+            also_dropped: &[],
+            added: Vec::new(),
+            body: axum::body::Bytes::new(),
+            replayable: true,
+        };
+        let sent: Vec<&str> = received
+            .keys()
+            .filter(|name| outbound.forwards(name))
+            .map(HeaderName::as_str)
+            .collect();
+        assert_eq!(sent, ["tracestate", "accept", "content-type", "idempotency-key"]);
+        let probe = super::Outbound {
+            also_dropped: &super::PROBE_DROPS,
+            connection_named: Vec::new(),
+            added: Vec::new(),
+            ..outbound
+        };
+        assert!(
+            !probe.forwards(&axum::http::header::CONTENT_TYPE)
+                && !probe.forwards(&HeaderName::from_static("idempotency-key"))
+        );
+        assert!(probe.forwards(&axum::http::header::ACCEPT));
+    }
+
+    #[test]
+    fn a_peer_is_forwarded_as_its_address_text() {
+        for ip in ["127.0.0.1", "10.20.3.100", "::1", "2001:db8::7"] {
+            let parsed: std::net::IpAddr = ip.parse().unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(Peer::new(parsed).header, ip);
+        }
+    }
 
     #[test]
     fn lookup_paths_take_the_request_segments() {

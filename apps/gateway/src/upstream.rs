@@ -8,14 +8,15 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use axum::http::Uri;
-use axum::http::uri::{Authority, Scheme};
+use axum::http::HeaderValue;
+use axum::http::uri::PathAndQuery;
 use rand::Rng;
 use reqwest::Url;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::breaker::{Breaker, BreakerSettings};
 use crate::metrics::EdgeMetrics;
+use crate::pool::ConnectionPool;
 use crate::retry::RetryBudget;
 use crate::routes::Backend;
 
@@ -43,32 +44,58 @@ pub struct UpstreamSettings {
 }
 
 /// One instance of a backend.
-#[derive(Debug)]
 pub struct Replica {
     pub url: Url,
     /// `url` as text: the `replica` label.
     label: String,
-    /// `url` taken apart once, so a forwarded request's URI is put together without parsing.
-    scheme: Scheme,
-    authority: Authority,
+    /// `url` taken apart once, so a forwarded request is addressed without parsing.
+    host: String,
+    port: u16,
+    /// The `Host` header of forwarded requests (the port left out when it is 80).
+    host_header: HeaderValue,
     /// `url`'s path without its trailing `/`: prefixed to every forwarded path.
     path_prefix: String,
+    /// Keep-alive connections to this replica.
+    pub pool: ConnectionPool,
     in_flight: AtomicUsize,
     consecutive_failures: AtomicU32,
     ejected: AtomicBool,
     ejections: AtomicU32,
 }
 
+impl std::fmt::Debug for Replica {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Replica")
+            .field("url", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Replica {
-    /// Fails on a URL without a host (the config refuses those before this is reached).
+    /// Fails on a URL without a host or port, or one that is not `http://` (the config refuses
+    /// those before this is reached).
     fn new(url: Url) -> anyhow::Result<Self> {
-        let host = url.host_str().context("a backend URL needs a host")?;
+        anyhow::ensure!(url.scheme() == "http", "a backend URL must be http://");
+        let host_text = url.host_str().context("a backend URL needs a host")?;
+        // An IPv6 literal is written in brackets in a URL and a Host header, not when connecting.
+        let host = host_text
+            .strip_prefix('[')
+            .and_then(|inner| inner.strip_suffix(']'))
+            .unwrap_or(host_text)
+            .to_owned();
         let port = url
             .port_or_known_default()
             .context("a backend URL needs a port")?;
+        let host_header = if port == 80 {
+            HeaderValue::from_str(host_text)?
+        } else {
+            HeaderValue::from_str(&format!("{host_text}:{port}"))?
+        };
         Ok(Self {
-            scheme: Scheme::try_from(url.scheme())?,
-            authority: Authority::try_from(format!("{host}:{port}"))?,
+            pool: ConnectionPool::new(host.clone(), port),
+            host,
+            port,
+            host_header,
             path_prefix: url.path().trim_end_matches('/').to_owned(),
             label: url.to_string(),
             url,
@@ -87,21 +114,32 @@ impl Replica {
         &self.label
     }
 
-    /// The URI of `path` and `query` (as the client sent them) on this replica.
-    pub fn uri(&self, path: &str, query: Option<&str>) -> Result<Uri, axum::http::Error> {
-        let query_len = query.map_or(0, |query| query.len() + 1);
-        let mut path_and_query = String::with_capacity(self.path_prefix.len() + path.len() + query_len);
-        path_and_query.push_str(&self.path_prefix);
-        path_and_query.push_str(path);
-        if let Some(query) = query {
-            path_and_query.push('?');
-            path_and_query.push_str(query);
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn host_header(&self) -> &HeaderValue {
+        &self.host_header
+    }
+
+    /// The origin-form request target of `path_and_query` (as the client sent it) on this
+    /// replica: under the replica's base path, if its URL has one.
+    pub fn target<'a>(&self, path_and_query: &'a PathAndQuery) -> std::borrow::Cow<'a, str> {
+        if self.path_prefix.is_empty() {
+            return path_and_query.as_str().into();
         }
-        Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()
+        format!("{}{path_and_query}", self.path_prefix).into()
+    }
+
+    /// The full URL of `path_and_query` on this replica (for spans).
+    pub fn url_of(&self, path_and_query: &PathAndQuery) -> String {
+        let origin = self.label.trim_end_matches('/');
+        let origin = origin.strip_suffix(self.path_prefix.as_str()).unwrap_or(origin);
+        format!("{origin}{}{path_and_query}", self.path_prefix)
     }
 }
 
@@ -122,6 +160,8 @@ pub struct Upstream {
     pub breaker: Breaker,
     pub budget: RetryBudget,
     slots: Arc<Semaphore>,
+    /// `gateway_upstream_in_flight` of this backend.
+    in_flight_gauge: prometheus::IntGauge,
     /// Serialises ejection decisions so two at once can't leave no replica in rotation.
     ejecting: Mutex<()>,
     metrics: EdgeMetrics,
@@ -173,6 +213,7 @@ impl Upstream {
             ),
             budget: RetryBudget::new(settings.retry_budget_ratio),
             slots: Arc::new(Semaphore::new(settings.max_concurrency)),
+            in_flight_gauge: metrics.upstream_in_flight.with_label_values(&[name]),
             ejecting: Mutex::new(()),
             backend,
             replicas,
@@ -189,7 +230,7 @@ impl Upstream {
     /// A load-shedding slot, or `None` when the backend is at its concurrency limit.
     pub fn try_slot(&self) -> Option<Slot> {
         let permit = self.slots.clone().try_acquire_owned().ok()?;
-        let gauge = self.metrics.upstream_in_flight.with_label_values(&[self.name()]);
+        let gauge = self.in_flight_gauge.clone();
         gauge.inc();
         Some(Slot {
             _permit: permit,
@@ -362,6 +403,8 @@ impl Upstreams {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
     use super::*;
 
     fn replica(url: &str) -> Replica {
@@ -373,18 +416,44 @@ mod tests {
 
     #[test]
     fn forwarded_uris_keep_the_base_path_and_the_query_as_sent() {
+        let pq = |text: &'static str| PathAndQuery::from_static(text);
         let at_root = replica("http://127.0.0.1:8001");
-        let uri = at_root
-            .uri("/catalog/prod-1", None)
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(uri.to_string(), "http://127.0.0.1:8001/catalog/prod-1");
+        assert_eq!(at_root.target(&pq("/catalog/prod-1")), "/catalog/prod-1");
+        assert_eq!(at_root.host_header(), "127.0.0.1:8001");
+        assert_eq!(
+            at_root.url_of(&pq("/catalog/prod-1")),
+            "http://127.0.0.1:8001/catalog/prod-1"
+        );
         let under_a_path = replica("http://catalog/base/");
-        let uri = under_a_path
-            .uri("/catalog", Some("page=2&q=a%20b"))
-            .unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(uri.to_string(), "http://catalog:80/base/catalog?page=2&q=a%20b");
+        let query = pq("/catalog?page=2&q=a%20b");
+        assert_eq!(under_a_path.target(&query), "/base/catalog?page=2&q=a%20b");
+        assert_eq!(
+            under_a_path.host_header(),
+            "catalog",
+            "port 80 is left out of Host"
+        );
+        assert_eq!((under_a_path.host(), under_a_path.port()), ("catalog", 80));
+        assert_eq!(
+            under_a_path.url_of(&query),
+            "http://catalog/base/catalog?page=2&q=a%20b"
+        );
         let ipv6 = replica("http://[::1]:9000");
-        let uri = ipv6.uri("/x", None).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(uri.to_string(), "http://[::1]:9000/x");
+        assert_eq!(ipv6.target(&pq("/x")), "/x");
+        assert_eq!(
+            (ipv6.host(), ipv6.port()),
+            ("::1", 9000),
+            "connect to the address, no brackets"
+        );
+        assert_eq!(ipv6.host_header(), "[::1]:9000");
+    }
+
+    #[test]
+    fn only_plain_http_backends_are_accepted() {
+        assert!(
+            Url::parse("https://catalog:8443")
+                .map_err(anyhow::Error::from)
+                .and_then(Replica::new)
+                .is_err()
+        );
     }
 }

@@ -1,0 +1,747 @@
+//! One HTTP/1.1 request and its whole answer on a keep-alive connection to a backend: the
+//! request head written by hand, the answer's head parsed with `httparse` and its body framed
+//! as RFC 9112 §6.3 says (`Content-Length`, `chunked`, or up to the end of the connection).
+//!
+//! Why not hyper's client connection: for each request it takes a trip through a channel to a
+//! connection task of its own, a second task poll, a body channel and a header map built to be
+//! copied again — for our backends' small JSON answers that was more than half of what the
+//! gateway spent on a proxied request; here the request's own task writes the request and
+//! reads the answer. The client side (the gateway's callers, who are not trusted) stays on
+//! hyper's server. What is read here comes from the configured backends; it is still checked:
+//! a malformed, oversized or ambiguous answer is an error (the caller answers 502) and the
+//! connection is dropped.
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
+use bytes::{BufMut, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Longest answer head (status line and headers) accepted.
+pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// Most headers in an answer.
+const MAX_HEADERS: usize = 100;
+/// Largest answer body read (the gateway holds an answer in memory to pass it on whole).
+pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// Reads ask for at least this much room.
+const READ_CHUNK: usize = 8 * 1024;
+
+/// A request as the backend is to receive it.
+pub struct OutboundRequest<'a> {
+    pub method: &'a Method,
+    /// Origin-form target: path and query.
+    pub target: &'a str,
+    /// `Host` and `traceparent`, written first.
+    pub host: &'a HeaderValue,
+    pub traceparent: &'a [u8],
+    /// Headers written next, as they are.
+    pub added: &'a [(HeaderName, HeaderValue)],
+    /// Then the caller's headers, those `forwards` lets through (each is checked as it is
+    /// written, so nothing is removed from a map first).
+    pub headers: &'a HeaderMap,
+    pub forwards: &'a (dyn Fn(&HeaderName) -> bool + Sync),
+    pub body: &'a Bytes,
+}
+
+/// A backend's answer, read in full.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: StatusCode,
+    /// As received, framing headers included.
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// The connection ended before any byte of an answer: on a reused connection, most likely
+    /// the backend closed it while it was idle, before the request arrived.
+    #[error("connection closed before an answer")]
+    ClosedBeforeAnswer,
+    #[error("reading or writing: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("invalid answer: {0}")]
+    Invalid(&'static str),
+}
+
+/// One keep-alive connection: the socket, what was read past the last answer, and buffers
+/// reused from request to request.
+pub struct Connection {
+    stream: TcpStream,
+    read: BytesMut,
+    write: Vec<u8>,
+    /// An answer's header names and where their values are in the head.
+    names: Vec<(HeaderName, std::ops::Range<usize>)>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: Vec::with_capacity(1024),
+            names: Vec::new(),
+        }
+    }
+
+    /// Whether the connection can carry another request: nothing arrived since the last answer
+    /// (not even the end of the connection). Costs no system call unless the socket was
+    /// reported readable.
+    pub fn is_idle_and_open(&self) -> bool {
+        if !self.read.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+    }
+
+    /// Send `request` and read its answer. `Ok((answer, reusable))`: `reusable` says whether
+    /// the connection may carry another request.
+    pub async fn exchange(&mut self, request: &OutboundRequest<'_>) -> Result<(Answer, bool), ExchangeError> {
+        self.write_request(request).await?;
+        let head = self.read_head().await?;
+        let framing = head.framing(request.method);
+        let body = match framing {
+            Framing::Empty => Bytes::new(),
+            Framing::Length(length) => self.read_exactly(length).await?,
+            Framing::Chunked => self.read_chunked().await?,
+            Framing::UntilClose => self.read_until_close().await?,
+        };
+        // Bytes past the answer are nothing a backend should send unasked.
+        let reusable = head.keep_alive(framing) && self.read.is_empty();
+        Ok((
+            Answer {
+                status: head.status,
+                headers: head.headers,
+                body,
+            },
+            reusable,
+        ))
+    }
+
+    async fn write_request(&mut self, request: &OutboundRequest<'_>) -> std::io::Result<()> {
+        let buffer = &mut self.write;
+        buffer.clear();
+        buffer.extend_from_slice(request.method.as_str().as_bytes());
+        buffer.push(b' ');
+        buffer.extend_from_slice(request.target.as_bytes());
+        buffer.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        buffer.extend_from_slice(request.host.as_bytes());
+        buffer.extend_from_slice(b"\r\ntraceparent: ");
+        buffer.extend_from_slice(request.traceparent);
+        buffer.extend_from_slice(b"\r\n");
+        let received = request
+            .headers
+            .iter()
+            .filter(|(name, _)| (request.forwards)(name));
+        for (name, value) in request
+            .added
+            .iter()
+            .map(|(name, value)| (name, value))
+            .chain(received)
+        {
+            buffer.extend_from_slice(name.as_str().as_bytes());
+            buffer.extend_from_slice(b": ");
+            buffer.extend_from_slice(value.as_bytes());
+            buffer.extend_from_slice(b"\r\n");
+        }
+        // The body is always sent with its length (never chunked): it is read in full first.
+        let body = request.body;
+        if !body.is_empty()
+            || !matches!(
+                *request.method,
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            )
+        {
+            buffer.extend_from_slice(b"content-length: ");
+            buffer.extend_from_slice(itoa_usize(body.len(), &mut [0u8; 20]));
+            buffer.extend_from_slice(b"\r\n");
+        }
+        buffer.extend_from_slice(b"\r\n");
+        if body.len() <= 16 * 1024 {
+            buffer.extend_from_slice(body);
+            self.stream.write_all(buffer).await
+        } else {
+            self.stream.write_all(buffer).await?;
+            self.stream.write_all(body).await
+        }
+    }
+
+    /// Read more into the buffer; `Ok(false)` at the end of the connection.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        if self.read.capacity() - self.read.len() < READ_CHUNK / 2 {
+            self.read.reserve(READ_CHUNK);
+        }
+        Ok(self.stream.read_buf(&mut self.read).await? > 0)
+    }
+
+    /// The head of the final answer (informational 1xx answers are read past).
+    async fn read_head(&mut self) -> Result<Head, ExchangeError> {
+        let mut received_any = false;
+        loop {
+            if !self.read.is_empty()
+                && let Some(head) = self.parse_head()?
+            {
+                if head.status.is_informational() {
+                    if head.status == StatusCode::SWITCHING_PROTOCOLS {
+                        return Err(ExchangeError::Invalid(
+                            "101 Switching Protocols without an upgrade asked",
+                        ));
+                    }
+                    received_any = true;
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.read.len() > MAX_HEAD_BYTES {
+                return Err(ExchangeError::Invalid("answer head too large"));
+            }
+            match self.fill().await {
+                Ok(true) => received_any = true,
+                Ok(false) if !received_any && self.read.is_empty() => {
+                    return Err(ExchangeError::ClosedBeforeAnswer);
+                }
+                Ok(false) => return Err(ExchangeError::Invalid("connection closed inside the answer head")),
+                Err(error) if !received_any && is_reset(&error) => {
+                    return Err(ExchangeError::ClosedBeforeAnswer);
+                }
+                Err(error) => return Err(error.into()),
+            }
+        }
+    }
+
+    /// A complete head at the start of the buffer, taken out of it; `None` if more is needed.
+    fn parse_head(&mut self) -> Result<Option<Head>, ExchangeError> {
+        let Self { read, names, .. } = self;
+        // Left uninitialised: filling a hundred empty headers cost more than parsing the head.
+        let mut parsed = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+        let mut response = httparse::Response::new(&mut []);
+        let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+            &mut response,
+            read,
+            &mut parsed,
+        ) {
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ExchangeError::Invalid("too many headers")),
+            Err(_) => return Err(ExchangeError::Invalid("malformed answer head")),
+        };
+        let status = response
+            .code
+            .and_then(|code| StatusCode::from_u16(code).ok())
+            .ok_or(ExchangeError::Invalid("bad status code"))?;
+        // Header values become slices of the head's bytes (no copy): note where they are.
+        let base = read.as_ptr() as usize;
+        names.clear();
+        for parsed in response.headers.iter() {
+            let name = HeaderName::from_bytes(parsed.name.as_bytes())
+                .map_err(|_| ExchangeError::Invalid("bad header name"))?;
+            let start = parsed.value.as_ptr() as usize - base;
+            names.push((name, start..start + parsed.value.len()));
+        }
+        let mut head = Head {
+            status,
+            headers: HeaderMap::with_capacity(names.len()),
+            http_11: response.version == Some(1),
+            close: false,
+            keep_alive_asked: false,
+            content_length: None,
+            transfer_encoding: None,
+        };
+        let bytes = read.split_to(length).freeze();
+        for (name, range) in names.drain(..) {
+            let value = HeaderValue::from_maybe_shared(bytes.slice(range))
+                .map_err(|_| ExchangeError::Invalid("bad header value"))?;
+            head.note(&name, &value)?;
+            head.headers.append(name, value);
+        }
+        Ok(Some(head))
+    }
+
+    async fn read_exactly(&mut self, length: usize) -> Result<Bytes, ExchangeError> {
+        if length > MAX_BODY_BYTES {
+            return Err(ExchangeError::Invalid("answer body too large"));
+        }
+        while self.read.len() < length {
+            if self.read.capacity() - self.read.len() < length - self.read.len() {
+                self.read.reserve(length - self.read.len());
+            }
+            if !self.fill().await? {
+                return Err(ExchangeError::Invalid("connection closed inside the answer body"));
+            }
+        }
+        Ok(self.read.split_to(length).freeze())
+    }
+
+    async fn read_chunked(&mut self) -> Result<Bytes, ExchangeError> {
+        let mut body = BytesMut::new();
+        loop {
+            let (line, size) = loop {
+                match httparse::parse_chunk_size(&self.read) {
+                    Ok(httparse::Status::Complete(found)) => break found,
+                    Ok(httparse::Status::Partial) if self.read.len() < 1024 => {
+                        if !self.fill().await? {
+                            return Err(ExchangeError::Invalid("connection closed inside a chunk size"));
+                        }
+                    }
+                    _ => return Err(ExchangeError::Invalid("malformed chunk size")),
+                }
+            };
+            let _ = self.read.split_to(line);
+            let size = usize::try_from(size).map_err(|_| ExchangeError::Invalid("chunk too large"))?;
+            if size == 0 {
+                self.skip_trailers().await?;
+                return Ok(body.freeze());
+            }
+            if body.len() + size > MAX_BODY_BYTES {
+                return Err(ExchangeError::Invalid("answer body too large"));
+            }
+            let chunk = self.read_exactly(size + 2).await?;
+            if !chunk.ends_with(b"\r\n") {
+                return Err(ExchangeError::Invalid("chunk not followed by CRLF"));
+            }
+            body.put_slice(&chunk[..size]);
+        }
+    }
+
+    /// The trailer section after the last chunk, up to its empty line (its fields are dropped).
+    async fn skip_trailers(&mut self) -> Result<(), ExchangeError> {
+        loop {
+            // Parsed in a block of its own: the field array must not live across the read
+            // below, or every exchange future would carry it.
+            let complete = {
+                let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                match httparse::parse_headers(&self.read, &mut fields) {
+                    Ok(httparse::Status::Complete((length, _))) => Some(length),
+                    Ok(httparse::Status::Partial) if self.read.len() <= MAX_HEAD_BYTES => None,
+                    _ => return Err(ExchangeError::Invalid("malformed trailers")),
+                }
+            };
+            match complete {
+                Some(length) => {
+                    let _ = self.read.split_to(length);
+                    return Ok(());
+                }
+                None if !self.fill().await? => {
+                    return Err(ExchangeError::Invalid("connection closed inside the trailers"));
+                }
+                None => {}
+            }
+        }
+    }
+
+    async fn read_until_close(&mut self) -> Result<Bytes, ExchangeError> {
+        while self.fill().await? {
+            if self.read.len() > MAX_BODY_BYTES {
+                return Err(ExchangeError::Invalid("answer body too large"));
+            }
+        }
+        Ok(self.read.split().freeze())
+    }
+}
+
+/// A connection reset while waiting for an answer: the backend had closed it.
+fn is_reset(error: &std::io::Error) -> bool {
+    matches!(
+        error.kind(),
+        std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+            | std::io::ErrorKind::BrokenPipe
+    )
+}
+
+/// `value` in decimal, in `buffer`.
+fn itoa_usize(mut value: usize, buffer: &mut [u8; 20]) -> &[u8] {
+    let mut start = buffer.len();
+    loop {
+        start -= 1;
+        buffer[start] = b'0' + (value % 10) as u8;
+        value /= 10;
+        if value == 0 {
+            return &buffer[start..];
+        }
+    }
+}
+
+struct Head {
+    status: StatusCode,
+    headers: HeaderMap,
+    http_11: bool,
+    /// `Connection: close` was sent.
+    close: bool,
+    /// `Connection: keep-alive` was sent (what an HTTP/1.0 answer needs to keep the connection).
+    keep_alive_asked: bool,
+    content_length: Option<usize>,
+    /// Whether the last transfer coding is `chunked`, when there is a `Transfer-Encoding`.
+    transfer_encoding: Option<bool>,
+}
+
+/// How an answer's body is delimited (RFC 9112 §6.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Framing {
+    Empty,
+    Length(usize),
+    Chunked,
+    UntilClose,
+}
+
+impl Head {
+    /// Record what a header says about framing and keep-alive.
+    fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
+        if name == header::CONTENT_LENGTH {
+            let length = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|text| text.trim().parse::<usize>().ok())
+                .ok_or(ExchangeError::Invalid("bad content-length"))?;
+            if self.content_length.is_some_and(|earlier| earlier != length) {
+                return Err(ExchangeError::Invalid("conflicting content-length"));
+            }
+            self.content_length = Some(length);
+        } else if name == header::TRANSFER_ENCODING {
+            let codings = value
+                .to_str()
+                .map_err(|_| ExchangeError::Invalid("bad transfer-encoding"))?;
+            // Only the last coding frames the message; a later header line adds codings after.
+            let last = codings.rsplit(',').next().unwrap_or_default().trim();
+            self.transfer_encoding = Some(last.eq_ignore_ascii_case("chunked"));
+        } else if name == header::CONNECTION {
+            for option in value.to_str().unwrap_or_default().split(',') {
+                let option = option.trim();
+                self.close |= option.eq_ignore_ascii_case("close");
+                self.keep_alive_asked |= option.eq_ignore_ascii_case("keep-alive");
+            }
+        }
+        Ok(())
+    }
+
+    fn framing(&self, method: &Method) -> Framing {
+        if *method == Method::HEAD || matches!(self.status.as_u16(), 204 | 304) {
+            return Framing::Empty;
+        }
+        match (self.transfer_encoding, self.content_length) {
+            (Some(true), _) => Framing::Chunked,
+            (Some(false), _) | (None, None) => Framing::UntilClose,
+            (None, Some(0)) => Framing::Empty,
+            (None, Some(length)) => Framing::Length(length),
+        }
+    }
+
+    /// Whether the connection may carry another request after this answer. An answer with both
+    /// `Transfer-Encoding` and `Content-Length` is framed by the former but is suspect
+    /// (RFC 9112 §6.3): its connection is not reused; nor one whose body ran to its end.
+    fn keep_alive(&self, framing: Framing) -> bool {
+        let version_allows = self.http_11 || self.keep_alive_asked;
+        let ambiguous = self.transfer_encoding.is_some() && self.content_length.is_some();
+        version_allows && !self.close && !ambiguous && framing != Framing::UntilClose
+    }
+}
+
+/// A backend that answers by script, for tests of this module and of the pool.
+#[cfg(test)]
+pub(crate) mod scripted {
+    #![allow(clippy::unwrap_used)]
+
+    use std::net::SocketAddr;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// What the backend does with the n-th request on a connection.
+    #[derive(Clone)]
+    pub enum Step {
+        /// Write these bytes (an answer, or anything).
+        Answer(&'static [u8]),
+        /// Close the connection without answering.
+        Close,
+    }
+
+    pub struct Scripted {
+        pub addr: SocketAddr,
+        pub accepted: Arc<AtomicUsize>,
+        /// Every request received, raw.
+        pub requests: Arc<Mutex<Vec<Vec<u8>>>>,
+    }
+
+    impl Scripted {
+        /// Every connection plays `steps` from the start, then closes.
+        pub async fn start(steps: Vec<Step>) -> Scripted {
+            let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let accepted = Arc::new(AtomicUsize::new(0));
+            let requests = Arc::new(Mutex::new(Vec::new()));
+            let (counter, log) = (accepted.clone(), requests.clone());
+            tokio::spawn(async move {
+                loop {
+                    let (mut stream, _) = listener.accept().await.unwrap();
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    let (steps, log) = (steps.clone(), log.clone());
+                    tokio::spawn(async move {
+                        let mut pending = Vec::new();
+                        let mut buffer = vec![0u8; 4096];
+                        for step in steps {
+                            // One request: its head, then a body of its content-length.
+                            let request = loop {
+                                if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
+                                    let head = String::from_utf8_lossy(&pending[..end]).to_lowercase();
+                                    let length: usize = head
+                                        .lines()
+                                        .find_map(|line| line.strip_prefix("content-length: "))
+                                        .map_or(0, |value| value.trim().parse().unwrap());
+                                    if pending.len() >= end + 4 + length {
+                                        break pending.drain(..end + 4 + length).collect::<Vec<u8>>();
+                                    }
+                                }
+                                match stream.read(&mut buffer).await {
+                                    Ok(0) | Err(_) => return,
+                                    Ok(read) => pending.extend_from_slice(&buffer[..read]),
+                                }
+                            };
+                            log.lock().unwrap().push(request);
+                            match step {
+                                Step::Answer(bytes) => {
+                                    if stream.write_all(bytes).await.is_err() {
+                                        return;
+                                    }
+                                }
+                                Step::Close => return,
+                            }
+                        }
+                    });
+                }
+            });
+            Scripted {
+                addr,
+                accepted,
+                requests,
+            }
+        }
+
+        pub fn accepted(&self) -> usize {
+            self.accepted.load(Ordering::SeqCst)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::scripted::{Scripted, Step};
+    use super::*;
+
+    struct Sent {
+        method: Method,
+        headers: HeaderMap,
+        body: Bytes,
+    }
+
+    impl Sent {
+        fn get() -> Self {
+            Self::new(Method::GET, "")
+        }
+
+        fn new(method: Method, body: &'static str) -> Self {
+            let mut headers = HeaderMap::new();
+            headers.insert("x-request-id", HeaderValue::from_static("r-1"));
+            headers.append("accept", HeaderValue::from_static("application/json"));
+            headers.append("x-dropped", HeaderValue::from_static("never sent"));
+            Self {
+                method,
+                headers,
+                body: Bytes::from_static(body.as_bytes()),
+            }
+        }
+    }
+
+    const HOST: HeaderValue = HeaderValue::from_static("backend:8001");
+    const TRACEPARENT: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    async fn exchange(
+        answer: &'static [u8],
+        sent: Sent,
+    ) -> (Result<(Answer, bool), ExchangeError>, Scripted) {
+        let backend = Scripted::start(vec![Step::Answer(answer)]).await;
+        let stream = TcpStream::connect(backend.addr).await.unwrap();
+        let mut connection = Connection::new(stream);
+        let outcome = connection
+            .exchange(&OutboundRequest {
+                method: &sent.method,
+                target: "/catalog/p-1?x=1",
+                host: &HOST,
+                traceparent: TRACEPARENT,
+                added: &[(
+                    HeaderName::from_static("x-forwarded-for"),
+                    HeaderValue::from_static("10.0.0.1"),
+                )],
+                headers: &sent.headers,
+                forwards: &|name| name != "x-dropped",
+                body: &sent.body,
+            })
+            .await;
+        (outcome, backend)
+    }
+
+    #[tokio::test]
+    async fn the_request_is_written_with_host_traceparent_headers_and_length() {
+        let (outcome, backend) = exchange(
+            b"HTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+            Sent::new(Method::POST, "{\"a\":1}"),
+        )
+        .await;
+        let (answer, reusable) = outcome.unwrap();
+        assert_eq!(
+            (answer.status.as_u16(), &answer.body[..], reusable),
+            (201, &b"ok"[..], true)
+        );
+        let request = String::from_utf8(backend.requests.lock().unwrap()[0].clone()).unwrap();
+        assert_eq!(
+            request,
+            "POST /catalog/p-1?x=1 HTTP/1.1\r\nhost: backend:8001\r\ntraceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\
+             x-forwarded-for: 10.0.0.1\r\nx-request-id: r-1\r\naccept: application/json\r\ncontent-length: 7\r\n\r\n{\"a\":1}"
+        );
+        let (outcome, backend) = exchange(b"HTTP/1.1 204 No Content\r\n\r\n", Sent::get()).await;
+        assert_eq!(outcome.unwrap().0.status, StatusCode::NO_CONTENT);
+        let request = String::from_utf8(backend.requests.lock().unwrap()[0].clone()).unwrap();
+        assert!(
+            !request.contains("content-length"),
+            "a GET without a body states no length: {request}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_content_length_answer_keeps_its_headers_and_the_connection() {
+        let (outcome, _) = exchange(
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-trace-id: abc\r\nset-cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 11\r\n\r\n{\"ok\":true}",
+            Sent::get(),
+        )
+        .await;
+        let (answer, reusable) = outcome.unwrap();
+        assert!(reusable);
+        assert_eq!(&answer.body[..], b"{\"ok\":true}");
+        assert_eq!(answer.headers["content-type"], "application/json");
+        assert_eq!(answer.headers["x-trace-id"], "abc");
+        assert_eq!(
+            answer.headers.get_all("set-cookie").iter().count(),
+            2,
+            "repeated headers stay repeated"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_chunked_answer_is_decoded_with_extensions_and_trailers() {
+        let (outcome, _) = exchange(
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;ext=1\r\nWiki\r\n6\r\npedia \r\nE\r\nin \r\n\r\nchunks.\r\n0\r\nx-trailer: yes\r\n\r\n",
+            Sent::get(),
+        )
+        .await;
+        let (answer, reusable) = outcome.unwrap();
+        assert_eq!(&answer.body[..], b"Wikipedia in \r\n\r\nchunks.");
+        assert!(reusable);
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_length_runs_to_the_close_and_ends_the_connection() {
+        let (outcome, _) = exchange(b"HTTP/1.1 200 OK\r\n\r\nuntil the end", Sent::get()).await;
+        let (answer, reusable) = outcome.unwrap();
+        assert_eq!((&answer.body[..], reusable), (&b"until the end"[..], false));
+    }
+
+    #[tokio::test]
+    async fn head_204_and_304_answers_have_no_body() {
+        let (outcome, _) = exchange(
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n",
+            Sent::new(Method::HEAD, ""),
+        )
+        .await;
+        let (answer, reusable) = outcome.unwrap();
+        assert!(answer.body.is_empty() && reusable);
+        assert_eq!(answer.headers["content-length"], "5");
+        for answer in [
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.1 304 Not Modified\r\ncontent-length: 5\r\n\r\n",
+        ] {
+            let (outcome, _) = exchange(answer, Sent::get()).await;
+            let (answer, reusable) = outcome.unwrap();
+            assert!(answer.body.is_empty() && reusable, "{}", answer.status);
+        }
+    }
+
+    #[tokio::test]
+    async fn informational_answers_are_read_past() {
+        let (outcome, _) = exchange(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            Sent::get(),
+        )
+        .await;
+        let (answer, _) = outcome.unwrap();
+        assert_eq!((answer.status.as_u16(), &answer.body[..]), (200, &b"ok"[..]));
+        assert!(answer.headers.get("link").is_none());
+    }
+
+    #[tokio::test]
+    async fn keep_alive_follows_the_version_and_connection_header() {
+        let cases: [(&'static [u8], bool); 5] = [
+            (b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 0\r\n\r\n", false),
+            (b"HTTP/1.0 200 OK\r\ncontent-length: 0\r\n\r\n", false),
+            (b"HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 0\r\n\r\n", true),
+            (b"HTTP/1.1 200 OK\r\nconnection: keep-alive, close\r\ncontent-length: 0\r\n\r\n", false),
+            // Both framings: the chunked one is read, the connection is not trusted again.
+            (b"HTTP/1.1 200 OK\r\ncontent-length: 99\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n", false),
+        ];
+        for (bytes, expected) in cases {
+            let (outcome, _) = exchange(bytes, Sent::get()).await;
+            let (_, reusable) = outcome.unwrap();
+            assert_eq!(reusable, expected, "{}", String::from_utf8_lossy(bytes));
+        }
+    }
+
+    #[tokio::test]
+    async fn malformed_or_ambiguous_answers_are_errors() {
+        let cases: [&'static [u8]; 5] = [
+            b"NOT HTTP AT ALL\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\ncontent-length: 3\r\n\r\nabc",
+            b"HTTP/1.1 200 OK\r\ncontent-length: lots\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n\r\n",
+        ];
+        for bytes in cases {
+            let (outcome, _) = exchange(bytes, Sent::get()).await;
+            assert!(
+                matches!(outcome, Err(ExchangeError::Invalid(_))),
+                "{}: {outcome:?}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let (outcome, _) = exchange(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort", Sent::get()).await;
+        assert!(
+            matches!(outcome, Err(ExchangeError::Invalid(_))),
+            "a body cut short: {outcome:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_without_an_answer_says_so() {
+        let backend = Scripted::start(vec![Step::Close]).await;
+        let mut connection = Connection::new(TcpStream::connect(backend.addr).await.unwrap());
+        let sent = Sent::get();
+        let outcome = connection
+            .exchange(&OutboundRequest {
+                method: &sent.method,
+                target: "/",
+                host: &HOST,
+                traceparent: TRACEPARENT,
+                added: &[],
+                headers: &sent.headers,
+                forwards: &|_| true,
+                body: &sent.body,
+            })
+            .await;
+        assert!(
+            matches!(outcome, Err(ExchangeError::ClosedBeforeAnswer)),
+            "{outcome:?}"
+        );
+    }
+}
