@@ -9,8 +9,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{
-    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceFlags, TraceId,
-    TraceState, Tracer as _,
+    Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceId, Tracer as _,
 };
 use prometheus::IntGauge;
 use rand::Rng as _;
@@ -100,10 +99,8 @@ impl std::fmt::Display for Micros {
 /// A [`RouteObserver`] request line's own members — what `observe_request`'s line takes from
 /// its span — written as JSON only when the line is written ([`telemetry::JSON_MEMBERS`]).
 struct RequestLine<'a> {
-    service: &'a str,
-    pod_name: &'a str,
-    method: &'a str,
-    route: &'a str,
+    /// Service, pod, method and route, already written as JSON members.
+    prefix: &'a str,
     path: &'a str,
     request_id: &'a str,
     trace_id: &'a str,
@@ -125,12 +122,9 @@ impl std::fmt::Display for RequestLine<'_> {
             };
             let line = &mut *members;
             line.clear();
+            line.extend_from_slice(self.prefix.as_bytes());
             for (name, text) in [
-                (&b"\"service\":"[..], self.service),
-                (b",\"pod_name\":", self.pod_name),
-                (b",\"method\":", self.method),
-                (b",\"route\":", self.route),
-                (b",\"path\":", self.path),
+                (&b",\"path\":"[..], self.path),
                 (b",\"request_id\":", self.request_id),
             ] {
                 line.extend_from_slice(name);
@@ -276,12 +270,12 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
 /// written while serving such a request don't inherit its fields: that code names what it logs.
 pub struct RouteObserver {
     route: &'static str,
-    method: Method,
     /// `"GET /catalog/{id}"`: the span name.
     span_name: String,
-    method_value: opentelemetry::StringValue,
-    service: String,
-    pod_name: String,
+    /// The span attributes every request of the route has.
+    span_attributes: Vec<KeyValue>,
+    /// The request line's members that never change — service, pod, method, route — as JSON.
+    line_prefix: String,
     metrics: RouteMetrics,
 }
 
@@ -312,15 +306,39 @@ impl ObservedRequest {
 
 impl RouteObserver {
     pub fn new(platform: &Platform, method: Method, route: &'static str) -> Self {
+        Self::with_attributes(platform, method, route, Vec::new())
+    }
+
+    /// With `attributes` on every span of the route besides the HTTP ones (for the gateway, the
+    /// backend it goes to).
+    pub fn with_attributes(
+        platform: &Platform,
+        method: Method,
+        route: &'static str,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
         let identity = platform.identity();
+        let mut line_prefix = Vec::new();
+        for (name, text) in [
+            (&b"\"service\":"[..], identity.name.as_str()),
+            (b",\"pod_name\":", identity.pod_name.as_str()),
+            (b",\"method\":", method.as_str()),
+            (b",\"route\":", route),
+        ] {
+            line_prefix.extend_from_slice(name);
+            telemetry::write_json_string(&mut line_prefix, text);
+        }
+        let mut span_attributes = vec![
+            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new("http.route", route),
+        ];
+        span_attributes.extend(attributes);
         Self {
             span_name: format!("{method} {route}"),
-            method_value: method.as_str().to_owned().into(),
+            span_attributes,
+            line_prefix: String::from_utf8(line_prefix).unwrap_or_default(),
             metrics: platform.metrics().for_route(method.as_str(), route),
-            service: identity.name.clone(),
-            pod_name: identity.pod_name.clone(),
             route,
-            method,
         }
     }
 
@@ -341,14 +359,12 @@ impl RouteObserver {
                 .unwrap_or_else(|_| HeaderValue::from_static("")),
         };
         let trace = RequestTrace::start(propagation::parse_traceparent(headers), || {
+            let mut attributes = Vec::with_capacity(self.span_attributes.len() + 2);
+            attributes.extend(self.span_attributes.iter().cloned());
+            attributes.push(KeyValue::new("url.path", path.to_owned()));
             SpanBuilder::from_name(self.span_name.clone())
                 .with_kind(SpanKind::Server)
-                .with_attributes([
-                    KeyValue::new("http.request.method", self.method_value.clone()),
-                    KeyValue::new("http.route", self.route),
-                    KeyValue::new("url.path", path.to_owned()),
-                    KeyValue::new("request_id", request_id.to_str().unwrap_or_default().to_owned()),
-                ])
+                .with_attributes(attributes)
         });
         ObservedRequest {
             started,
@@ -383,10 +399,7 @@ impl RouteObserver {
 
         // The same line as `observe_request` writes, with the span's fields written here.
         let line = RequestLine {
-            service: &self.service,
-            pod_name: &self.pod_name,
-            method: self.method.as_str(),
-            route: self.route,
+            prefix: &self.line_prefix,
             path,
             request_id: request_id.to_str().unwrap_or_default(),
             trace_id,
@@ -469,17 +482,6 @@ impl RequestTrace {
         }
     }
 
-    /// A span for a call this operation makes (its child).
-    pub fn child(&self, describe: impl FnOnce() -> SpanBuilder) -> RequestTrace {
-        let flags = if self.sampled {
-            TraceFlags::SAMPLED
-        } else {
-            TraceFlags::default()
-        };
-        let parent = SpanContext::new(self.trace_id, self.span_id, flags, false, TraceState::default());
-        Self::start(Some(parent), describe)
-    }
-
     pub fn trace_id(&self) -> TraceId {
         self.trace_id
     }
@@ -530,10 +532,7 @@ mod tests {
         for micros in samples {
             let micros = Micros(micros);
             let line = RequestLine {
-                service: "gateway",
-                pod_name: "gateway-0",
-                method: "GET",
-                route: "/catalog/{id}",
+                prefix: "\"service\":\"gateway\",\"route\":\"/catalog/{id}\"",
                 path: "/catalog/a\"b",
                 request_id: "r-1",
                 trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",

@@ -266,6 +266,13 @@ where
             ExitCode::FAILURE
         }
     };
-    telemetry.shutdown();
+    // Flushing waits for the span exporter, whose connection this runtime drives: wait on a
+    // blocking thread so the runtime (a single thread on one CPU) keeps running meanwhile.
+    if tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("error: flushing telemetry at shutdown failed");
+    }
     code
 }

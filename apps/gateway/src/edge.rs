@@ -24,6 +24,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 use futures::future::BoxFuture;
+use opentelemetry::KeyValue;
 use prometheus::Histogram;
 use shopstack_common::Problem;
 use shopstack_common::metrics::CounterByLastLabel;
@@ -42,8 +43,6 @@ pub struct ProxiedRoute {
     /// `gateway_upstream_requests_total` of this route, by status or outcome.
     pub upstream_requests: CounterByLastLabel,
     pub upstream_duration: Histogram,
-    /// The name of its client spans (`"GET /catalog/{id}"`).
-    pub client_span_name: String,
     /// Business routes go through the simulation; `/admin/*` never does (ARCHITECTURE.md).
     simulated: bool,
 }
@@ -112,7 +111,12 @@ impl Edge {
             let upstream = spec.backend.name();
             let method = spec.method.as_str();
             by_path[index].routes.push(Arc::new(ProxiedRoute {
-                observer: RouteObserver::new(platform, spec.method.clone(), spec.path),
+                observer: RouteObserver::with_attributes(
+                    platform,
+                    spec.method.clone(),
+                    spec.path,
+                    vec![KeyValue::new("peer.service", upstream)],
+                ),
                 upstream_requests: CounterByLastLabel::new(
                     &state.metrics.upstream_requests,
                     &[upstream, spec.path, method],
@@ -121,7 +125,6 @@ impl Edge {
                     .metrics
                     .upstream_duration
                     .with_label_values(&[upstream, spec.path]),
-                client_span_name: format!("{method} {}", spec.path),
                 simulated: !spec.path.starts_with("/admin/"),
                 spec: spec.clone(),
             }));

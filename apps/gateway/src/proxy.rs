@@ -19,8 +19,6 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::Response;
 use futures::StreamExt;
-use opentelemetry::KeyValue;
-use opentelemetry::trace::{SpanBuilder, SpanKind};
 use shopstack_common::admin;
 use shopstack_common::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID};
 
@@ -33,7 +31,7 @@ use crate::pool::SendError;
 use crate::ratelimit::ClientKey;
 use crate::retry::{backoff, request_is_retryable, status_is_retryable};
 use crate::routes::{Access, RouteSpec};
-use crate::upstream::{Replica, Upstream};
+use crate::upstream::Upstream;
 
 /// The authenticated subject, for the backend (set by the gateway only; a client's is dropped).
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
@@ -560,26 +558,9 @@ fn is_gateway_failure(status: StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 
-/// The client span of one attempt (built only when spans are exported).
-fn attempt_span(
-    route: &ProxiedRoute,
-    upstream: &Upstream,
-    replica: &Replica,
-    outbound: &Outbound<'_>,
-) -> SpanBuilder {
-    SpanBuilder::from_name(route.client_span_name.clone())
-        .with_kind(SpanKind::Client)
-        .with_attributes([
-            KeyValue::new("peer.service", upstream.name()),
-            KeyValue::new("http.request.method", outbound.method.as_str().to_owned()),
-            KeyValue::new("url.full", replica.url_of(&outbound.path_and_query)),
-            KeyValue::new("server.address", replica.host().to_owned()),
-            KeyValue::new("server.port", i64::from(replica.port())),
-        ])
-}
-
-/// One attempt at replica `index` (from `started`), recorded in the upstream metrics and, when
-/// spans are exported, as a client span.
+/// One attempt at replica `index` (from `started`), recorded in the upstream metrics. The
+/// request's own span is the backend's parent (as a proxy, the gateway makes no span of its own
+/// per attempt: the backend's span, or the failure logged with the trace id, tells the attempt).
 async fn send_once(
     route: &ProxiedRoute,
     upstream: &Upstream,
@@ -593,8 +574,7 @@ async fn send_once(
     let Some(replica) = upstream.replicas.get(index) else {
         return Err(GatewayError::Unavailable { upstream: name });
     };
-    let span = trace.child(|| attempt_span(route, upstream, replica, outbound));
-    let traceparent = span.traceparent_text();
+    let traceparent = trace.traceparent_text();
     let target = replica.target(&outbound.path_and_query);
     let request = OutboundRequest {
         method: &outbound.method,
@@ -619,10 +599,7 @@ async fn send_once(
         Err(_) => Err(GatewayError::Timeout { upstream: name }),
     };
     match &outcome {
-        Ok(answer) => {
-            route.upstream_requests.inc(answer.status.as_str());
-            span.end(Some(answer.status));
-        }
+        Ok(answer) => route.upstream_requests.inc(answer.status.as_str()),
         Err(error) => {
             tracing::warn!(
                 upstream = name,
@@ -632,7 +609,6 @@ async fn send_once(
                 "upstream call failed"
             );
             route.upstream_requests.inc(error.outcome());
-            span.end(None);
         }
     }
     route.upstream_duration.observe(started.elapsed().as_secs_f64());

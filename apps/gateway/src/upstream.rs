@@ -134,13 +134,6 @@ impl Replica {
         }
         format!("{}{path_and_query}", self.path_prefix).into()
     }
-
-    /// The full URL of `path_and_query` on this replica (for spans).
-    pub fn url_of(&self, path_and_query: &PathAndQuery) -> String {
-        let origin = self.label.trim_end_matches('/');
-        let origin = origin.strip_suffix(self.path_prefix.as_str()).unwrap_or(origin);
-        format!("{origin}{}{path_and_query}", self.path_prefix)
-    }
 }
 
 /// Counts a request in flight to a replica until dropped.
@@ -420,10 +413,6 @@ mod tests {
         let at_root = replica("http://127.0.0.1:8001");
         assert_eq!(at_root.target(&pq("/catalog/prod-1")), "/catalog/prod-1");
         assert_eq!(at_root.host_header(), "127.0.0.1:8001");
-        assert_eq!(
-            at_root.url_of(&pq("/catalog/prod-1")),
-            "http://127.0.0.1:8001/catalog/prod-1"
-        );
         let under_a_path = replica("http://catalog/base/");
         let query = pq("/catalog?page=2&q=a%20b");
         assert_eq!(under_a_path.target(&query), "/base/catalog?page=2&q=a%20b");
@@ -433,10 +422,6 @@ mod tests {
             "port 80 is left out of Host"
         );
         assert_eq!((under_a_path.host(), under_a_path.port()), ("catalog", 80));
-        assert_eq!(
-            under_a_path.url_of(&query),
-            "http://catalog/base/catalog?page=2&q=a%20b"
-        );
         let ipv6 = replica("http://[::1]:9000");
         assert_eq!(ipv6.target(&pq("/x")), "/x");
         assert_eq!(

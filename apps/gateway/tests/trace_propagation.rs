@@ -1,6 +1,8 @@
 //! One request through gateway → cart → catalog is one trace, exported over OTLP/gRPC by three
 //! processes: a test receiver collects the spans and checks the trace id, the parent/child
-//! links, the service names and the HTTP attributes.
+//! links, the service names and the HTTP attributes. The gateway, a proxy, makes one span per
+//! request (as Envoy does by default): its server span is the backend's parent and names the
+//! backend; the services make a client span for each call of their own.
 //!
 //! Each service runs as its own child process because a process has one global tracer provider
 //! (one `service.name`). The catalog and cart binaries are taken from the same target directory
@@ -260,7 +262,7 @@ async fn trace_one_request(redis_url: Option<String>) {
         "the gateway answers with the caller's trace id"
     );
 
-    // Wait (bounded) for the five spans of the hop chain to arrive.
+    // Wait (bounded) for the four spans of the hop chain to arrive.
     let deadline = Instant::now() + Duration::from_secs(30);
     let spans = loop {
         let spans = receiver.trace(&trace_id);
@@ -274,7 +276,7 @@ async fn trace_one_request(redis_url: Option<String>) {
             .filter(|span| span.kind() == SpanKind::Client)
             .count();
         let complete = servers >= 3
-            && clients >= 2
+            && clients >= 1
             && ["gateway", "cart", "catalog"]
                 .iter()
                 .all(|name| services.contains(name));
@@ -304,27 +306,25 @@ async fn trace_one_request(redis_url: Option<String>) {
     );
     assert_eq!(gateway_server.span.name, "POST /v1/cart/{user_id}");
 
-    // gateway client span → cart.
-    let gateway_client = find(&spans, "gateway", SpanKind::Client, &gateway_server.span.span_id)
-        .unwrap_or_else(|| panic!("no gateway client span under its server span:\n  {listing}"));
-    assert_eq!(gateway_client.attribute("peer.service").as_deref(), Some("cart"));
     assert_eq!(
-        gateway_client.attribute("http.request.method").as_deref(),
-        Some("POST")
+        gateway_server.attribute("peer.service").as_deref(),
+        Some("cart"),
+        "the backend it went to"
     );
     assert_eq!(
-        gateway_client.attribute("http.response.status_code").as_deref(),
-        Some("200")
+        gateway_server.attribute("url.path").as_deref(),
+        Some("/v1/cart/trace-user")
     );
-    let cart_url = gateway_client.attribute("url.full").unwrap_or_default();
     assert!(
-        cart_url.starts_with(&cart.url("/v1/cart/trace-user")),
-        "gateway called {cart_url}"
+        !spans
+            .iter()
+            .any(|span| span.service == "gateway" && span.kind() == SpanKind::Client),
+        "a proxied request is one gateway span:\n  {listing}"
     );
 
-    // cart server span: the child of the gateway's client span (traceparent crossed the hop).
-    let cart_server = find(&spans, "cart", SpanKind::Server, &gateway_client.span.span_id)
-        .unwrap_or_else(|| panic!("no cart server span under the gateway's client span:\n  {listing}"));
+    // cart server span: the child of the gateway's span (traceparent crossed the hop).
+    let cart_server = find(&spans, "cart", SpanKind::Server, &gateway_server.span.span_id)
+        .unwrap_or_else(|| panic!("no cart server span under the gateway's span:\n  {listing}"));
     assert_eq!(
         cart_server.attribute("http.route").as_deref(),
         Some("/v1/cart/{user_id}")
