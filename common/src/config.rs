@@ -58,6 +58,15 @@ pub struct CommonConfig {
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
 
+    /// Headers sent with each OTLP export (an API key, say): `key=value` pairs separated by
+    /// commas, values percent-encoded where needed.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true)]
+    pub otlp_headers: Option<String>,
+
+    /// Longest an OTLP export may take, retries included, in ms.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000)]
+    pub otlp_timeout_ms: u64,
+
     /// `off` disables every injected latency and failure (benchmarks); `on` uses the profile below.
     #[arg(long, env = "SIMULATION", default_value = "on", value_parser = BoolishValueParser::new())]
     pub simulation: bool,
@@ -147,6 +156,9 @@ pub struct Settings {
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub otlp_endpoint: Option<Url>,
+    /// Sent with each OTLP export: lowercase names, decoded values.
+    pub otlp_headers: Vec<(String, String)>,
+    pub otlp_timeout: Duration,
     /// `redis://…` when Redis is configured (REDIS_URL, or REDIS_ADDR as `host:port`).
     pub redis_url: Option<String>,
     pub simulation: SimulationProfile,
@@ -175,6 +187,21 @@ impl CommonConfig {
             .filter(|value| !value.trim().is_empty())
             .map(|value| parse_http_url(&value).context("OTEL_EXPORTER_OTLP_ENDPOINT"))
             .transpose()?;
+        if otlp_endpoint.as_ref().is_some_and(|url| url.scheme() == "https") {
+            bail!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT: https:// is not supported (the services carry no TLS client); export to a collector over http://"
+            );
+        }
+        let otlp_headers = self
+            .otlp_headers
+            .as_deref()
+            .map(parse_otlp_headers)
+            .transpose()
+            .context("OTEL_EXPORTER_OTLP_HEADERS")?
+            .unwrap_or_default();
+        if self.otlp_timeout_ms == 0 {
+            bail!("OTEL_EXPORTER_OTLP_TIMEOUT must be more than 0 ms");
+        }
 
         let mut simulation = defaults.simulation;
         simulation.enabled = self.simulation;
@@ -235,6 +262,8 @@ impl CommonConfig {
             log_level: self.log_level,
             log_file: self.log_file,
             otlp_endpoint,
+            otlp_headers,
+            otlp_timeout: Duration::from_millis(self.otlp_timeout_ms),
             redis_url,
             simulation,
             admin_token,
@@ -263,6 +292,8 @@ impl Settings {
             log_level: "info".into(),
             log_file: None,
             otlp_endpoint: None,
+            otlp_headers: Vec::new(),
+            otlp_timeout: Duration::from_secs(10),
             redis_url: None,
             simulation: SimulationProfile::OFF,
             admin_token: Some("test-admin-token".into()),
@@ -273,6 +304,30 @@ impl Settings {
             shutdown_grace: Duration::from_secs(5),
         }
     }
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, keys case-insensitive
+/// (lowercased), values percent-decoded; each must make a valid header.
+pub fn parse_otlp_headers(value: &str) -> anyhow::Result<Vec<(String, String)>> {
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (name, value) = pair
+                .split_once('=')
+                .with_context(|| format!("{pair:?} is not key=value"))?;
+            let name = name.trim().to_ascii_lowercase();
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .with_context(|| format!("the value of {name:?} is not UTF-8 once decoded"))?
+                .into_owned();
+            axum::http::HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("{name:?} is not a header name"))?;
+            axum::http::HeaderValue::from_str(&value)
+                .with_context(|| format!("the value of {name:?} is not a header value"))?;
+            Ok((name, value))
+        })
+        .collect()
 }
 
 /// A `http://` or `https://` URL with a host.
@@ -364,6 +419,50 @@ mod tests {
         assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
         assert!(parse_duration("10").is_err());
         assert!(parse_duration("10y").is_err());
+    }
+
+    #[test]
+    fn otlp_headers_are_pairs_with_lowercased_names_and_decoded_values() {
+        let headers = parse_otlp_headers("Api-Key=secret%20one, x-tenant = blue ,").unwrap_or_default();
+        assert_eq!(
+            headers,
+            [
+                ("api-key".to_owned(), "secret one".to_owned()),
+                ("x-tenant".to_owned(), "blue".to_owned())
+            ]
+        );
+        assert!(parse_otlp_headers("no-equals-sign").is_err());
+        assert!(parse_otlp_headers("bad name=1").is_err());
+        assert!(
+            parse_otlp_headers("key=line%0Abreak").is_err(),
+            "a decoded value must still be a header value"
+        );
+    }
+
+    #[test]
+    fn an_https_otlp_endpoint_is_refused_at_startup() {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            common: CommonConfig,
+        }
+        let defaults = || ServiceDefaults {
+            name: "test",
+            port: 1,
+            simulation: SimulationProfile::OFF,
+        };
+        let resolve = |endpoint: &str| {
+            Flags::parse_from(["test", "--otlp-endpoint", endpoint])
+                .common
+                .resolve(defaults())
+        };
+        let error = resolve("https://collector:4317")
+            .err()
+            .map(|error| format!("{error:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("https"), "{error}");
+        assert!(resolve("http://collector:4317").is_ok());
     }
 
     #[test]

@@ -32,6 +32,7 @@ pub mod logsink;
 pub mod metrics;
 pub mod money;
 pub mod observe;
+pub mod otlp;
 pub mod pagination;
 pub mod platform;
 pub mod probe;

@@ -13,7 +13,6 @@ use std::sync::{Arc, Mutex, OnceLock};
 use anyhow::Context as _;
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
-use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
@@ -30,6 +29,7 @@ use tracing_subscriber::{Layer, Registry};
 
 use crate::config::{ServiceIdentity, Settings};
 use crate::logsink::{LogSink, LogSinkGuard};
+use crate::otlp::OtlpExporter;
 
 /// Keeps the exporters and the log writer alive; call [`TelemetryGuard::shutdown`] last.
 pub struct TelemetryGuard {
@@ -77,7 +77,7 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     }
     let (sink, logs) =
         LogSink::start(&settings.identity.name, outputs).context("Failed to start the log writer thread")?;
-    let provider = tracer_provider(&settings.identity, settings.otlp_endpoint.as_ref())?;
+    let provider = tracer_provider(settings)?;
     if settings.otlp_endpoint.is_some() {
         let _ = EXPORTING_TRACER.set(provider.tracer("shopstack"));
     }
@@ -119,10 +119,8 @@ where
         .with(JsonLogLayer::new(identity, writer).with_filter(log_filter)))
 }
 
-fn tracer_provider(
-    identity: &ServiceIdentity,
-    endpoint: Option<&reqwest::Url>,
-) -> anyhow::Result<SdkTracerProvider> {
+fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
+    let identity = &settings.identity;
     let resource = Resource::builder()
         .with_service_name(identity.name.clone())
         .with_attributes([
@@ -133,11 +131,8 @@ fn tracer_provider(
         ])
         .build();
     let mut builder = SdkTracerProvider::builder().with_resource(resource);
-    if let Some(endpoint) = endpoint {
-        let exporter = opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint.as_str())
-            .build()
+    if let Some(endpoint) = &settings.otlp_endpoint {
+        let exporter = OtlpExporter::new(endpoint.as_str(), &settings.otlp_headers, settings.otlp_timeout)
             .context("Failed to build the OTLP span exporter")?;
         builder = builder.with_batch_exporter(exporter);
     }

@@ -298,6 +298,24 @@ impl ServiceProcess {
     /// on top of the test's environment minus [`SERVICE_VARIABLES`], and wait up to 30 s for
     /// its "listening" log line.
     pub fn spawn(binary: &std::path::Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
+        Self::spawn_with(binary, env, None)
+    }
+
+    /// [`ServiceProcess::spawn`], with the process allowed to run on CPU `cpu` only (`taskset`),
+    /// as a service limited to one CPU runs (its runtime then has a single thread).
+    pub fn spawn_on_one_cpu(
+        binary: &std::path::Path,
+        env: &[(&str, &str)],
+        cpu: usize,
+    ) -> anyhow::Result<Self> {
+        Self::spawn_with(binary, env, Some(cpu))
+    }
+
+    fn spawn_with(
+        binary: &std::path::Path,
+        env: &[(&str, &str)],
+        cpu: Option<usize>,
+    ) -> anyhow::Result<Self> {
         use std::io::BufRead;
         use std::process::{Command, Stdio};
 
@@ -306,7 +324,14 @@ impl ServiceProcess {
             "{} is missing: build the workspace binaries first (`cargo build --workspace --bins`; `cargo test --workspace` builds them)",
             binary.display()
         );
-        let mut command = Command::new(binary);
+        let mut command = match cpu {
+            Some(cpu) => {
+                let mut taskset = Command::new("taskset");
+                taskset.arg("-c").arg(cpu.to_string()).arg(binary);
+                taskset
+            }
+            None => Command::new(binary),
+        };
         for name in SERVICE_VARIABLES {
             command.env_remove(name);
         }

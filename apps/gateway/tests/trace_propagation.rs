@@ -187,6 +187,71 @@ fn descends_from(spans: &[Received], span: &Received, ancestor: &[u8]) -> bool {
     false
 }
 
+/// On one CPU a service runs a single-threaded runtime, which also drives the exporter's
+/// connection: the spans still waiting at SIGTERM must be flushed, and the process must not
+/// hang on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_the_last_spans_are_flushed_at_shutdown() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let catalog = tokio::task::spawn_blocking(|| {
+        ServiceProcess::spawn(&sibling_binary("catalog"), &[("SIMULATION", "off")]).unwrap()
+    })
+    .await
+    .unwrap();
+    let catalog_url = catalog.url("");
+    let mut gateway = tokio::task::spawn_blocking(move || {
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("SIMULATION", "off"),
+            ("CATALOG_SERVICE_URL", catalog_url.as_str()),
+            // The batch processor's own schedule is far off: only the flush at shutdown exports.
+            ("OTEL_BSP_SCHEDULE_DELAY", "600000"),
+        ];
+        ServiceProcess::spawn_on_one_cpu(Path::new(env!("CARGO_BIN_EXE_gateway")), &env, 0).unwrap()
+    })
+    .await
+    .unwrap();
+    let trace_id = fresh_trace_id();
+    let client = reqwest::Client::new();
+    for request in 0..20u8 {
+        let traceparent = format!(
+            "00-{}-{}-01",
+            hex(&trace_id),
+            hex(&[0x5a, 0x17, 0, 0, 0, 0, 0, request + 1])
+        );
+        let response = client
+            .get(gateway.url("/catalog/prod-110"))
+            .header("traceparent", traceparent)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+    }
+    assert!(
+        receiver.trace(&trace_id).is_empty(),
+        "nothing exported before shutdown"
+    );
+    gateway.terminate().unwrap();
+    let exited = tokio::task::spawn_blocking(move || gateway.wait_for_exit(Duration::from_secs(5)))
+        .await
+        .unwrap();
+    assert!(
+        exited.is_some_and(|status| status.success()),
+        "exits at once and cleanly: {exited:?}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while receiver.trace(&trace_id).len() < 20 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        receiver.trace(&trace_id).len(),
+        20,
+        "every span of the 20 requests arrived"
+    );
+    drop(catalog);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_one_trace_across_gateway_cart_and_catalog() {
     trace_one_request(None).await;
