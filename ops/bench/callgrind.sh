@@ -4,6 +4,8 @@
 # comparisons in docs/benchmarks.md use.
 #
 #   ops/bench/callgrind.sh [gateway binary] [seconds]
+#   TELEMETRY=on ops/bench/callgrind.sh    # also export spans to a local OTLP sink (100 % sampled)
+#   LOG_LEVEL=warn ops/bench/callgrind.sh  # without the access log lines (default info)
 #
 # Runs a release catalog and the gateway (under callgrind, counting switched on only after a
 # warm-up) on loopback ports, drives `GET /catalog/prod-123` through the gateway with wrk
@@ -27,11 +29,18 @@ PIDS=()
 stop() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
 trap stop EXIT
 
-COMMON=(SIMULATION=off ADMIN_TOKEN=callgrind-admin-token SHUTDOWN_DRAIN_MS=0 BIND_ADDR=127.0.0.1 LOG_LEVEL=info)
+TELEMETRY_ENV=()
+if [ "${TELEMETRY:-off}" = on ]; then
+  SINK_PORT=$(free_port)
+  "$BIN_DIR/examples/otlp_sink" --port "$SINK_PORT" >/dev/null 2>&1 &
+  PIDS+=($!)
+  TELEMETRY_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_TRACES_SAMPLER=always_on)
+fi
+COMMON=(SIMULATION=off ADMIN_TOKEN=callgrind-admin-token SHUTDOWN_DRAIN_MS=0 BIND_ADDR=127.0.0.1 LOG_LEVEL="${LOG_LEVEL:-info}")
 env -i PATH="$PATH" "${COMMON[@]}" PORT="$CATALOG_PORT" "$BIN_DIR/catalog" >"$OUT/catalog.log" 2>&1 &
 PIDS+=($!)
 env -i PATH="$PATH" "${COMMON[@]}" PORT="$GATEWAY_PORT" CATALOG_SERVICE_URL="http://127.0.0.1:$CATALOG_PORT" \
-  CART_SERVICE_URL=http://127.0.0.1:9 ORDERS_SERVICE_URL=http://127.0.0.1:9 \
+  CART_SERVICE_URL=http://127.0.0.1:9 ORDERS_SERVICE_URL=http://127.0.0.1:9 "${TELEMETRY_ENV[@]}" \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" "$GATEWAY" \
   >"$OUT/gateway.log" 2>&1 &
 GATEWAY_PID=$!
