@@ -4,7 +4,8 @@
 # comparisons in docs/benchmarks.md use.
 #
 #   ops/bench/callgrind.sh [gateway binary] [seconds]
-#   TELEMETRY=on ops/bench/callgrind.sh    # also export spans to a local OTLP sink (100 % sampled)
+#   TELEMETRY=on ops/bench/callgrind.sh    # also export spans to a local OTLP sink (100 % sampled,
+#                                           # or as OTEL_TRACES_SAMPLER/_ARG say)
 #   LOG_LEVEL=warn ops/bench/callgrind.sh  # without the access log lines (default info)
 #
 # Runs a release catalog and the gateway (under callgrind, counting switched on only after a
@@ -34,7 +35,8 @@ if [ "${TELEMETRY:-off}" = on ]; then
   SINK_PORT=$(free_port)
   "$BIN_DIR/examples/otlp_sink" --port "$SINK_PORT" >/dev/null 2>&1 &
   PIDS+=($!)
-  TELEMETRY_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT" OTEL_TRACES_SAMPLER=always_on)
+  TELEMETRY_ENV=(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:$SINK_PORT"
+    OTEL_TRACES_SAMPLER="${OTEL_TRACES_SAMPLER:-always_on}" OTEL_TRACES_SAMPLER_ARG="${OTEL_TRACES_SAMPLER_ARG:-1}")
 fi
 COMMON=(SIMULATION=off ADMIN_TOKEN=callgrind-admin-token SHUTDOWN_DRAIN_MS=0 BIND_ADDR=127.0.0.1 LOG_LEVEL="${LOG_LEVEL:-info}")
 env -i PATH="$PATH" "${COMMON[@]}" PORT="$CATALOG_PORT" "$BIN_DIR/catalog" >"$OUT/catalog.log" 2>&1 &
