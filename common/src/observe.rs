@@ -41,14 +41,17 @@ fn is_quiet_route(route: &str) -> bool {
     )
 }
 
-/// Accept a caller's request id only if it is short and printable; otherwise mint one.
-fn request_id_from(headers: &HeaderMap) -> String {
+/// The caller's `x-request-id` if it is short and printable; otherwise a new one. Kept as a
+/// header value: it goes to the backends and back to the caller.
+fn request_id_from(headers: &HeaderMap) -> HeaderValue {
     headers
         .get(&X_REQUEST_ID)
         .filter(|id| acceptable_request_id(id.as_bytes()))
-        .and_then(|value| value.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(new_request_id)
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(mint_request_id(&mut [0; uuid::fmt::Hyphenated::LENGTH]))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        })
 }
 
 /// Short and printable: a caller's request id worth keeping.
@@ -56,14 +59,9 @@ fn acceptable_request_id(id: &[u8]) -> bool {
     !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
 }
 
-/// A fresh request id: a UUIDv7 (time-ordered) whose random bits come from the thread's RNG, so
-/// minting one costs no system call (`Uuid::now_v7` asks the kernel for randomness every time).
-pub fn new_request_id() -> String {
-    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    mint_request_id(&mut text).to_owned()
-}
-
-/// [`new_request_id`] written into `text`, formatted without the formatting machinery.
+/// A fresh request id, written into `text`: a UUIDv7 (time-ordered) whose random bits come from
+/// the thread's RNG, so minting one costs no system call (`Uuid::now_v7` asks the kernel for
+/// randomness every time), formatted without the formatting machinery.
 fn mint_request_id(text: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
     let millis = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -180,10 +178,9 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         .get::<MatchedPath>()
         .map(|path| path.as_str().to_owned())
         .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
-    let request_id = request_id_from(request.headers());
-    if let Ok(value) = HeaderValue::from_str(&request_id) {
-        request.headers_mut().insert(X_REQUEST_ID, value);
-    }
+    let request_id_value = request_id_from(request.headers());
+    let request_id = request_id_value.to_str().unwrap_or_default().to_owned();
+    request.headers_mut().insert(X_REQUEST_ID, request_id_value);
 
     // Log lines show `http.request.method`, `http.route` and `url.path` as `method`, `route`
     // and `path` (telemetry::log_name); `service` and `pod_name` are here for in-process tests,
@@ -350,14 +347,7 @@ impl RouteObserver {
     /// `x-request-id` kept when acceptable) for `path`.
     pub fn start(&self, headers: &HeaderMap, path: &str) -> ObservedRequest {
         let started = Instant::now();
-        let request_id = match headers
-            .get(&X_REQUEST_ID)
-            .filter(|id| acceptable_request_id(id.as_bytes()))
-        {
-            Some(id) => id.clone(),
-            None => HeaderValue::from_str(mint_request_id(&mut [0; uuid::fmt::Hyphenated::LENGTH]))
-                .unwrap_or_else(|_| HeaderValue::from_static("")),
-        };
+        let request_id = request_id_from(headers);
         let trace = RequestTrace::start(propagation::parse_traceparent(headers), || {
             let mut attributes = Vec::with_capacity(self.span_attributes.len() + 2);
             attributes.extend(self.span_attributes.iter().cloned());
@@ -524,7 +514,7 @@ impl RequestTrace {
 mod tests {
     #![allow(clippy::unwrap_used)]
 
-    use super::{Micros, RequestLine, new_request_id};
+    use super::{Micros, RequestLine, mint_request_id};
 
     #[test]
     fn the_request_line_members_are_json_and_duration_ms_is_written_as_json_writes_the_float() {
@@ -563,7 +553,7 @@ mod tests {
     #[test]
     fn minted_request_ids_are_distinct_time_ordered_uuid_v7s() {
         let ids: Vec<uuid::Uuid> = (0..1000)
-            .map(|_| uuid::Uuid::parse_str(&new_request_id()).unwrap())
+            .map(|_| uuid::Uuid::parse_str(mint_request_id(&mut [0; 36])).unwrap())
             .collect();
         for id in &ids {
             assert_eq!(id.get_version_num(), 7, "{id}");

@@ -170,7 +170,7 @@ impl<F: Front> Server<F> {
 /// CPU (a container limited to one, a process pinned to one) the current-thread scheduler,
 /// which does the same work without the synchronization between workers that a multi-thread
 /// scheduler keeps paying for with one worker (docs/benchmarks.md).
-pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut builder = if cpus == 1 {
         tokio::runtime::Builder::new_current_thread()

@@ -364,7 +364,7 @@ pub async fn inject_faults(State(simulation): State<Simulation>, request: Reques
     let route = request
         .extensions()
         .get::<MatchedPath>()
-        .map_or("unmatched", MatchedPath::as_str);
+        .map_or(crate::observe::UNMATCHED_ROUTE, MatchedPath::as_str);
     if let Some(injected) = simulation.apply(route, request.method(), request.headers()).await {
         return injected;
     }

@@ -5,8 +5,7 @@
 //!
 //! - [`config`]: settings; [`upstream`]: replicas, balancing, outlier ejection and the per-backend
 //!   state; [`pool`]: keep-alive connections to a replica, [`exchange`]: one request and its
-//!   answer on one; [`breaker`]: circuit breakers;
-//!   [`retry`]: retry rules, backoff and budget;
+//!   answer on one; [`breaker`]: circuit breakers; [`retry`]: retry rules, backoff and budget;
 //! - [`ratelimit`]: per-client rate limits; [`auth`]: JWT verification and minting;
 //! - [`metrics`]: the gateway's metrics; [`openapi`]: the merged document; [`error`]: its errors.
 

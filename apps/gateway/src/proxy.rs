@@ -59,14 +59,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|value| value.to_str().ok())
-        .flat_map(|value| value.split(','))
-        .filter_map(|name| HeaderName::try_from(name.trim()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(named.iter()) {
+    for name in HOP_BY_HOP.iter().chain(connection_named(headers).iter()) {
         headers.remove(name);
     }
 }
@@ -151,24 +144,17 @@ impl Outbound<'_> {
     /// the body it sends, `traceparent` naming its own span, the headers it adds); `expect`
     /// neither, as the body is read in full before it is sent. (`tracestate` passes unchanged.)
     fn forwards(&self, name: &HeaderName) -> bool {
-        let dropped = matches!(
-            name.as_str(),
-            "connection"
-                | "keep-alive"
-                | "proxy-authenticate"
-                | "proxy-authorization"
-                | "te"
-                | "trailer"
-                | "transfer-encoding"
-                | "upgrade"
-                | "host"
-                | "content-length"
-                | "expect"
-                | "traceparent"
-                | "x-request-id"
-                | "x-forwarded-for"
-                | "x-user-id"
-        );
+        let dropped = HOP_BY_HOP.contains(name)
+            || matches!(
+                name.as_str(),
+                "host"
+                    | "content-length"
+                    | "expect"
+                    | "traceparent"
+                    | "x-request-id"
+                    | "x-forwarded-for"
+                    | "x-user-id"
+            );
         !dropped && !self.connection_named.contains(name) && !self.also_dropped.contains(name)
     }
 }
