@@ -16,6 +16,7 @@
 //! - [`simulation`]: injected latency and failures.
 //! - [`client`]: the outbound HTTP client that continues traces.
 //! - [`events`]: domain events on NATS JetStream (or logged when `NATS_URL` is unset).
+//! - [`ids`]: the id alphabet every service checks.
 //! - [`problem`]: RFC 9457 errors; [`extract`]: extractors that reject with them.
 //! - [`server`]: bind, serve, drain and stop; [`money`]: exact amounts; [`testing`]: test servers.
 //! - [`probe`]: `<binary> healthcheck`, the container probe (no curl in a distroless image).
@@ -28,6 +29,7 @@ pub mod events;
 pub mod extract;
 pub mod health;
 pub mod idempotency;
+pub mod ids;
 pub mod logsink;
 pub mod metrics;
 pub mod money;

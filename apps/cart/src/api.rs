@@ -45,14 +45,14 @@ pub fn router(state: AppState) -> OpenApiRouter {
 pub struct SimpleAddRequest {
     #[schema(
         example = "user-123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
         min_length = 1,
         max_length = 128
     )]
     pub user_id: String,
     #[schema(
         example = "prod-123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
         min_length = 1,
         max_length = 128
     )]
@@ -69,7 +69,7 @@ pub struct SimpleAddRequest {
 pub struct AddItemRequest {
     #[schema(
         example = "prod-123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
         min_length = 1,
         max_length = 128
     )]
@@ -169,7 +169,7 @@ async fn simple_add(
 
 /// A user's cart, seed 003's form (empty when the user has none).
 #[utoipa::path(get, path = "/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -184,7 +184,7 @@ async fn simple_get(
 
 /// Clear a user's cart, seed 003's form.
 #[utoipa::path(delete, path = "/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, body = ClearedCart, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -213,7 +213,7 @@ async fn clear(state: AppState, user_id: String, headers: &HeaderMap) -> Result<
 
 /// Add to a cart (seed 000): the quantity is added to any existing line.
 #[utoipa::path(post, path = "/v1/cart/{user_id}", tag = TAG, request_body = AddItemRequest,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
@@ -239,7 +239,7 @@ async fn v1_add(
 
 /// A user's cart (seed 000): an unknown user gets an empty cart, not a 404.
 #[utoipa::path(get, path = "/v1/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -251,7 +251,7 @@ async fn v1_get(State(state): State<AppState>, Path(user_id): Path<String>) -> R
 
 /// Clear a user's cart (seed 000), releasing its reservations.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}", tag = TAG,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, body = ClearedCart, headers(("ETag" = String))),
         (status = 400, description = "Malformed user id", body = Problem, content_type = PROBLEM),
@@ -269,7 +269,7 @@ async fn v1_clear(
 
 /// Add an item (seed 001's item-level form): same as `POST /v1/cart/{user_id}`.
 #[utoipa::path(post, path = "/v1/cart/{user_id}/items", tag = TAG, request_body = AddItemRequest,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
@@ -295,7 +295,7 @@ async fn v1_add_item(
 
 /// Set the quantity of a line already in the cart (seed 001).
 #[utoipa::path(patch, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG, request_body = UpdateItemRequest,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed body or quantity out of range", body = Problem, content_type = PROBLEM),
@@ -320,7 +320,7 @@ async fn v1_update_item(
 
 /// Remove a line from the cart (seed 001), releasing its reservation.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG,
-    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
+    params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
         (status = 200, description = "The cart after the change", body = CartView, headers(("ETag" = String))),
         (status = 400, description = "Malformed id", body = Problem, content_type = PROBLEM),

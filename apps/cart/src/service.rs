@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use serde::Serialize;
+use shopstack_common::ids;
 use utoipa::ToSchema;
 
 use crate::catalog_client::CatalogClient;
@@ -15,9 +16,6 @@ use crate::store::{CartStore, StoreError, StoredCart};
 
 /// How often a write re-reads and retries after losing a version race before answering 409.
 const MAX_WRITE_ATTEMPTS: usize = 5;
-
-/// Longest user or product id accepted.
-const MAX_ID_LEN: usize = 128;
 
 /// One cart line on the wire (seed 000).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
@@ -372,18 +370,14 @@ fn catalog_error(error: crate::catalog_client::CatalogError) -> CartError {
     error.into()
 }
 
-/// Ids are 1-128 characters from a URL- and Redis-key-safe alphabet.
+/// Ids follow the shared alphabet ([`ids`]): they become catalog URL paths and Redis keys.
 pub fn validate_id(what: &str, value: &str) -> Result<(), CartError> {
-    let valid = !value.is_empty()
-        && value.len() <= MAX_ID_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'));
-    if valid {
+    if ids::is_valid_id(value) {
         Ok(())
     } else {
         Err(CartError::BadRequest(format!(
-            "{what} must be 1-{MAX_ID_LEN} characters of letters, digits, '-', '_', '.', '@' or ':' (got {value:?})"
+            "{what} must be {} (got {value:?})",
+            ids::ID_RULE
         )))
     }
 }

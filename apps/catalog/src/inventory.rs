@@ -32,7 +32,7 @@ pub const MAX_LINE_QUANTITY: u32 = 1_000_000;
 pub struct Line {
     #[schema(
         example = "prod-123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$",
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
         min_length = 1,
         max_length = 128
     )]

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use shopstack_common::Problem;
 use shopstack_common::admin;
 use shopstack_common::extract::{Json, Path};
+use shopstack_common::ids;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -22,7 +23,6 @@ const PROBLEM: &str = "application/problem+json";
 /// Longest reservation time-to-live accepted (a cart's TTL is 30 days by default); the
 /// OpenAPI schema of `ttl_secs` spells the same bound out.
 const MAX_TTL_SECS: u64 = 365 * 24 * 3600;
-const MAX_ID_LEN: usize = 128;
 /// Most free stock an operator may set: far above any shop, far below where the arithmetic of
 /// reservations and restocks could overflow.
 const MAX_STOCK: i64 = 1_000_000_000;
@@ -38,16 +38,12 @@ pub fn router(state: AppState) -> OpenApiRouter {
 }
 
 fn validate_id(what: &str, value: &str) -> Result<(), CatalogError> {
-    let valid = !value.is_empty()
-        && value.len() <= MAX_ID_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'));
-    if valid {
+    if ids::is_valid_id(value) {
         Ok(())
     } else {
         Err(CatalogError::BadRequest(format!(
-            "{what} must be 1-{MAX_ID_LEN} characters of letters, digits, '-', '_', '.', '@' or ':'"
+            "{what} must be {} (got {value:?})",
+            ids::ID_RULE
         )))
     }
 }
@@ -103,7 +99,7 @@ pub struct HoldResponse {
 
 /// Reserve (or release) units for an owner — absolute, so a retry is harmless.
 #[utoipa::path(put, path = "/inventory/holds/{owner}/{product_id}", tag = TAG, request_body = HoldRequest,
-    params(("owner" = String, Path, description = "Who holds the units (the cart's user id)", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
+    params(("owner" = String, Path, description = "Who holds the units (the cart's user id)", pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = HoldResponse),
         (status = 400, description = "Malformed request", body = Problem, content_type = PROBLEM),
@@ -152,7 +148,7 @@ pub struct OwnerHolds {
 }
 
 /// What an owner holds.
-#[utoipa::path(get, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
+#[utoipa::path(get, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = OwnerHolds),
         (status = 400, description = "Malformed owner", body = Problem, content_type = PROBLEM),
@@ -174,7 +170,7 @@ pub struct Released {
 }
 
 /// Give all of an owner's holds back (cart cleared or expired).
-#[utoipa::path(delete, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path, pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)),
+#[utoipa::path(delete, path = "/inventory/holds/{owner}", tag = TAG, params(("owner" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
         (status = 200, body = Released),
         (status = 400, description = "Malformed owner", body = Problem, content_type = PROBLEM),
@@ -192,9 +188,17 @@ async fn release_holds(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommitRequest {
-    #[schema(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub order_id: String,
-    #[schema(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub owner: String,
     #[schema(min_items = 1)]
     pub items: Vec<Line>,
@@ -237,7 +241,11 @@ async fn commit(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RestockRequest {
-    #[schema(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[schema(
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
+        min_length = 1,
+        max_length = 128
+    )]
     pub order_id: String,
     #[schema(min_items = 1)]
     pub items: Vec<Line>,

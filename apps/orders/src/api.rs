@@ -51,7 +51,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrderItemRequest {
     #[schema(value_type = String, required = true, example = "prod-123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)]
     pub product_id: Option<String>,
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(value_type = i64, required = true, example = 2, minimum = 1)]
@@ -73,7 +73,7 @@ pub struct OrderItemRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateOrderRequest {
     #[schema(value_type = String, required = true, example = "user123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)]
     pub user_id: Option<String>,
     /// Required: at least one character that is not white space (the value is trimmed); no NUL.
     #[schema(value_type = String, required = true, example = "123 Main St, New York, NY 10001",
@@ -105,7 +105,7 @@ pub struct CreateOrderRequest {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CheckoutRequest {
     #[schema(value_type = String, required = true, example = "user123",
-        pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)]
     pub user_id: Option<String>,
     /// Required: at least one character that is not white space (the value is trimmed); no NUL.
     #[schema(value_type = String, required = true, example = "123 Main St, New York, NY 10001",
@@ -155,7 +155,11 @@ struct ListFilter {
     #[param(value_type = Option<OrderStatus>)]
     status: Option<String>,
     /// Only this user's orders.
-    #[param(pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128)]
+    #[param(
+        pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$",
+        min_length = 1,
+        max_length = 128
+    )]
     user_id: Option<String>,
 }
 
@@ -381,7 +385,7 @@ async fn list_orders(
 
 /// One user's orders, newest first, a page at a time (seed 004).
 #[utoipa::path(get, path = "/api/users/{user_id}/orders", tag = TAG,
-    params(("user_id" = String, Path, description = "The user", pattern = "^[A-Za-z0-9._@:-]{1,128}$", min_length = 1, max_length = 128), PageParams, StatusFilter),
+    params(("user_id" = String, Path, description = "The user", pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), PageParams, StatusFilter),
     responses(
         (status = 200, description = "The user's orders (an empty page for a user with none)", body = OrderListResponse),
         (status = 400, description = "Bad user id, page, page_size or status", body = Problem, content_type = PROBLEM),

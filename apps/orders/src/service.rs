@@ -24,6 +24,7 @@ use futures::future::join_all;
 use serde::Serialize;
 use serde_json::{Value, json};
 use shopstack_common::events::{Event, EventBus};
+use shopstack_common::ids;
 use shopstack_common::money::Money;
 use shopstack_common::pagination::{Page, Pagination};
 use tokio::sync::Notify;
@@ -37,8 +38,6 @@ use crate::model::{Order, OrderSource, OrderStatus, PricedLine};
 use crate::repo::{self, NewOrder, OrderFilter, Saga, SagaConflict, SagaState};
 use crate::upstream::{CartClient, CatalogClient, ClearOutcome, CommitRefused, StockLine, UpstreamError};
 
-/// Longest user, product or idempotency id accepted.
-pub const MAX_ID_LEN: usize = 128;
 /// Longest address or note accepted.
 pub const MAX_TEXT_LEN: usize = 2000;
 /// How often a status change re-reads and retries after losing a race before answering 409.
@@ -783,18 +782,15 @@ pub fn parse_order_id(id: &str) -> Result<Uuid, OrdersError> {
         .map_err(|_| OrdersError::BadRequest(format!("{id:?} is not a valid order id (a UUID was expected)")))
 }
 
-/// User and product ids: 1-128 URL-safe characters (they end up in the cart's and catalog's paths).
+/// User and product ids follow the shared alphabet ([`ids`]): they end up in the cart's and
+/// catalog's paths.
 pub fn validate_id(what: &str, value: &str) -> Result<(), OrdersError> {
-    let valid = !value.is_empty()
-        && value.len() <= MAX_ID_LEN
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'@' | b':'));
-    if valid {
+    if ids::is_valid_id(value) {
         Ok(())
     } else {
         Err(OrdersError::BadRequest(format!(
-            "{what} must be 1-{MAX_ID_LEN} characters of letters, digits, '-', '_', '.', '@' or ':' (got {value:?})"
+            "{what} must be {} (got {value:?})",
+            ids::ID_RULE
         )))
     }
 }

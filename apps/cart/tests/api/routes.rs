@@ -134,6 +134,61 @@ async fn simple_form_follows_seed_003() {
 }
 
 #[tokio::test]
+async fn document_states_the_shared_id_rule() {
+    let stack = spawn_stack().await;
+    let doc = json_of(
+        client()
+            .get(stack.cart.url("/openapi.json"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    // User and product ids in every path and body.
+    assert!(shopstack_common::testing::assert_id_patterns(&doc) >= 10);
+}
+
+/// `.` and `..` are dot segments: inside the catalog call's URL they would be resolved away
+/// and the call would reach another route. They are refused as ids before anything is called.
+#[tokio::test]
+async fn dot_segment_ids_are_refused() {
+    let stack = spawn_stack().await;
+    let bodies = [
+        json!({"user_id": ".", "product_id": "prod-110", "quantity": 1}),
+        json!({"user_id": "..", "product_id": "prod-110", "quantity": 1}),
+        json!({"user_id": "...", "product_id": "prod-110", "quantity": 1}),
+        json!({"user_id": "u-1", "product_id": "..", "quantity": 1}),
+    ];
+    for body in bodies {
+        let response = client()
+            .post(stack.cart.url("/cart/add"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
+        let problem = json_of(response).await;
+        assert!(
+            problem["detail"].as_str().unwrap().contains("not only dots"),
+            "{problem}"
+        );
+    }
+    let dotted = client()
+        .post(stack.cart.url("/cart/add"))
+        .json(&json!({"user_id": ".u.", "product_id": "prod-110", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        dotted.status(),
+        StatusCode::OK,
+        "dots beside other characters are fine"
+    );
+    let cart = json_of(client().get(stack.cart.url("/cart/u-1")).send().await.unwrap()).await;
+    assert_eq!(cart["items"], json!([]), "refused adds changed nothing");
+}
+
+#[tokio::test]
 async fn bad_input_is_a_400_problem_and_changes_nothing() {
     let stack = spawn_stack().await;
     let url = stack.cart.url("/v1/cart/user-1");
@@ -157,6 +212,7 @@ async fn bad_input_is_a_400_problem_and_changes_nothing() {
         "{\"product_id\": \"prod-123\", \"quantity\": 101}",
         "{\"product_id\": \"prod-123\", \"quantity\": 99999999999}",
         "{\"product_id\": \"bad id with spaces\", \"quantity\": 1}",
+        "{\"product_id\": \"..\", \"quantity\": 1}",
         "[]",
         // Mass assignment: members the client has no say over are refused, not ignored.
         "{\"product_id\": \"prod-123\", \"quantity\": 1, \"price\": 0}",

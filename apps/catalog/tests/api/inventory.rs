@@ -297,6 +297,15 @@ async fn reservation_routes_over_http() {
         .await
         .unwrap();
     assert_eq!(empty.status(), StatusCode::BAD_REQUEST);
+    for dots in [".", "..", "..."] {
+        let dotted = client()
+            .post(server.url("/inventory/commit"))
+            .json(&json!({"order_id": "o-3", "owner": dots, "items": [{"product_id": "prod-456", "quantity": 1}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(dotted.status(), StatusCode::BAD_REQUEST, "owner {dots:?}");
+    }
 
     let restock = client()
         .post(server.url("/inventory/restock"))

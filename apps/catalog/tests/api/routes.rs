@@ -266,6 +266,8 @@ async fn openapi_document_and_offline_docs_page() {
     let server = spawn().await;
     let doc = json_of(client().get(server.url("/openapi.json")).send().await.unwrap()).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    // Owner, product and order ids in the inventory routes and bodies.
+    assert!(shopstack_common::testing::assert_id_patterns(&doc) >= 8);
     for path in [
         "/catalog",
         "/catalog/{id}",

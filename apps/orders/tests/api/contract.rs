@@ -400,6 +400,15 @@ async fn bad_input_is_refused_and_changes_nothing(engine: Engine) {
             json!({"user_id": "u 1", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
             StatusCode::BAD_REQUEST,
         ),
+        // `..` is a dot segment: it would vanish from the cart's and catalog's URL paths.
+        (
+            json!({"user_id": "..", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            json!({"user_id": "u1", "shipping_address": "x", "order_items": [{"product_id": ".", "quantity": 1}]}),
+            StatusCode::BAD_REQUEST,
+        ),
         // Ids are taken as sent: no trimming, so the document's pattern is the whole rule.
         (
             json!({"user_id": " u1", "shipping_address": "x", "order_items": [{"product_id": "prod-113", "quantity": 1}]}),
@@ -607,4 +616,5 @@ async fn document_states_what_the_server_checks(engine: Engine) {
     assert_eq!(status["$ref"], "#/components/schemas/OrderStatus");
     let get_order = &doc["paths"]["/api/orders/{id}"]["get"]["parameters"][0]["schema"];
     assert_eq!(get_order["format"], "uuid");
+    assert!(shopstack_common::testing::assert_id_patterns(&doc) >= 5);
 }
