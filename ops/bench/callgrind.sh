@@ -43,7 +43,7 @@ env -i PATH="$PATH" "${COMMON[@]}" PORT="$CATALOG_PORT" "$BIN_DIR/catalog" >"$OU
 PIDS+=($!)
 env -i PATH="$PATH" "${COMMON[@]}" PORT="$GATEWAY_PORT" CATALOG_SERVICE_URL="http://127.0.0.1:$CATALOG_PORT" \
   CART_SERVICE_URL=http://127.0.0.1:9 ORDERS_SERVICE_URL=http://127.0.0.1:9 "${TELEMETRY_ENV[@]}" \
-  valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" "$GATEWAY" \
+  taskset -c 1 valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" "$GATEWAY" \
   >"$OUT/gateway.log" 2>&1 &
 GATEWAY_PID=$!
 PIDS+=("$GATEWAY_PID")
