@@ -240,8 +240,37 @@ def wrk(url, duration, connections, script=None):
 
 
 def median_of(runs):
-    return {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")} | {
+    med = {key: statistics.median(run[key] for run in runs) for key in ("rps", "p50", "p99")} | {
         "non_2xx": sum(run["non_2xx"] for run in runs), "requests": sum(run["requests"] for run in runs)}
+    if all("cpu_us" in run for run in runs):
+        med["cpu_us"] = {label: {kind: statistics.median(run["cpu_us"][label][kind] for run in runs)
+                                 for kind in ("user", "sys")} for label in runs[0]["cpu_us"]}
+    return med
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid):
+    """User and system CPU ticks of a process (all its threads) and of its descendants, e.g. an
+    nginx master and its worker: (user, sys), from /proc."""
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                # The command name may hold spaces and parentheses: fields start after the last ')'.
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(entry.name)] = (int(fields[1]), int(fields[11]), int(fields[12]))
+    tree, user, system = {pid}, 0, 0
+    for _ in range(4):  # a few generations are plenty (nginx: master → worker)
+        tree |= {child for child, (parent, _, _) in parents.items() if parent in tree}
+    for member in tree:
+        if member in parents:
+            user += parents[member][1]
+            system += parents[member][2]
+    return user, system
 
 
 CART_SCRIPT = """
@@ -280,10 +309,21 @@ class Bench:
         env.update(extra or {})
         return Service(self.bins, "gateway", free_port(), env)
 
-    def run_case(self, name, url, script=None):
+    def run_case(self, name, url, script=None, processes=None):
+        """One wrk run; with `processes` ({label: pid}), also the user and system CPU each spent
+        per request (µs), so a throughput ratio can be read as where the time went."""
         runs = self.results.setdefault(name, {"url": url, "runs": []})["runs"]
-        runs.append(wrk(url, self.args.duration, self.args.connections, script))
-        log(f"{name}: {runs[-1]['rps']:.0f} req/s, p50 {runs[-1]['p50']:.2f} ms, p99 {runs[-1]['p99']:.2f} ms")
+        before = {label: cpu_ticks(pid) for label, pid in (processes or {}).items()}
+        run = wrk(url, self.args.duration, self.args.connections, script)
+        if processes and run["requests"]:
+            after = {label: cpu_ticks(pid) for label, pid in processes.items()}
+            per_request = 1e6 / CLOCK_TICKS / run["requests"]
+            run["cpu_us"] = {label: {"user": (after[label][0] - before[label][0]) * per_request,
+                                     "sys": (after[label][1] - before[label][1]) * per_request}
+                             for label in processes}
+        runs.append(run)
+        cpu = "".join(f", {label} {v['user']:.1f}+{v['sys']:.1f} µs" for label, v in run.get("cpu_us", {}).items())
+        log(f"{name}: {run['rps']:.0f} req/s, p50 {run['p50']:.2f} ms, p99 {run['p99']:.2f} ms{cpu}")
 
     # -- cases ------------------------------------------------------------------------------
 
@@ -294,13 +334,15 @@ class Bench:
         nginx = Nginx(catalog.port)
         try:
             path = f"/catalog/{PRODUCT}"
-            cases = [("direct", catalog.url(path)), ("gateway", gateway.url(path)),
-                     ("nginx", f"http://127.0.0.1:{nginx.port}{path}")]
+            cases = [("direct", catalog.url(path), {"catalog": catalog.process.pid}),
+                     ("gateway", gateway.url(path), {"proxy": gateway.process.pid, "catalog": catalog.process.pid}),
+                     ("nginx", f"http://127.0.0.1:{nginx.port}{path}",
+                      {"proxy": nginx.process.pid, "catalog": catalog.process.pid})]
             if repeat % 2:
                 cases.reverse()
-            for name, url in cases:
+            for name, url, processes in cases:
                 if self.selected(name):
-                    self.run_case(name, url)
+                    self.run_case(name, url, processes=processes)
         finally:
             nginx.stop()
             gateway.stop()
@@ -314,11 +356,12 @@ class Bench:
                                             "OTEL_TRACES_SAMPLER": "always_on"})
         try:
             path = f"/catalog/{PRODUCT}"
-            cases = [("telemetry-off", quiet.url(path)), ("telemetry-on", loud.url(path))]
+            cases = [("telemetry-off", quiet.url(path), {"proxy": quiet.process.pid, "catalog": catalog.process.pid}),
+                     ("telemetry-on", loud.url(path), {"proxy": loud.process.pid, "catalog": catalog.process.pid})]
             if repeat % 2:
                 cases.reverse()
-            for name, url in cases:
-                self.run_case(name, url)
+            for name, url, processes in cases:
+                self.run_case(name, url, processes=processes)
         finally:
             loud.stop()
             quiet.stop()
@@ -535,6 +578,15 @@ def write_markdown(summary, args, path):
     ]
     for name, values in summary["cases"].items():
         lines.append(f"| {name} | {values['rps']:.0f} | {values['p50']:.2f} | {values['p99']:.2f} | {values['non_2xx']} |")
+    with_cpu = {name: values["cpu_us"] for name, values in summary["cases"].items() if "cpu_us" in values}
+    if with_cpu:
+        lines += ["", f"CPU per request on core {SERVER_CORE} (µs, user + system, medians; from /proc, so the "
+                      "proxy's share is separate from the catalog's):", "",
+                  "| case | proxy user | proxy system | catalog user | catalog system |", "|---|---:|---:|---:|---:|"]
+        for name, cpu in with_cpu.items():
+            cells = [f"{cpu[label][kind]:.1f}" if label in cpu else "—"
+                     for label in ("proxy", "catalog") for kind in ("user", "sys")]
+            lines.append(f"| {name} | {' | '.join(cells)} |")
     if summary["memory"]:
         lines += ["", "| service | idle RSS (MiB) | RSS under load (MiB) |", "|---|---:|---:|"]
         for name, values in summary["memory"].items():
