@@ -62,6 +62,10 @@ mod tests {
         for invalid in [".", "..", "...", "", "a b", "a/b", "%2e", "é", "a?b", "a#b"] {
             assert!(!is_valid_id(invalid), "{invalid:?}");
         }
+        assert!(
+            ID_RULE.starts_with(&format!("1-{MAX_ID_LEN} ")),
+            "the message states the bound"
+        );
         assert!(is_valid_id(&"a".repeat(MAX_ID_LEN)));
         assert!(!is_valid_id(&"a".repeat(MAX_ID_LEN + 1)));
     }
