@@ -372,12 +372,5 @@ fn catalog_error(error: crate::catalog_client::CatalogError) -> CartError {
 
 /// Ids follow the shared alphabet ([`ids`]): they become catalog URL paths and Redis keys.
 pub fn validate_id(what: &str, value: &str) -> Result<(), CartError> {
-    if ids::is_valid_id(value) {
-        Ok(())
-    } else {
-        Err(CartError::BadRequest(format!(
-            "{what} must be {} (got {value:?})",
-            ids::ID_RULE
-        )))
-    }
+    ids::check_id(what, value).map_err(CartError::BadRequest)
 }

@@ -38,14 +38,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
 }
 
 fn validate_id(what: &str, value: &str) -> Result<(), CatalogError> {
-    if ids::is_valid_id(value) {
-        Ok(())
-    } else {
-        Err(CatalogError::BadRequest(format!(
-            "{what} must be {} (got {value:?})",
-            ids::ID_RULE
-        )))
-    }
+    ids::check_id(what, value).map_err(CatalogError::BadRequest)
 }
 
 fn validate_lines(items: &[Line]) -> Result<(), CatalogError> {

@@ -785,14 +785,7 @@ pub fn parse_order_id(id: &str) -> Result<Uuid, OrdersError> {
 /// User and product ids follow the shared alphabet ([`ids`]): they end up in the cart's and
 /// catalog's paths.
 pub fn validate_id(what: &str, value: &str) -> Result<(), OrdersError> {
-    if ids::is_valid_id(value) {
-        Ok(())
-    } else {
-        Err(OrdersError::BadRequest(format!(
-            "{what} must be {} (got {value:?})",
-            ids::ID_RULE
-        )))
-    }
+    ids::check_id(what, value).map_err(OrdersError::BadRequest)
 }
 
 /// A required id: present, and [`validate_id`]'s shape.
