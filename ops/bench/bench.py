@@ -251,10 +251,10 @@ def median_of(runs):
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ticks(pid):
-    """User and system CPU ticks of a process (all its threads) and of its descendants, e.g. an
-    nginx master and its worker: (user, sys), from /proc."""
-    parents = {}
+def cpu_ticks(processes):
+    """{label: (user, system)} CPU ticks of each process (all its threads) and its descendants,
+    e.g. an nginx master and its worker, from one pass over /proc."""
+    stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
@@ -262,15 +262,15 @@ def cpu_ticks(pid):
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            parents[int(entry.name)] = (int(fields[1]), int(fields[11]), int(fields[12]))
-    tree, user, system = {pid}, 0, 0
-    for _ in range(4):  # a few generations are plenty (nginx: master → worker)
-        tree |= {child for child, (parent, _, _) in parents.items() if parent in tree}
-    for member in tree:
-        if member in parents:
-            user += parents[member][1]
-            system += parents[member][2]
-    return user, system
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]), int(fields[12]))
+    ticks = {}
+    for label, pid in processes.items():
+        tree = {pid}
+        for _ in range(4):  # a few generations are plenty (nginx: master → worker)
+            tree |= {child for child, (parent, _, _) in stats.items() if parent in tree}
+        members = [stats[member] for member in tree if member in stats]
+        ticks[label] = (sum(user for _, user, _ in members), sum(system for _, _, system in members))
+    return ticks
 
 
 CART_SCRIPT = """
@@ -313,10 +313,10 @@ class Bench:
         """One wrk run; with `processes` ({label: pid}), also the user and system CPU each spent
         per request (µs), so a throughput ratio can be read as where the time went."""
         runs = self.results.setdefault(name, {"url": url, "runs": []})["runs"]
-        before = {label: cpu_ticks(pid) for label, pid in (processes or {}).items()}
+        before = cpu_ticks(processes) if processes else {}
         run = wrk(url, self.args.duration, self.args.connections, script)
         if processes and run["requests"]:
-            after = {label: cpu_ticks(pid) for label, pid in processes.items()}
+            after = cpu_ticks(processes)
             per_request = 1e6 / CLOCK_TICKS / run["requests"]
             run["cpu_us"] = {label: {"user": (after[label][0] - before[label][0]) * per_request,
                                      "sys": (after[label][1] - before[label][1]) * per_request}
