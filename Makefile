@@ -54,7 +54,7 @@ bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose v
 	python3 ops/bench/bench.py
 
 bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
-	$(CARGO) build --bins -p gateway -p catalog -p cart -p loadtest
+	$(CARGO) build --bins -p gateway -p catalog -p cart -p orders -p loadtest
 	$(CARGO) build -p gateway --example otlp_sink
 	python3 ops/bench/bench.py --smoke --no-build
 
