@@ -6,7 +6,7 @@ core and the load generator to the other, so runs are comparable; every case is 
 (default 6 rounds of 5 s) in alternating order and the median is reported. The results table goes to
 docs/benchmarks.md with the machine, date and commit.
 
-  python3 ops/bench/bench.py                 # the full run (about 10 minutes)
+  python3 ops/bench/bench.py                 # the full run (about 12 minutes)
   python3 ops/bench/bench.py --smoke         # every case once for 1 s with debug builds (tests)
   python3 ops/bench/bench.py --only gateway,nginx --duration 20
 
@@ -405,17 +405,19 @@ class Bench:
             time.sleep(1)
             idle = {s.name: rss_kib(s.process.pid) for s in services}
             peak = dict(idle)
-            load = subprocess.Popen(pinned(LOAD_CORE, self.mixed_load(gateway.url(""))), stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)
-            while load.poll() is None:
-                for service in services:
-                    peak[service.name] = max(peak[service.name], rss_kib(service.process.pid))
-                time.sleep(0.2)
-            output = load.stdout.read()
-            # Exit 1 is a breached latency threshold, no reason to doubt the memory figures;
-            # anything else (the target unusable, bad options) is.
-            if load.returncode not in (0, 1):
-                raise RuntimeError(f"the load for the memory case failed ({load.returncode}):\n{output[-2000:]}")
+            # Its output goes to a file, not a pipe: nothing reads a pipe while the RSS is sampled.
+            with tempfile.TemporaryFile("w+") as output:
+                load = subprocess.Popen(pinned(LOAD_CORE, self.mixed_load(gateway.url(""))), stdout=output,
+                                        stderr=subprocess.STDOUT, text=True)
+                while load.poll() is None:
+                    for service in services:
+                        peak[service.name] = max(peak[service.name], rss_kib(service.process.pid))
+                    time.sleep(0.2)
+                # Exit 1 is a breached latency threshold, no reason to doubt the memory figures;
+                # anything else (the target unusable, bad options) is.
+                if load.returncode not in (0, 1):
+                    output.seek(0)
+                    raise RuntimeError(f"the load for the memory case failed ({load.returncode}):\n{output.read()[-2000:]}")
             self.memory = {name: {"idle_mib": idle[name] / 1024, "load_mib": peak[name] / 1024} for name in idle}
             for name, values in self.memory.items():
                 log(f"rss {name}: idle {values['idle_mib']:.1f} MiB, under load {values['load_mib']:.1f} MiB")
