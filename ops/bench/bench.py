@@ -513,41 +513,40 @@ class Bench:
 
     def report(self):
         med = {name: median_of(case["runs"]) for name, case in self.results.items()}
-        # (label, value, target, better, met, per-round values): the per-round values show how far
-        # the rounds agreed, i.e. whether a goal's verdict is a margin or the machine's noise.
-        ratios = []
+        goals = []
 
-        def ratio(label, a, b, key="rps", goal=None, better="higher"):
+        def goal(label, value, target=None, better="higher", per_round=()):
+            # The per-round values show how far the rounds agreed, i.e. whether a goal's verdict
+            # is a margin or the machine's noise.
+            met = None if target is None else (value >= target if better == "higher" else value <= target)
+            goals.append({"goal": label, "value": value, "target": target, "better": better, "met": met,
+                          "per_round": list(per_round)})
+
+        def ratio(label, a, b, key="rps", target=None):
             # The median of the per-round ratios: each round runs the two cases back to back, so
             # the machine's drift between rounds (up to ±30 % here) cancels out of each ratio.
             if a in med and b in med and med[b][key]:
                 pairs = zip(self.results[a]["runs"], self.results[b]["runs"])
                 per_round = [x[key] / y[key] for x, y in pairs if y[key]]
                 value = statistics.median(per_round) if per_round else med[a][key] / med[b][key]
-                met = None if goal is None else (value >= goal if better == "higher" else value <= goal)
-                ratios.append((label, value, goal, better, met, per_round))
+                goal(label, value, target, per_round=per_round)
 
         ratio("gateway / direct throughput", "gateway", "direct")
-        ratio("gateway / nginx throughput", "gateway", "nginx", goal=1.0)
+        ratio("gateway / nginx throughput", "gateway", "nginx", target=1.0)
         if all(k in med for k in ("gateway", "nginx", "direct")):
             # (gateway p99 − direct p99) − (nginx p99 − direct p99), per round, median.
             rounds = zip(self.results["gateway"]["runs"], self.results["nginx"]["runs"])
             per_round = [g["p99"] - n["p99"] for g, n in rounds]
-            difference = statistics.median(per_round)
-            ratios.append(("gateway added p99 − nginx added p99 (ms)", difference, 0.0, "lower", difference <= 0,
-                           per_round))
-        ratio("telemetry on / off throughput", "telemetry-on", "telemetry-off", goal=0.9)
-        ratio("cart on Redis / in memory throughput", "cart-redis", "cart-memory", goal=0.5)
+            goal("gateway added p99 − nginx added p99 (ms)", statistics.median(per_round), 0.0, "lower", per_round)
+        ratio("telemetry on / off throughput", "telemetry-on", "telemetry-off", target=0.9)
+        ratio("cart on Redis / in memory throughput", "cart-redis", "cart-memory", target=0.5)
         if "goose" in self.generators and "locust" in self.generators and self.generators["locust"]["per_cpu_second"]:
             value = self.generators["goose"]["per_cpu_second"] / self.generators["locust"]["per_cpu_second"]
-            ratios.append(("Goose / Locust requests per CPU-second", value, 10.0, "higher", value >= 10.0, []))
+            goal("Goose / Locust requests per CPU-second", value, 10.0)
         for name, values in self.memory.items():
-            ratios.append((f"idle RSS {name} (MiB)", values["idle_mib"], 20.0, "lower", values["idle_mib"] <= 20.0, []))
+            goal(f"idle RSS {name} (MiB)", values["idle_mib"], 20.0, "lower")
         summary = {"cases": med, "raw": self.results, "memory": self.memory, "generators": self.generators,
-                   "goals": [{"goal": label, "value": value, "target": goal, "better": better, "met": met,
-                              "per_round": per_round}
-                             for label, value, goal, better, met, per_round in ratios],
-                   "notes": self.notes}
+                   "goals": goals, "notes": self.notes}
         return summary
 
 
