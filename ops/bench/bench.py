@@ -106,13 +106,6 @@ def rss_kib(pid):
     return 0
 
 
-def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    # utime, stime, cutime, cstime (fields 14-17 of stat; index from after the comm)
-    return sum(int(value) for value in fields[11:15]) / ticks
-
-
 class Service:
     """One ShopStack binary, pinned to the server core."""
 
