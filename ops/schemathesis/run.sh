@@ -78,11 +78,20 @@ check() { # name port bearer [filters...]
 # The simulation knobs get a pass of their own, last: schema-valid values there switch injected
 # failures on, which every later request would see as server errors.
 EVERYTHING_ELSE=(--exclude-path-regex '/simulation$')
+# A cart is never gone: `DELETE /cart/{user_id}` and `DELETE /v1/cart/{user_id}` empty it (seed
+# 000 answers "Cart cleared successfully") and `GET` of any user answers that user's cart, empty
+# when there is none (seed 000: "an unknown user gets an empty cart, not 404"). So a GET after the
+# DELETE answering 200 with no items is the contract, and `use_after_free` ("a deleted resource
+# must answer 404") does not apply — in the cart, and through the gateway, whose only DELETE
+# routes are the cart's. It is excluded on the command line because `--checks all` there outranks
+# an operation's `use_after_free.enabled = false` in schemathesis.toml (checked with
+# `checks_config_for` in 4.32.5); the catalog keeps it for `DELETE /inventory/holds/{owner}`.
+CART_DELETES=(--exclude-checks use_after_free)
 check catalog "$CATALOG" "$ADMIN" "${EVERYTHING_ELSE[@]}"
-check cart "$CART" "$ADMIN" "${EVERYTHING_ELSE[@]}"
+check cart "$CART" "$ADMIN" "${EVERYTHING_ELSE[@]}" "${CART_DELETES[@]}"
 check orders "$ORDERS" "$ADMIN" "${EVERYTHING_ELSE[@]}"
-check gateway "$GATEWAY" "$ADMIN" "${EVERYTHING_ELSE[@]}"
-check gateway-with-auth "$GATEWAY_AUTH" "$USER_TOKEN" "${EVERYTHING_ELSE[@]}"
+check gateway "$GATEWAY" "$ADMIN" "${EVERYTHING_ELSE[@]}" "${CART_DELETES[@]}"
+check gateway-with-auth "$GATEWAY_AUTH" "$USER_TOKEN" "${EVERYTHING_ELSE[@]}" "${CART_DELETES[@]}"
 check simulation-knobs "$GATEWAY" "$ADMIN" --include-path-regex '/simulation$'
 
 if [ ${#failed[@]} -gt 0 ]; then
