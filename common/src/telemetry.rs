@@ -100,12 +100,18 @@ where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     let log_filter = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
+    // The span fields a log line inherits are kept for the spans the log layer sees, which its
+    // filter decides. Unfiltered, this layer was interested in every callsite of every crate,
+    // which made the subscriber's most verbose level TRACE: each `trace_span!` of h2 (the OTLP
+    // channel) and every `trace!` of hyper-util was built, entered and closed, at ≈ 1 000
+    // instructions apiece (docs/benchmarks.md, seventh round).
+    let span_fields_filter = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
     // Span creation does not depend on LOG_LEVEL: LOG_LEVEL=warn must not break traces.
     let span_filter =
         EnvFilter::try_new("info,h2=off,tonic=off,hyper=off,tower=off").context("invalid span filter")?;
     let tracer = provider.tracer("shopstack");
     Ok(Registry::default()
-        .with(SpanFieldsLayer)
+        .with(SpanFieldsLayer.with_filter(span_fields_filter))
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
@@ -849,6 +855,36 @@ mod tests {
         assert_eq!(lines[0]["method"], "GET");
         assert_eq!(lines[0]["route"], "/catalog/{id}");
         assert_eq!(lines[0]["path"], "/catalog/p-1");
+    }
+
+    /// The subscriber's most verbose level is what its filters let through, so a dependency's
+    /// `trace_span!` (h2, on every poll of the OTLP channel) is skipped by the macro's level
+    /// check instead of being built and closed for nothing; and a span the log filter enables
+    /// still lends its fields to the lines inside it.
+    #[test]
+    fn nothing_more_verbose_than_the_filters_allow_is_built() {
+        use tracing::level_filters::LevelFilter;
+        let identity = Settings::for_tests("unit").identity;
+        let provider = SdkTracerProvider::builder().build();
+        let hint = |log_level: &str| {
+            build_subscriber(&identity, log_level, LogCapture::default(), &provider)
+                .unwrap()
+                .max_level_hint()
+        };
+        // Spans are made at INFO whatever LOG_LEVEL says (traces don't depend on it).
+        assert_eq!(hint("info"), Some(LevelFilter::INFO));
+        assert_eq!(hint("warn"), Some(LevelFilter::INFO));
+        assert_eq!(hint("debug"), Some(LevelFilter::DEBUG));
+
+        let capture = LogCapture::default();
+        let subscriber = build_subscriber(&identity, "info", capture.clone(), &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            assert!(!tracing::enabled!(target: "h2::proto::connection", tracing::Level::TRACE));
+            let span = tracing::info_span!("outer", route = "from-span");
+            let _span = span.enter();
+            tracing::info!("inside");
+        });
+        assert_eq!(capture.json_lines()[0]["route"], "from-span");
     }
 
     #[test]
