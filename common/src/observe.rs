@@ -398,19 +398,22 @@ impl RouteObserver {
             micros: Micros::of(elapsed),
         };
         // `service` and `pod_name` are written among the members (the layer's own defaults
-        // name the process, which in a test may hold several services).
+        // name the process, which in a test may hold several services). The message is a
+        // plain `&str` field, first as a format string would be: written as it is, rather
+        // than formatted through `fmt::Arguments` and escaped character by character.
         macro_rules! request_line {
-            ($level:ident, $($rest:tt)*) => {
+            ($level:ident, $message:literal $(, $($rest:tt)*)?) => {
                 tracing::$level!(
+                    message = $message,
                     service = tracing::field::Empty,
                     pod_name = tracing::field::Empty,
-                    json_members = %line,
-                    $($rest)*
+                    json_members = %line
+                    $(, $($rest)*)?
                 )
             };
         }
         if response.extensions().get::<InjectedFault>().is_some() {
-            request_line!(warn, injected = true, "request failed by injected fault");
+            request_line!(warn, "request failed by injected fault", injected = true);
         } else if status.is_server_error() {
             request_line!(error, "request failed");
         } else if is_quiet_route(self.route) {
