@@ -41,6 +41,9 @@ pub struct OutboundRequest<'a> {
     pub headers: &'a HeaderMap,
     pub forwards: &'a (dyn Fn(&HeaderName) -> bool + Sync),
     pub body: &'a Bytes,
+    /// Answer headers the caller writes itself on what it passes on: left out of the answer's
+    /// map rather than parsed, stored and replaced.
+    pub replaced_in_answer: &'a [HeaderName],
 }
 
 /// A backend's answer, read in full.
@@ -100,7 +103,7 @@ impl Connection {
     /// the connection may carry another request.
     pub async fn exchange(&mut self, request: &OutboundRequest<'_>) -> Result<(Answer, bool), ExchangeError> {
         self.write_request(request).await?;
-        let head = self.read_head().await?;
+        let head = self.read_head(request.replaced_in_answer).await?;
         let framing = head.framing(request.method);
         let body = match framing {
             Framing::Empty => Bytes::new(),
@@ -177,11 +180,11 @@ impl Connection {
     }
 
     /// The head of the final answer (informational 1xx answers are read past).
-    async fn read_head(&mut self) -> Result<Head, ExchangeError> {
+    async fn read_head(&mut self, replaced: &[HeaderName]) -> Result<Head, ExchangeError> {
         let mut received_any = false;
         loop {
             if !self.read.is_empty()
-                && let Some(head) = self.parse_head()?
+                && let Some(head) = self.parse_head(replaced)?
             {
                 if head.status.is_informational() {
                     if head.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -211,8 +214,9 @@ impl Connection {
         }
     }
 
-    /// A complete head at the start of the buffer, taken out of it; `None` if more is needed.
-    fn parse_head(&mut self) -> Result<Option<Head>, ExchangeError> {
+    /// A complete head at the start of the buffer, taken out of it, without the `replaced`
+    /// headers; `None` if more is needed.
+    fn parse_head(&mut self, replaced: &[HeaderName]) -> Result<Option<Head>, ExchangeError> {
         let Self { read, names, .. } = self;
         // Left uninitialised: filling a hundred empty headers cost more than parsing the head.
         let mut parsed = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
@@ -236,12 +240,16 @@ impl Connection {
         names.clear();
         for parsed in response.headers.iter() {
             let name = answer_header_name(parsed.name)?;
+            if replaced.contains(&name) {
+                continue;
+            }
             let start = parsed.value.as_ptr() as usize - base;
             names.push((name, start..start + parsed.value.len()));
         }
         let mut head = Head {
             status,
-            headers: HeaderMap::with_capacity(names.len()),
+            // Room for the replaced headers too: the caller is about to write them.
+            headers: HeaderMap::with_capacity(names.len() + replaced.len()),
             http_11: response.version == Some(1),
             close: false,
             keep_alive_asked: false,
@@ -606,6 +614,7 @@ mod tests {
                 headers: &sent.headers,
                 forwards: &|name| name != "x-dropped",
                 body: &sent.body,
+                replaced_in_answer: &[],
             })
             .await;
         (outcome, backend)
@@ -636,6 +645,37 @@ mod tests {
             !request.contains("content-length"),
             "a GET without a body states no length: {request}"
         );
+    }
+
+    #[tokio::test]
+    async fn headers_the_caller_replaces_are_left_out_of_the_answer() {
+        let backend = Scripted::start(vec![Step::Answer(
+            b"HTTP/1.1 200 OK\r\nX-Request-Id: r-1\r\ncontent-type: text/plain\r\nx-trace-id: abc\r\ncontent-length: 2\r\n\r\nok",
+        )])
+        .await;
+        let mut connection = Connection::new(TcpStream::connect(backend.addr).await.unwrap());
+        let sent = Sent::get();
+        let (answer, reusable) = connection
+            .exchange(&OutboundRequest {
+                method: &sent.method,
+                target: "/",
+                host: &HOST,
+                traceparent: TRACEPARENT,
+                added: &[],
+                headers: &sent.headers,
+                forwards: &|_| true,
+                body: &sent.body,
+                replaced_in_answer: &[
+                    shopstack_common::observe::X_REQUEST_ID,
+                    shopstack_common::observe::X_TRACE_ID,
+                ],
+            })
+            .await
+            .unwrap();
+        assert!(reusable);
+        assert_eq!(&answer.body[..], b"ok");
+        let names: Vec<&str> = answer.headers.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["content-type", "content-length"]);
     }
 
     #[tokio::test]
@@ -764,6 +804,7 @@ mod tests {
                 headers: &sent.headers,
                 forwards: &|_| true,
                 body: &sent.body,
+                replaced_in_answer: &[],
             })
             .await;
         assert!(

@@ -172,6 +172,7 @@ mod tests {
             headers: &headers,
             forwards: &|_| true,
             body: &body,
+            replaced_in_answer: &[],
         };
         pool.send(&request, replayable, Instant::now()).await
     }

@@ -20,7 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header,
 use axum::response::Response;
 use futures::StreamExt;
 use shopstack_common::admin;
-use shopstack_common::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID};
+use shopstack_common::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID, X_TRACE_ID};
 
 use crate::GatewayState;
 use crate::auth::Caller;
@@ -571,6 +571,9 @@ async fn send_once(
         headers: outbound.received,
         forwards: &|name| outbound.forwards(name),
         body: &outbound.body,
+        // The backend's copies say the same (it was sent this request id and trace), and
+        // `RouteObserver::finish` writes the gateway's own on every answer.
+        replaced_in_answer: &[X_REQUEST_ID, X_TRACE_ID],
     };
     // One timeout for the whole attempt: connecting, the answer and its body.
     let outcome = match tokio::time::timeout(
