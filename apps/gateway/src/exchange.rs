@@ -594,6 +594,26 @@ mod tests {
     const HOST: HeaderValue = HeaderValue::from_static("backend:8001");
     const TRACEPARENT: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
+    /// `sent` as a request for `/`, all its headers forwarded, nothing added.
+    fn plain_get<'a>(sent: &'a Sent, replaced_in_answer: &'a [HeaderName]) -> OutboundRequest<'a> {
+        fn all(_: &HeaderName) -> bool {
+            true
+        }
+        // A static, so the request may borrow it beyond this function.
+        static HOST_HEADER: HeaderValue = HOST;
+        OutboundRequest {
+            method: &sent.method,
+            target: "/",
+            host: &HOST_HEADER,
+            traceparent: TRACEPARENT,
+            added: &[],
+            headers: &sent.headers,
+            forwards: &all,
+            body: &sent.body,
+            replaced_in_answer,
+        }
+    }
+
     async fn exchange(
         answer: &'static [u8],
         sent: Sent,
@@ -654,22 +674,12 @@ mod tests {
         )])
         .await;
         let mut connection = Connection::new(TcpStream::connect(backend.addr).await.unwrap());
-        let sent = Sent::get();
+        let replaced = [
+            shopstack_common::observe::X_REQUEST_ID,
+            shopstack_common::observe::X_TRACE_ID,
+        ];
         let (answer, reusable) = connection
-            .exchange(&OutboundRequest {
-                method: &sent.method,
-                target: "/",
-                host: &HOST,
-                traceparent: TRACEPARENT,
-                added: &[],
-                headers: &sent.headers,
-                forwards: &|_| true,
-                body: &sent.body,
-                replaced_in_answer: &[
-                    shopstack_common::observe::X_REQUEST_ID,
-                    shopstack_common::observe::X_TRACE_ID,
-                ],
-            })
+            .exchange(&plain_get(&Sent::get(), &replaced))
             .await
             .unwrap();
         assert!(reusable);
@@ -793,20 +803,7 @@ mod tests {
     async fn a_connection_closed_without_an_answer_says_so() {
         let backend = Scripted::start(vec![Step::Close]).await;
         let mut connection = Connection::new(TcpStream::connect(backend.addr).await.unwrap());
-        let sent = Sent::get();
-        let outcome = connection
-            .exchange(&OutboundRequest {
-                method: &sent.method,
-                target: "/",
-                host: &HOST,
-                traceparent: TRACEPARENT,
-                added: &[],
-                headers: &sent.headers,
-                forwards: &|_| true,
-                body: &sent.body,
-                replaced_in_answer: &[],
-            })
-            .await;
+        let outcome = connection.exchange(&plain_get(&Sent::get(), &[])).await;
         assert!(
             matches!(outcome, Err(ExchangeError::ClosedBeforeAnswer)),
             "{outcome:?}"
