@@ -21,9 +21,9 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::EnvFilter;
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
-use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, Registry};
 
@@ -99,19 +99,11 @@ pub fn build_subscriber<W>(
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let log_filter = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
-    // The span fields a log line inherits are kept for the spans the log layer sees, which its
-    // filter decides. Unfiltered, this layer was interested in every callsite of every crate,
-    // which made the subscriber's most verbose level TRACE: each `trace_span!` of h2 (the OTLP
-    // channel) and every `trace!` of hyper-util was built, entered and closed, at ≈ 1 000
-    // instructions apiece (docs/benchmarks.md, seventh round).
-    let span_fields_filter = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
     // Span creation does not depend on LOG_LEVEL: LOG_LEVEL=warn must not break traces.
-    let span_filter =
-        EnvFilter::try_new("info,h2=off,tonic=off,hyper=off,tower=off").context("invalid span filter")?;
+    let span_filter = EnvFilter::try_new(SPAN_DIRECTIVES).context("invalid span filter")?;
     let tracer = provider.tracer("shopstack");
     Ok(Registry::default()
-        .with(SpanFieldsLayer.with_filter(span_fields_filter))
+        .with(SpanFieldsLayer.with_filter(log_layer_filter(log_level)?))
         .with(
             tracing_opentelemetry::layer()
                 .with_tracer(tracer)
@@ -122,7 +114,27 @@ where
                 .with_context_activation(false)
                 .with_filter(span_filter),
         )
-        .with(JsonLogLayer::new(identity, writer).with_filter(log_filter)))
+        .with(JsonLogLayer::new(identity, writer).with_filter(log_layer_filter(log_level)?)))
+}
+
+/// The spans traces are made of: INFO and above, without the transport crates' own.
+const SPAN_DIRECTIVES: &str = "info,h2=off,tonic=off,hyper=off,tower=off";
+
+/// What the log layers (the JSON lines and the span fields they inherit) see: events as
+/// `log_level` says, and the spans traces are made of whatever it says — so that at
+/// `LOG_LEVEL=warn` a warning inside a request's span still carries the request's ids, method
+/// and route. Every part states its most verbose level: one that doesn't makes the subscriber's
+/// TRACE, and then every `trace!` and `trace_span!` of every crate (h2's on each OTLP poll) is
+/// built for nothing (docs/benchmarks.md, seventh round).
+fn log_layer_filter<S>(log_level: &str) -> anyhow::Result<impl Filter<S> + Send + Sync + 'static>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let events = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
+    let spans = EnvFilter::try_new(SPAN_DIRECTIVES)
+        .context("invalid span filter")?
+        .and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE));
+    Ok(events.or(spans))
 }
 
 fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
@@ -859,8 +871,8 @@ mod tests {
 
     /// The subscriber's most verbose level is what its filters let through, so a dependency's
     /// `trace_span!` (h2, on every poll of the OTLP channel) is skipped by the macro's level
-    /// check instead of being built and closed for nothing; and a span the log filter enables
-    /// still lends its fields to the lines inside it.
+    /// check instead of being built and closed for nothing; and a request's span lends its
+    /// fields to the lines inside it whatever LOG_LEVEL says.
     #[test]
     fn nothing_more_verbose_than_the_filters_allow_is_built() {
         use tracing::level_filters::LevelFilter;
@@ -885,6 +897,23 @@ mod tests {
             tracing::info!("inside");
         });
         assert_eq!(capture.json_lines()[0]["route"], "from-span");
+
+        // At LOG_LEVEL=warn a warning inside a request's (INFO) span still inherits its fields;
+        // the span's own INFO lines stay out.
+        let capture = LogCapture::default();
+        let subscriber = build_subscriber(&identity, "warn", capture.clone(), &provider).unwrap();
+        tracing::subscriber::with_default(subscriber, || {
+            let span = tracing::info_span!("outer", route = "from-span");
+            let _span = span.enter();
+            tracing::info!("not written");
+            tracing::warn!("written");
+        });
+        let lines = capture.json_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!(
+            (&lines[0]["message"], &lines[0]["route"]),
+            (&Value::from("written"), &Value::from("from-span"))
+        );
     }
 
     #[test]
