@@ -875,7 +875,6 @@ mod tests {
     /// fields to the lines inside it whatever LOG_LEVEL says.
     #[test]
     fn nothing_more_verbose_than_the_filters_allow_is_built() {
-        use tracing::level_filters::LevelFilter;
         let identity = Settings::for_tests("unit").identity;
         let provider = SdkTracerProvider::builder().build();
         let hint = |log_level: &str| {

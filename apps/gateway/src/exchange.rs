@@ -591,7 +591,8 @@ mod tests {
         }
     }
 
-    const HOST: HeaderValue = HeaderValue::from_static("backend:8001");
+    /// A static, so a request built by a helper may borrow it.
+    static HOST: HeaderValue = HeaderValue::from_static("backend:8001");
     const TRACEPARENT: &[u8] = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
     /// `sent` as a request for `/`, all its headers forwarded, nothing added.
@@ -599,12 +600,10 @@ mod tests {
         fn all(_: &HeaderName) -> bool {
             true
         }
-        // A static, so the request may borrow it beyond this function.
-        static HOST_HEADER: HeaderValue = HOST;
         OutboundRequest {
             method: &sent.method,
             target: "/",
-            host: &HOST_HEADER,
+            host: &HOST,
             traceparent: TRACEPARENT,
             added: &[],
             headers: &sent.headers,
