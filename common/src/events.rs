@@ -17,13 +17,13 @@ use std::time::Duration;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
+use opentelemetry::trace::TraceContextExt as _;
 use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
-use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 
 use crate::health::Health;
 use crate::metrics::register;
@@ -105,7 +105,8 @@ impl Event {
 
 /// `traceparent` / `tracestate` of the current span, if it belongs to a trace.
 pub fn current_trace_context() -> (Option<String>, Option<String>) {
-    let context = tracing::Span::current().context();
+    let context = opentelemetry::Context::new()
+        .with_remote_span_context(crate::telemetry::span_context(&tracing::Span::current()));
     let mut carrier: HashMap<String, String> = HashMap::new();
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut carrier);
@@ -493,7 +494,7 @@ impl EventBus {
             messaging.message.id = %event.id,
             messaging.consumer.group.name = durable,
         );
-        let _ = span.set_parent(event.trace_context());
+        crate::telemetry::set_parent(&span, event.trace_context());
         let event_type = event.event_type.clone();
         let event_id = event.id.clone();
         let outcome = handler(event).instrument(span.clone()).await;

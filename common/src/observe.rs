@@ -12,10 +12,8 @@ use opentelemetry::trace::{
     Span as _, SpanBuilder, SpanContext, SpanId, SpanKind, TraceContextExt as _, TraceId, Tracer as _,
 };
 use prometheus::IntGauge;
-use rand::Rng as _;
 use tracing::Instrument;
 use tracing::field::Empty;
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::RouteMetrics;
 use crate::platform::Platform;
@@ -198,7 +196,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         pod_name = %platform.identity().pod_name,
         request_id = %request_id,
     );
-    let _ = span.set_parent(propagation::extract(request.headers()));
+    telemetry::set_parent(&span, propagation::extract(request.headers()));
     let trace_id = telemetry::record_trace_ids(&span);
 
     let metrics = platform.metrics();
@@ -432,8 +430,7 @@ impl RouteObserver {
 
 /// The trace ids of an operation observed without a `tracing` span — a request or a call it
 /// makes — and its OpenTelemetry span when this process exports spans. Without an exporter no
-/// span is built: the ids are drawn here (a new trace is marked sampled, as the SDK's default
-/// parent-based sampler would, so services behind this one that export record it).
+/// span is built, only its ids ([`telemetry::new_span_context`]).
 pub struct RequestTrace {
     trace_id: TraceId,
     span_id: SpanId,
@@ -459,18 +456,11 @@ impl RequestTrace {
                 span: Some(Box::new(span)),
             };
         }
-        let mut rng = rand::rng();
-        let (trace_id, sampled) = match &parent {
-            Some(parent) => (parent.trace_id(), parent.is_sampled()),
-            None => (
-                TraceId::from_bytes(rng.random::<u128>().max(1).to_be_bytes()),
-                true,
-            ),
-        };
+        let context = telemetry::new_span_context(parent.as_ref());
         Self {
-            trace_id,
-            span_id: SpanId::from_bytes(rng.random::<u64>().max(1).to_be_bytes()),
-            sampled,
+            trace_id: context.trace_id(),
+            span_id: context.span_id(),
+            sampled: context.is_sampled(),
             span: None,
         }
     }

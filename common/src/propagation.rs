@@ -6,7 +6,6 @@ use std::str::FromStr;
 use opentelemetry::Context;
 use opentelemetry::propagation::Injector;
 use opentelemetry::trace::{SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState};
-use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 struct HeaderInjector<'a>(&'a mut HeaderMap);
 
@@ -31,7 +30,7 @@ pub fn extract(headers: &HeaderMap) -> Context {
 
 /// Write `span`'s context into outbound `headers` so the callee continues the trace.
 pub fn inject(span: &tracing::Span, headers: &mut HeaderMap) {
-    let context = span.context();
+    let context = Context::new().with_remote_span_context(crate::telemetry::span_context(span));
     opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.inject_context(&context, &mut HeaderInjector(headers));
     });

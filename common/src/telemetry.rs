@@ -4,18 +4,23 @@
 //! process) so tests can install a capturing variant ([`init_for_tests`]).
 //!
 //! Spans are always created — with or without an OTLP endpoint — so every request log line has a
-//! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. Export happens only
-//! when an endpoint is configured.
+//! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. With an endpoint,
+//! the OpenTelemetry layer makes each span an SDK span and exports it; without one, nothing would
+//! read those SDK spans, so [`TraceIdsLayer`] only gives each span its ids ([`span_context`],
+//! [`set_parent`] and [`record_trace_ids`] read and set them the same way in both cases).
 
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
 use opentelemetry::KeyValue;
-use opentelemetry::trace::{TraceContextExt, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use rand::Rng as _;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
@@ -78,10 +83,14 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     let (sink, logs) =
         LogSink::start(&settings.identity.name, outputs).context("Failed to start the log writer thread")?;
     let provider = tracer_provider(settings)?;
-    if settings.otlp_endpoint.is_some() {
-        let _ = EXPORTING_TRACER.set(provider.tracer("shopstack"));
+    let exporting = settings
+        .otlp_endpoint
+        .is_some()
+        .then(|| provider.tracer("shopstack"));
+    if let Some(tracer) = &exporting {
+        let _ = EXPORTING_TRACER.set(tracer.clone());
     }
-    let subscriber = build_subscriber(&settings.identity, &settings.log_level, sink, &provider)?;
+    let subscriber = build_subscriber(&settings.identity, &settings.log_level, sink, exporting)?;
     tracing::subscriber::set_global_default(subscriber)
         .context("Failed to install the tracing subscriber (already installed?)")?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -89,32 +98,129 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     Ok(TelemetryGuard { provider, logs })
 }
 
-/// The subscriber: JSON logs filtered by `log_level`, OpenTelemetry spans at INFO and above.
+/// The subscriber: JSON logs filtered by `log_level`; spans at INFO and above, made SDK spans by
+/// `exporting` (the tracer of an exporting provider) or, without one, given their ids only.
 pub fn build_subscriber<W>(
     identity: &ServiceIdentity,
     log_level: &str,
     writer: W,
-    provider: &SdkTracerProvider,
+    exporting: Option<SdkTracer>,
 ) -> anyhow::Result<impl Subscriber + Send + Sync + 'static>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
     // Span creation does not depend on LOG_LEVEL: LOG_LEVEL=warn must not break traces.
-    let span_filter = EnvFilter::try_new(SPAN_DIRECTIVES).context("invalid span filter")?;
-    let tracer = provider.tracer("shopstack");
+    let span_filter = || EnvFilter::try_new(SPAN_DIRECTIVES).context("invalid span filter");
+    let (sdk_spans, ids_only) = match exporting {
+        Some(tracer) => (
+            Some(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_tracked_inactivity(false)
+                    // Nothing here reads OpenTelemetry's "current" context (ids and propagation
+                    // go through the tracing span), and activating it on every poll of every
+                    // instrumented future cost allocations on the hot path.
+                    .with_context_activation(false)
+                    .with_filter(span_filter()?),
+            ),
+            None,
+        ),
+        None => (None, Some(TraceIdsLayer.with_filter(span_filter()?))),
+    };
     Ok(Registry::default()
         .with(SpanFieldsLayer.with_filter(log_layer_filter(log_level)?))
-        .with(
-            tracing_opentelemetry::layer()
-                .with_tracer(tracer)
-                .with_tracked_inactivity(false)
-                // Nothing here reads OpenTelemetry's "current" context (ids and propagation go
-                // through the tracing span), and activating it on every poll of every
-                // instrumented future cost allocations on the hot path.
-                .with_context_activation(false)
-                .with_filter(span_filter),
-        )
+        .with(sdk_spans)
+        .with(ids_only)
         .with(JsonLogLayer::new(identity, writer).with_filter(log_layer_filter(log_level)?)))
+}
+
+/// A span's place in its trace when spans are not exported (kept by [`TraceIdsLayer`]).
+struct TraceIds(SpanContext);
+
+/// Without an OTLP endpoint, all that is read of a span is its ids: the log lines' `trace_id`
+/// and `span_id`, the `traceparent` of the calls made inside it. This layer gives each span
+/// those — its parent's trace (or a new one) and an id of its own — and nothing else. The
+/// OpenTelemetry layer in its place would build a whole SDK span per `tracing` span, attributes
+/// formatted and events recorded, and drop it unread: about a quarter of the catalog's
+/// instructions per request (docs/benchmarks.md, eighth round).
+struct TraceIdsLayer;
+
+impl<S> Layer<S> for TraceIdsLayer
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_new_span(&self, _attrs: &Attributes<'_>, id: &Id, ctx: Context<'_, S>) {
+        let Some(span) = ctx.span(id) else { return };
+        let parent = span
+            .parent()
+            .and_then(|parent| parent.extensions().get::<TraceIds>().map(|ids| ids.0.clone()));
+        span.extensions_mut()
+            .insert(TraceIds(new_span_context(parent.as_ref())));
+    }
+}
+
+/// The context of a new span that is not exported: a child of `parent` (same trace, sampled
+/// flag and trace state), or the root of a new trace, marked sampled as the SDK's default
+/// parent-based sampler would mark it, so the services behind this one that export record it.
+pub fn new_span_context(parent: Option<&SpanContext>) -> SpanContext {
+    let mut rng = rand::rng();
+    let span_id = SpanId::from_bytes(rng.random::<u64>().max(1).to_be_bytes());
+    match parent.filter(|parent| parent.is_valid()) {
+        Some(parent) => SpanContext::new(
+            parent.trace_id(),
+            span_id,
+            parent.trace_flags(),
+            false,
+            parent.trace_state().clone(),
+        ),
+        None => SpanContext::new(
+            TraceId::from_bytes(rng.random::<u128>().max(1).to_be_bytes()),
+            span_id,
+            TraceFlags::SAMPLED,
+            false,
+            TraceState::NONE,
+        ),
+    }
+}
+
+/// Run `f` on `span`'s [`TraceIds`], when it has them (spans are not exported).
+fn with_trace_ids<T>(span: &tracing::Span, f: impl FnOnce(&mut SpanContext) -> T) -> Option<T> {
+    let mut f = Some(f);
+    span.with_subscriber(|(id, dispatch)| {
+        let data = dispatch.downcast_ref::<Registry>()?.span(id)?;
+        let mut extensions = data.extensions_mut();
+        let TraceIds(context) = extensions.get_mut::<TraceIds>()?;
+        f.take().map(|f| f(context))
+    })
+    .flatten()
+}
+
+/// `span`'s trace context: its trace id, its own span id, the sampled flag and trace state
+/// (invalid for a span that was not created: disabled, or no subscriber).
+pub fn span_context(span: &tracing::Span) -> SpanContext {
+    with_trace_ids(span, |context| context.clone())
+        .unwrap_or_else(|| span.context().span().span_context().clone())
+}
+
+/// Continue `parent`'s trace in `span` (a caller's context, read from its `traceparent`); call
+/// it before any span is created inside `span`. An invalid parent (no `traceparent`) leaves
+/// `span` the root of its own trace.
+pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
+    let updated = with_trace_ids(span, |context| {
+        let remote = parent.span().span_context().clone();
+        if remote.is_valid() {
+            *context = SpanContext::new(
+                remote.trace_id(),
+                context.span_id(),
+                remote.trace_flags(),
+                false,
+                remote.trace_state().clone(),
+            );
+        }
+    });
+    if updated.is_none() {
+        let _ = span.set_parent(parent);
+    }
 }
 
 /// The spans traces are made of: INFO and above, without the transport crates' own.
@@ -215,7 +321,7 @@ pub fn init_for_tests() -> &'static LogCapture {
         };
         let identity = Settings::for_tests("test").identity;
         let provider = SdkTracerProvider::builder().build();
-        if let Ok(subscriber) = build_subscriber(&identity, "info", capture.clone(), &provider) {
+        if let Ok(subscriber) = build_subscriber(&identity, "info", capture.clone(), None) {
             let _ = tracing::subscriber::set_global_default(subscriber);
         }
         opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
@@ -229,9 +335,7 @@ pub fn init_for_tests() -> &'static LogCapture {
 /// layer keeps, not through `Span::record`, which would also have copied them into every
 /// exported span as attributes that repeat the span's own ids.
 pub fn record_trace_ids(span: &tracing::Span) -> Option<String> {
-    let context = span.context();
-    let otel_span = context.span();
-    let span_context = otel_span.span_context();
+    let span_context = span_context(span);
     if !span_context.is_valid() {
         return None;
     }
@@ -766,8 +870,7 @@ mod tests {
     fn log_lines(body: impl FnOnce()) -> Vec<Value> {
         let capture = LogCapture::default();
         let identity = Settings::for_tests("unit").identity;
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = build_subscriber(&identity, "debug", capture.clone(), &provider).unwrap();
+        let subscriber = build_subscriber(&identity, "debug", capture.clone(), None).unwrap();
         tracing::subscriber::with_default(subscriber, body);
         capture.json_lines()
     }
@@ -877,18 +980,20 @@ mod tests {
     fn nothing_more_verbose_than_the_filters_allow_is_built() {
         let identity = Settings::for_tests("unit").identity;
         let provider = SdkTracerProvider::builder().build();
-        let hint = |log_level: &str| {
-            build_subscriber(&identity, log_level, LogCapture::default(), &provider)
-                .unwrap()
-                .max_level_hint()
-        };
-        // Spans are made at INFO whatever LOG_LEVEL says (traces don't depend on it).
-        assert_eq!(hint("info"), Some(LevelFilter::INFO));
-        assert_eq!(hint("warn"), Some(LevelFilter::INFO));
-        assert_eq!(hint("debug"), Some(LevelFilter::DEBUG));
+        for exporting in [None, Some(provider.tracer("unit"))] {
+            let hint = |log_level: &str| {
+                build_subscriber(&identity, log_level, LogCapture::default(), exporting.clone())
+                    .unwrap()
+                    .max_level_hint()
+            };
+            // Spans are made at INFO whatever LOG_LEVEL says (traces don't depend on it).
+            assert_eq!(hint("info"), Some(LevelFilter::INFO));
+            assert_eq!(hint("warn"), Some(LevelFilter::INFO));
+            assert_eq!(hint("debug"), Some(LevelFilter::DEBUG));
+        }
 
         let capture = LogCapture::default();
-        let subscriber = build_subscriber(&identity, "info", capture.clone(), &provider).unwrap();
+        let subscriber = build_subscriber(&identity, "info", capture.clone(), None).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             assert!(!tracing::enabled!(target: "h2::proto::connection", tracing::Level::TRACE));
             let span = tracing::info_span!("outer", route = "from-span");
@@ -900,7 +1005,7 @@ mod tests {
         // At LOG_LEVEL=warn a warning inside a request's (INFO) span still inherits its fields;
         // the span's own INFO lines stay out.
         let capture = LogCapture::default();
-        let subscriber = build_subscriber(&identity, "warn", capture.clone(), &provider).unwrap();
+        let subscriber = build_subscriber(&identity, "warn", capture.clone(), None).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             let span = tracing::info_span!("outer", route = "from-span");
             let _span = span.enter();
@@ -913,6 +1018,71 @@ mod tests {
             (&lines[0]["message"], &lines[0]["route"]),
             (&Value::from("written"), &Value::from("from-span"))
         );
+    }
+
+    /// What is read of a span's trace — its ids in the log lines, the `traceparent` and
+    /// `tracestate` of a call made inside it — is the same whether the span is an SDK span
+    /// (exported) or only has its ids (not exported).
+    #[test]
+    fn a_spans_trace_reads_the_same_exported_or_not() {
+        opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
+        let identity = Settings::for_tests("unit").identity;
+        let provider = SdkTracerProvider::builder().build();
+        let caller_trace = TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        let caller_span = SpanId::from_hex("00f067aa0ba902b7").unwrap();
+        for exporting in [None, Some(provider.tracer("unit"))] {
+            let mode = if exporting.is_some() {
+                "exported"
+            } else {
+                "ids only"
+            };
+            for flags in [TraceFlags::SAMPLED, TraceFlags::default()] {
+                let capture = LogCapture::default();
+                let subscriber =
+                    build_subscriber(&identity, "info", capture.clone(), exporting.clone()).unwrap();
+                let (server, client, headers) = tracing::subscriber::with_default(subscriber, || {
+                    let state = TraceState::from_key_value([("vendor", "value")]).unwrap();
+                    let caller = SpanContext::new(caller_trace, caller_span, flags, true, state);
+                    let span = tracing::info_span!("server");
+                    set_parent(
+                        &span,
+                        opentelemetry::Context::new().with_remote_span_context(caller),
+                    );
+                    let trace_id = record_trace_ids(&span);
+                    let _server = span.enter();
+                    let call = tracing::info_span!("client");
+                    let mut headers = axum::http::HeaderMap::new();
+                    crate::propagation::inject(&call, &mut headers);
+                    tracing::info!("inside");
+                    assert_eq!(trace_id, Some(caller_trace.to_string()), "{mode}");
+                    (span_context(&span), span_context(&call), headers)
+                });
+                for context in [&server, &client] {
+                    assert!(context.is_valid(), "{mode}");
+                    assert_eq!(context.trace_id(), caller_trace, "{mode}");
+                    assert_eq!(context.is_sampled(), flags.is_sampled(), "{mode}");
+                }
+                assert!(server.span_id() != caller_span && client.span_id() != server.span_id());
+                let expected =
+                    crate::propagation::traceparent_text(caller_trace, client.span_id(), flags.is_sampled());
+                assert_eq!(headers["traceparent"].as_bytes(), &expected[..], "{mode}");
+                assert_eq!(headers["tracestate"], "vendor=value", "{mode}");
+                let line = &capture.json_lines()[0];
+                assert_eq!(line["trace_id"], caller_trace.to_string(), "{mode}");
+                assert_eq!(line["span_id"], server.span_id().to_string(), "{mode}");
+            }
+            // Without a caller: a trace of its own, sampled (the default parent-based sampler).
+            let subscriber = build_subscriber(&identity, "info", LogCapture::default(), exporting).unwrap();
+            let (root, child) = tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("server");
+                set_parent(&span, opentelemetry::Context::new());
+                let child = span.in_scope(|| tracing::info_span!("client"));
+                (span_context(&span), span_context(&child))
+            });
+            assert!(root.is_valid() && root.is_sampled(), "{mode}");
+            assert_eq!(child.trace_id(), root.trace_id(), "{mode}");
+            assert_ne!(child.span_id(), root.span_id(), "{mode}");
+        }
     }
 
     #[test]
@@ -950,8 +1120,7 @@ mod tests {
         }
         let capture = LogCapture::default();
         let identity = Settings::for_tests("unit").identity;
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = build_subscriber(&identity, "info", capture.clone(), &provider).unwrap();
+        let subscriber = build_subscriber(&identity, "info", capture.clone(), None).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(
                 service = tracing::field::Empty,
@@ -975,8 +1144,7 @@ mod tests {
     fn an_event_can_name_its_own_service_target_or_message_free_line() {
         let capture = LogCapture::default();
         let identity = Settings::for_tests("unit").identity;
-        let provider = SdkTracerProvider::builder().build();
-        let subscriber = build_subscriber(&identity, "info", capture.clone(), &provider).unwrap();
+        let subscriber = build_subscriber(&identity, "info", capture.clone(), None).unwrap();
         tracing::subscriber::with_default(subscriber, || {
             tracing::info!(service = "other", target = "elsewhere");
         });
