@@ -141,7 +141,7 @@ struct TraceIds(SpanContext);
 /// and `span_id`, the `traceparent` of the calls made inside it. This layer gives each span
 /// those — its parent's trace (or a new one) and an id of its own — and nothing else. The
 /// OpenTelemetry layer in its place would build a whole SDK span per `tracing` span, attributes
-/// formatted and events recorded, and drop it unread: about a quarter of the catalog's
+/// formatted and events recorded, and drop it unread: a fifth to a quarter of the catalog's
 /// instructions per request (docs/benchmarks.md, eighth round).
 struct TraceIdsLayer;
 
