@@ -430,7 +430,7 @@ impl RouteObserver {
 
 /// The trace ids of an operation observed without a `tracing` span — a request or a call it
 /// makes — and its OpenTelemetry span when this process exports spans. Without an exporter no
-/// span is built, only its ids ([`telemetry::new_span_context`]).
+/// span is built, only its ids (`telemetry::new_span_context`).
 pub struct RequestTrace {
     trace_id: TraceId,
     span_id: SpanId,

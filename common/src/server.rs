@@ -180,7 +180,7 @@ fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     builder.enable_all().build()
 }
 
-/// Run `main`, a service binary's whole life, on its [`runtime`].
+/// Run `main`, a service binary's whole life, on its `runtime`.
 pub fn block_on(main: impl Future<Output = ExitCode>) -> ExitCode {
     match runtime() {
         Ok(runtime) => runtime.block_on(main),

@@ -6,7 +6,7 @@
 //! Spans are always created — with or without an OTLP endpoint — so every request log line has a
 //! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. With an endpoint,
 //! the OpenTelemetry layer makes each span an SDK span and exports it; without one, nothing would
-//! read those SDK spans, so [`TraceIdsLayer`] only gives each span its ids ([`span_context`],
+//! read those SDK spans, so `TraceIdsLayer` only gives each span its ids ([`span_context`],
 //! [`set_parent`] and [`record_trace_ids`] read and set them the same way in both cases).
 
 use std::io::Write;
@@ -162,7 +162,7 @@ where
 /// The context of a new span that is not exported: a child of `parent` (same trace, sampled
 /// flag and trace state), or the root of a new trace, marked sampled as the SDK's default
 /// parent-based sampler would mark it, so the services behind this one that export record it.
-pub fn new_span_context(parent: Option<&SpanContext>) -> SpanContext {
+pub(crate) fn new_span_context(parent: Option<&SpanContext>) -> SpanContext {
     let mut rng = rand::rng();
     let span_id = SpanId::from_bytes(rng.random::<u64>().max(1).to_be_bytes());
     match parent.filter(|parent| parent.is_valid()) {
@@ -789,7 +789,7 @@ struct FieldVisitor {
     server_span: bool,
 }
 
-/// The span whose request attributes are also log fields ([`log_name`]).
+/// The span whose request attributes are also log fields (`log_name`).
 pub const SERVER_SPAN: &str = "http.server.request";
 
 /// A span field's name in log lines, or `None` for a trace-only attribute. A server span's

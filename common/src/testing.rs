@@ -328,7 +328,7 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     /// Start `binary` on a free loopback port (`PORT=0`, `BIND_ADDR=127.0.0.1`) with `env`
-    /// on top of the test's environment minus [`SERVICE_VARIABLES`], and wait up to 30 s for
+    /// on top of the test's environment minus `SERVICE_VARIABLES`, and wait up to 30 s for
     /// its "listening" log line.
     pub fn spawn(binary: &std::path::Path, env: &[(&str, &str)]) -> anyhow::Result<Self> {
         Self::spawn_with(binary, env, None)
