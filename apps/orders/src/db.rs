@@ -1,7 +1,7 @@
 //! The orders database: SQLite (the embedded default, a file under `./data/`) or PostgreSQL
 //! (`DATABASE_URL=postgres://…`), one schema, migrations embedded in the binary.
 //!
-//! Queries are written once and run on either engine through [`on_db!`], which expands the body
+//! Queries are written once and run on either engine through `on_db!`, which expands the body
 //! once per engine, so each runs with that engine's native types (UUID and TIMESTAMPTZ on
 //! PostgreSQL, text on SQLite). Placeholders are `$1, $2, …`, which both engines accept.
 
