@@ -138,6 +138,14 @@ pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
+/// Lowercase hex of `bytes` as a `String` — what `TraceId`/`SpanId` display, without the
+/// formatting machinery (≈ 700 instructions per id through `to_string`).
+pub fn hex_string(bytes: &[u8]) -> String {
+    let mut out = vec![0; bytes.len() * 2];
+    write_hex(&mut out, bytes);
+    String::from_utf8(out).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -265,5 +273,18 @@ mod tests {
             traceparent(trace_id, span_id, true),
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         );
+    }
+
+    #[test]
+    fn hex_strings_are_what_the_ids_display() {
+        for (trace, span) in [
+            (1u128, 1u64),
+            (u128::MAX, u64::MAX),
+            (0x0af7_6519_16cd_43dd_8448_eb21_1c80_319c, 0x00f0_67aa_0ba9_02b7),
+        ] {
+            let (trace, span) = (TraceId::from(trace), SpanId::from(span));
+            assert_eq!(hex_string(&trace.to_bytes()), trace.to_string());
+            assert_eq!(hex_string(&span.to_bytes()), span.to_string());
+        }
     }
 }

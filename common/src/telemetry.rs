@@ -349,8 +349,8 @@ pub fn record_trace_ids(span: &tracing::Span) -> Option<String> {
     if !span_context.is_valid() {
         return None;
     }
-    let trace_id = span_context.trace_id().to_string();
-    let span_id = span_context.span_id().to_string();
+    let trace_id = crate::propagation::hex_string(&span_context.trace_id().to_bytes());
+    let span_id = crate::propagation::hex_string(&span_context.span_id().to_bytes());
     span.with_subscriber(|(id, dispatch)| {
         let Some(data) = dispatch
             .downcast_ref::<Registry>()
