@@ -131,7 +131,10 @@ impl<F: Front> Server<F> {
         };
         let connections = GracefulShutdown::new();
         // HTTP/1.1 only (no service speaks HTTP/2; nothing upgrades connections).
-        let http = hyper::server::conn::http1::Builder::new();
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // An answer's head and body copied into one buffer and sent with one `write`, rather
+        // than queued apart for a `writev`: our bodies are small JSON (docs/benchmarks.md).
+        http.writev(false);
         tokio::pin!(graceful);
         loop {
             let (stream, peer) = tokio::select! {
