@@ -566,6 +566,34 @@ async fn readiness_fails_first_and_in_flight_requests_finish_on_shutdown() {
     server.stop().await.unwrap();
 }
 
+/// An idle keep-alive connection is closed at shutdown, not waited for until the grace period
+/// (5 s in test settings) runs out.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed_at_shutdown() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = spawn().await;
+    let mut idle = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    idle.write_all(b"GET /livez HTTP/1.1\r\nhost: catalog\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let read = idle.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&answer[..read])
+    );
+
+    tokio::time::timeout(Duration::from_secs(3), server.stop())
+        .await
+        .expect("shutdown must not wait out the grace period for an idle connection")
+        .unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(1), idle.read(&mut answer))
+        .await
+        .expect("the server closes the idle connection");
+    assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
+}
+
 /// The real binary: SIGTERM → readiness fails, the in-flight request finishes, exit code 0.
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
