@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke lint fmt clean load-test \
+.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke gateway-pgo lint fmt clean load-test \
 	observability-tools check-observability compose-up compose-down docker-build schemathesis
 
 # Docker: `docker compose` (v2) when present, else Debian's docker-compose (validation only).
@@ -56,7 +56,11 @@ bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose v
 bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
 	$(CARGO) build --bins -p gateway -p catalog -p cart -p orders -p loadtest
 	$(CARGO) build -p gateway --example otlp_sink
+	python3 ops/pgo.py --debug --seconds 1 --no-service-build
 	python3 ops/bench/bench.py --smoke --no-build
+
+gateway-pgo: ## Build the gateway with profile-guided optimisation → target/pgo/release/gateway
+	python3 ops/pgo.py
 
 schemathesis: ## Fuzz every served OpenAPI document (st run --checks all; installs schemathesis in a venv)
 	./ops/schemathesis/run.sh

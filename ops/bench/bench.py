@@ -109,7 +109,7 @@ def rss_kib(pid):
 class Service:
     """One ShopStack binary, pinned to the server core."""
 
-    def __init__(self, bins, name, port, env):
+    def __init__(self, bins, name, port, env, binary=None):
         self.name, self.port = name, port
         base = {
             "PATH": os.environ.get("PATH", ""),
@@ -124,7 +124,8 @@ class Service:
         base.update(env)
         self.log_path = Path(tempfile.gettempdir()) / f"shopstack-bench-{name}-{port}.log"
         self.log_file = open(self.log_path, "w")
-        self.process = subprocess.Popen(pinned(SERVER_CORE, [str(bins / name.split("-")[0])]), env=base,
+        binary = binary or bins / name.split("-")[0]
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [str(binary)]), env=base,
                                         stdout=self.log_file, stderr=subprocess.STDOUT)
         wait_ready(self.url("/readyz"))
 
@@ -286,6 +287,10 @@ class Bench:
         self.args = args
         target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
         self.bins = target / ("debug" if args.smoke else "release")
+        # The gateway measured is the PGO build (`make gateway-pgo`) when there is one; the plain
+        # build runs beside it in the proxy cases, so every run shows what PGO is worth.
+        pgo = target / "pgo" / self.bins.name / "gateway"
+        self.pgo_gateway = pgo if args.pgo and pgo.exists() else None
         self.results = {}
         self.memory = {}
         self.generators = {}
@@ -296,12 +301,13 @@ class Bench:
     def catalog(self, extra=None):
         return Service(self.bins, "catalog", free_port(), extra or {})
 
-    def gateway(self, catalog, cart=None, extra=None, orders=None):
+    def gateway(self, catalog, cart=None, extra=None, orders=None, plain=False):
         env = {"CATALOG_SERVICE_URL": catalog.url(""),
                "CART_SERVICE_URL": cart.url("") if cart else "http://127.0.0.1:9",
                "ORDERS_SERVICE_URL": orders.url("") if orders else "http://127.0.0.1:9"}
         env.update(extra or {})
-        return Service(self.bins, "gateway", free_port(), env)
+        binary = None if plain else self.pgo_gateway
+        return Service(self.bins, "gateway", free_port(), env, binary=binary)
 
     def run_case(self, name, url, script=None, processes=None):
         """One wrk run; with `processes` ({label: pid}), also the user and system CPU each spent
@@ -329,6 +335,7 @@ class Bench:
         catalog = self.catalog()
         gateway = self.gateway(catalog)
         quiet = self.gateway(catalog, extra={"LOG_LEVEL": "warn"})
+        plain = self.gateway(catalog, plain=True) if self.pgo_gateway else None
         nginx = Nginx(catalog.port)
         try:
             path = f"/catalog/{PRODUCT}"
@@ -337,6 +344,9 @@ class Bench:
                      ("gateway-nolog", quiet.url(path), {"proxy": quiet.process.pid, "catalog": catalog.process.pid}),
                      ("nginx", f"http://127.0.0.1:{nginx.port}{path}",
                       {"proxy": nginx.process.pid, "catalog": catalog.process.pid})]
+            if plain:
+                cases.insert(2, ("gateway-plain", plain.url(path),
+                                 {"proxy": plain.process.pid, "catalog": catalog.process.pid}))
             if repeat % 2:
                 cases.reverse()
             for name, url, processes in cases:
@@ -344,6 +354,8 @@ class Bench:
                     self.run_case(name, url, processes=processes)
         finally:
             nginx.stop()
+            if plain:
+                plain.stop()
             quiet.stop()
             gateway.stop()
             catalog.stop()
@@ -534,6 +546,7 @@ class Bench:
         ratio("gateway / nginx throughput", "gateway", "nginx", target=1.0)
         # No target: what the gateway's proxying alone does against nginx with its access log.
         ratio("gateway without access log / nginx throughput", "gateway-nolog", "nginx")
+        ratio("gateway without PGO (plain release build) / nginx throughput", "gateway-plain", "nginx")
         if all(k in med for k in ("gateway", "nginx", "direct")):
             # (gateway p99 − direct p99) − (nginx p99 − direct p99), per round, median.
             rounds = zip(self.results["gateway"]["runs"], self.results["nginx"]["runs"])
@@ -547,7 +560,7 @@ class Bench:
         for name, values in self.memory.items():
             goal(f"idle RSS {name} (MiB)", values["idle_mib"], 20.0, "lower")
         summary = {"cases": med, "raw": self.results, "memory": self.memory, "generators": self.generators,
-                   "goals": goals, "notes": self.notes}
+                   "goals": goals, "notes": self.notes, "gateway_pgo": self.pgo_gateway is not None}
         return summary
 
 
@@ -610,7 +623,9 @@ def write_markdown(summary, args, path):
         f"`make bench` on {datetime.date.today().isoformat()}, commit `{commit}`, {cpu}, {os.cpu_count()} cores, "
         f"Linux {platform.release()}. Servers pinned to core {SERVER_CORE}, load generator to core {LOAD_CORE}; "
         f"wrk 1 thread × {args.connections} connections, {args.duration} s per run, {args.repeats} runs per case in "
-        f"alternating order, medians shown; each goal's ratio is the median of the per-round ratios. Simulation off; {'debug (smoke)' if args.smoke else 'release'} builds.",
+        f"alternating order, medians shown; each goal's ratio is the median of the per-round ratios. Simulation off; {'debug (smoke)' if args.smoke else 'release'} builds"
+        + ("; the gateway's cases use its PGO build (`make gateway-pgo`), `gateway-plain` the same code built plainly."
+           if summary.get("gateway_pgo") else "; the gateway is the plain build (no PGO)."),
         "",
         "| case | requests/s | p50 (ms) | p99 (ms) | non-2xx |",
         "|---|---:|---:|---:|---:|",
@@ -666,6 +681,8 @@ def main():
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
     parser.add_argument("--json", default=str(ROOT / "reports" / "bench.json"))
     parser.add_argument("--no-build", action="store_true")
+    parser.add_argument("--no-pgo", dest="pgo", action="store_false",
+                        help="measure the plain release gateway only (no `ops/pgo.py` build)")
     args = parser.parse_args()
     if args.smoke:
         args.duration, args.repeats = 1, 1
@@ -680,6 +697,10 @@ def main():
             packages += ["-p", "loadtest"]
         subprocess.run(["cargo", "build", *profile, *packages], cwd=ROOT, check=True)
         subprocess.run(["cargo", "build", *profile, "-p", "gateway", "--example", "otlp_sink"], cwd=ROOT, check=True)
+        if args.pgo:
+            subprocess.run([sys.executable, str(ROOT / "ops" / "pgo.py"), "--no-service-build",
+                            *(["--debug", "--seconds", "1"] if args.smoke else [])],
+                           cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
     summary = Bench(args).run()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2))
