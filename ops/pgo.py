@@ -94,8 +94,11 @@ def llvm_profdata():
     if found is None and shutil.which("apt-get") and os.geteuid() == 0:
         log(f"installing llvm-{major} (llvm-profdata) from Debian's packages")
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "install", "-y", "-q", f"llvm-{major}"], check=True, env=env,
-                       stdout=subprocess.DEVNULL)
+        install = ["apt-get", "install", "-y", "-q", f"llvm-{major}"]
+        if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+            # A fresh machine's package lists may predate the package.
+            subprocess.run(["apt-get", "update", "-q"], env=env, stdout=subprocess.DEVNULL, check=True)
+            subprocess.run(install, env=env, stdout=subprocess.DEVNULL, check=True)
         found = f"/usr/lib/llvm-{major}/bin/llvm-profdata"
     if found is None or not os.access(found, os.X_OK):
         sys.exit(f"pgo: no llvm-profdata for LLVM {major}: `rustup component add llvm-tools` "
