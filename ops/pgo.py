@@ -12,7 +12,9 @@ Steps, each build in its own target directory (the workspace's own builds are le
   1. an instrumented gateway (`-Cprofile-generate`) in <target>/pgo-generate;
   2. training: a catalog and an in-memory cart (built as usual) on free loopback ports, the
      instrumented gateway in front, wrk driving a mix of proxied requests for --seconds (product
-     reads, the listing, an unknown product, cart adds and reads); SIGTERM makes it write its profile;
+     reads, the listing, an unknown product, cart adds and reads), then half as long again with
+     every span exported to a local OTLP sink (the gateway's `otlp_sink` example); SIGTERM makes
+     each run write its profile;
   3. the profile merged by the llvm-profdata that matches rustc's LLVM (rustup's llvm-tools, or
      Debian's llvm-<major>, installed from Debian's packages when missing);
   4. the gateway built with `-Cprofile-use` into <target>/pgo/<profile>/gateway, whose path is
@@ -107,13 +109,15 @@ def llvm_profdata():
     return found
 
 
-def cargo_build(profile_args, packages, target, rustflags=""):
+def cargo_build(profile_args, packages, target, rustflags="", example=None):
     env = dict(os.environ, CARGO_TARGET_DIR=str(target))
     if rustflags:
         env["RUSTFLAGS"] = f"{os.environ.get('RUSTFLAGS', '')} {rustflags}".strip()
     argv = ["cargo", "build", *profile_args]
     for package in packages:
         argv += ["-p", package]
+    if example:
+        argv += ["--example", example]
     subprocess.run(argv, cwd=ROOT, env=env, check=True)
 
 
@@ -149,11 +153,28 @@ def stop(process):
             process.wait()
 
 
+def drive(instrumented, port, env, script, seconds, log_file):
+    """One instrumented gateway under the training mix for `seconds`, then stopped (SIGTERM makes
+    it write its profile as it exits)."""
+    gateway = start(instrumented, port, env, log_file)
+    try:
+        output = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}"],
+                                capture_output=True, text=True, check=True).stdout
+    finally:
+        stop(gateway)
+    requests = int(re.search(r"(\d+) requests in", output).group(1))
+    failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    failed = int(failed.group(1)) if failed else 0
+    return requests, failed
+
+
 def train(instrumented, services, profiles, seconds):
-    """Run the instrumented gateway under the training mix; its profile lands in `profiles`."""
+    """Run the instrumented gateway under the training mix, first as deployed by default, then
+    exporting every span to a local OTLP sink (so the exporter's path is profiled too); the
+    profiles land in `profiles`."""
     shutil.rmtree(profiles, ignore_errors=True)
     profiles.mkdir(parents=True)
-    catalog_port, cart_port, gateway_port = free_port(), free_port(), free_port()
+    catalog_port, cart_port, sink_port = free_port(), free_port(), free_port()
     workdir = Path(tempfile.mkdtemp(prefix="shopstack-pgo-"))
     script = workdir / "mix.lua"
     script.write_text(TRAINING_SCRIPT)
@@ -168,31 +189,29 @@ def train(instrumented, services, profiles, seconds):
             urllib.request.urlopen(request, timeout=5).close()
             running.append(start(services / "cart", cart_port,
                                  {"CATALOG_SERVICE_URL": f"http://127.0.0.1:{catalog_port}"}, log_file))
-            gateway = start(instrumented, gateway_port, {
-                "CATALOG_SERVICE_URL": f"http://127.0.0.1:{catalog_port}",
-                "CART_SERVICE_URL": f"http://127.0.0.1:{cart_port}",
-                "ORDERS_SERVICE_URL": "http://127.0.0.1:9",
-                "LLVM_PROFILE_FILE": str(profiles / "gateway-%p-%m.profraw")}, log_file)
-            running.append(gateway)
-            output = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script),
-                                     f"http://127.0.0.1:{gateway_port}"],
-                                    capture_output=True, text=True, check=True).stdout
-            requests = int(re.search(r"(\d+) requests in", output).group(1))
-            failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-            failed = int(failed.group(1)) if failed else 0
-            log(f"trained on {requests} requests in {seconds} s ({failed} answered non-2xx)")
-            # One in eight is meant to be a 404; far more means the stack was not serving, and a
-            # profile of error paths would make the build slower, not faster.
-            if not requests or failed > requests // 4:
-                raise RuntimeError(f"training load mostly failed ({failed} of {requests} non-2xx)")
-            stop(gateway)  # the profile is written as the process exits
+            running.append(subprocess.Popen([str(services / "examples" / "otlp_sink"), "--port", str(sink_port)],
+                                            stdout=log_file, stderr=subprocess.STDOUT))
+            backends = {"CATALOG_SERVICE_URL": f"http://127.0.0.1:{catalog_port}",
+                        "CART_SERVICE_URL": f"http://127.0.0.1:{cart_port}",
+                        "ORDERS_SERVICE_URL": "http://127.0.0.1:9",
+                        "LLVM_PROFILE_FILE": str(profiles / "gateway-%p-%m.profraw")}
+            exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                         "OTEL_TRACES_SAMPLER": "always_on"}
+            for label, env, duration in (("default", backends, seconds),
+                                         ("exporting spans", {**backends, **exporting}, max(1, seconds // 2))):
+                requests, failed = drive(instrumented, free_port(), env, script, duration, log_file)
+                log(f"trained ({label}) on {requests} requests in {duration} s ({failed} answered non-2xx)")
+                # One in eight is meant to be a 404; far more means the stack was not serving,
+                # and a profile of error paths would make the build slower, not faster.
+                if not requests or failed > requests // 4:
+                    raise RuntimeError(f"training load mostly failed ({failed} of {requests} non-2xx)")
         finally:
             for process in reversed(running):
                 stop(process)
             shutil.rmtree(workdir, ignore_errors=True)
     written = sorted(profiles.glob("*.profraw"))
-    if not written:
-        raise RuntimeError("the instrumented gateway wrote no profile")
+    if len(written) < 2:
+        raise RuntimeError("the instrumented gateway did not write its profiles")
     return written
 
 
@@ -201,7 +220,7 @@ def main():
     parser.add_argument("--debug", action="store_true", help="debug builds (a quick check of the steps)")
     parser.add_argument("--seconds", type=int, default=10, help="training load duration")
     parser.add_argument("--no-service-build", dest="build_services", action="store_false",
-                        help="the catalog and cart are built already (by the caller)")
+                        help="the catalog, cart and otlp_sink example are built already (by the caller)")
     args = parser.parse_args()
     if not shutil.which("wrk"):
         sys.exit("pgo: wrk is needed for the training load (apt-get install wrk)")
@@ -215,7 +234,9 @@ def main():
     if args.build_services:
         cargo_build(profile_args, SERVICE_PACKAGES, target)
     services = target / profile_dir
-    missing = [name for name in ("catalog", "cart") if not (services / name).exists()]
+    if args.build_services:
+        cargo_build(profile_args, ["gateway"], target, example="otlp_sink")
+    missing = [name for name in ("catalog", "cart", "examples/otlp_sink") if not (services / name).exists()]
     if missing:
         sys.exit(f"pgo: {', '.join(missing)} not built in {services} (drop --no-service-build to build them)")
     cargo_build(profile_args, ["gateway"], generate_target, f"-Cprofile-generate={profiles}")
