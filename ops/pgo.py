@@ -32,15 +32,14 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "ops" / "bench"))
+from bench import free_port, http, wait_ready  # noqa: E402  (the bench's helpers, one copy)
 ADMIN_TOKEN = "pgo-training-admin-token"
 # What `make bench` and `make bench-smoke` build, in one cargo invocation: the same set here gives
 # the same feature unification, so the two never rebuild each other's binaries.
@@ -71,12 +70,6 @@ end
 
 def log(message):
     print(f"[pgo] {message}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def target_dir():
@@ -121,25 +114,12 @@ def cargo_build(profile_args, packages, target, rustflags="", example=None):
     subprocess.run(argv, cwd=ROOT, env=env, check=True)
 
 
-def wait_ready(port, seconds=60):
-    deadline = time.time() + seconds
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"127.0.0.1:{port} did not become ready")
-
-
 def start(binary, port, env, log_file):
     full_env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "BIND_ADDR": "127.0.0.1",
                 "SIMULATION": "off", "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "info",
                 "SHUTDOWN_DRAIN_MS": "0", **env}
     process = subprocess.Popen([str(binary)], env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    wait_ready(port)
+    wait_ready(f"http://127.0.0.1:{port}/readyz", seconds=60)
     return process
 
 
@@ -182,11 +162,8 @@ def train(instrumented, services, profiles, seconds):
     with open(workdir / "services.log", "w") as log_file:
         try:
             running.append(start(services / "catalog", catalog_port, {}, log_file))
-            request = urllib.request.Request(f"http://127.0.0.1:{catalog_port}/admin/stock/prod-123",
-                                             data=b'{"stock":1000000000}', method="PUT",
-                                             headers={"authorization": f"Bearer {ADMIN_TOKEN}",
-                                                      "content-type": "application/json"})
-            urllib.request.urlopen(request, timeout=5).close()
+            http("PUT", f"http://127.0.0.1:{catalog_port}/admin/stock/prod-123", {"stock": 1_000_000_000},
+                 {"authorization": f"Bearer {ADMIN_TOKEN}"})
             running.append(start(services / "cart", cart_port,
                                  {"CATALOG_SERVICE_URL": f"http://127.0.0.1:{catalog_port}"}, log_file))
             running.append(subprocess.Popen([str(services / "examples" / "otlp_sink"), "--port", str(sink_port)],
@@ -247,6 +224,8 @@ def main():
     digest = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12]
     merged = use_target / f"gateway-{digest}.profdata"
     merged.parent.mkdir(parents=True, exist_ok=True)
+    for stale in merged.parent.glob("gateway*.profdata"):
+        stale.unlink()
     subprocess.run([profdata_tool, "merge", "-o", str(merged), *map(str, raw)], check=True)
     log("building the gateway with the profile")
     cargo_build(profile_args, ["gateway"], use_target, f"-Cprofile-use={merged}")
