@@ -31,7 +31,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -39,8 +38,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ops" / "bench"))
-from bench import free_port, http, wait_ready  # noqa: E402  (the bench's helpers, one copy)
-ADMIN_TOKEN = "pgo-training-admin-token"
+# The bench's way of running a service (environment, readiness, SIGTERM), one copy of it.
+from bench import ADMIN_TOKEN, Service, free_port, http  # noqa: E402
 # What `make bench` and `make bench-smoke` build, in one cargo invocation: the same set here gives
 # the same feature unification, so the two never rebuild each other's binaries.
 SERVICE_PACKAGES = ["gateway", "catalog", "cart", "orders", "loadtest"]
@@ -114,34 +113,15 @@ def cargo_build(profile_args, packages, target, rustflags="", example=None):
     subprocess.run(argv, cwd=ROOT, env=env, check=True)
 
 
-def start(binary, port, env, log_file):
-    full_env = {"PATH": os.environ.get("PATH", ""), "PORT": str(port), "BIND_ADDR": "127.0.0.1",
-                "SIMULATION": "off", "ADMIN_TOKEN": ADMIN_TOKEN, "LOG_LEVEL": "info",
-                "SHUTDOWN_DRAIN_MS": "0", **env}
-    process = subprocess.Popen([str(binary)], env=full_env, stdout=log_file, stderr=subprocess.STDOUT)
-    wait_ready(f"http://127.0.0.1:{port}/readyz", seconds=60)
-    return process
-
-
-def stop(process):
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
-def drive(instrumented, port, env, script, seconds, log_file):
+def drive(instrumented, services, env, script, seconds):
     """One instrumented gateway under the training mix for `seconds`, then stopped (SIGTERM makes
     it write its profile as it exits)."""
-    gateway = start(instrumented, port, env, log_file)
+    gateway = Service(services, "gateway", free_port(), env, binary=instrumented)
     try:
-        output = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script), f"http://127.0.0.1:{port}"],
+        output = subprocess.run(["wrk", "-t1", "-c32", f"-d{seconds}s", "-s", str(script), gateway.url("")],
                                 capture_output=True, text=True, check=True).stdout
     finally:
-        stop(gateway)
+        gateway.stop()
     requests = int(re.search(r"(\d+) requests in", output).group(1))
     failed = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     failed = int(failed.group(1)) if failed else 0
@@ -154,38 +134,41 @@ def train(instrumented, services, profiles, seconds):
     profiles land in `profiles`."""
     shutil.rmtree(profiles, ignore_errors=True)
     profiles.mkdir(parents=True)
-    catalog_port, cart_port, sink_port = free_port(), free_port(), free_port()
+    sink_port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="shopstack-pgo-"))
     script = workdir / "mix.lua"
     script.write_text(TRAINING_SCRIPT)
     running = []
-    with open(workdir / "services.log", "w") as log_file:
-        try:
-            running.append(start(services / "catalog", catalog_port, {}, log_file))
-            http("PUT", f"http://127.0.0.1:{catalog_port}/admin/stock/prod-123", {"stock": 1_000_000_000},
-                 {"authorization": f"Bearer {ADMIN_TOKEN}"})
-            running.append(start(services / "cart", cart_port,
-                                 {"CATALOG_SERVICE_URL": f"http://127.0.0.1:{catalog_port}"}, log_file))
-            running.append(subprocess.Popen([str(services / "examples" / "otlp_sink"), "--port", str(sink_port)],
-                                            stdout=log_file, stderr=subprocess.STDOUT))
-            backends = {"CATALOG_SERVICE_URL": f"http://127.0.0.1:{catalog_port}",
-                        "CART_SERVICE_URL": f"http://127.0.0.1:{cart_port}",
-                        "ORDERS_SERVICE_URL": "http://127.0.0.1:9",
-                        "LLVM_PROFILE_FILE": str(profiles / "gateway-%p-%m.profraw")}
-            exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-                         "OTEL_TRACES_SAMPLER": "always_on"}
-            for label, env, duration in (("default", backends, seconds),
-                                         ("exporting spans", {**backends, **exporting}, max(1, seconds // 2))):
-                requests, failed = drive(instrumented, free_port(), env, script, duration, log_file)
-                log(f"trained ({label}) on {requests} requests in {duration} s ({failed} answered non-2xx)")
-                # One in eight is meant to be a 404; far more means the stack was not serving,
-                # and a profile of error paths would make the build slower, not faster.
-                if not requests or failed > requests // 4:
-                    raise RuntimeError(f"training load mostly failed ({failed} of {requests} non-2xx)")
-        finally:
-            for process in reversed(running):
-                stop(process)
-            shutil.rmtree(workdir, ignore_errors=True)
+    sink = None
+    try:
+        catalog = Service(services, "catalog", free_port(), {})
+        running.append(catalog)
+        http("PUT", catalog.url("/admin/stock/prod-123"), {"stock": 1_000_000_000},
+             {"authorization": f"Bearer {ADMIN_TOKEN}"})
+        cart = Service(services, "cart", free_port(), {"CATALOG_SERVICE_URL": catalog.url("")})
+        running.append(cart)
+        sink = subprocess.Popen([str(services / "examples" / "otlp_sink"), "--port", str(sink_port)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        backends = {"CATALOG_SERVICE_URL": catalog.url(""), "CART_SERVICE_URL": cart.url(""),
+                    "ORDERS_SERVICE_URL": "http://127.0.0.1:9",
+                    "LLVM_PROFILE_FILE": str(profiles / "gateway-%p-%m.profraw")}
+        exporting = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                     "OTEL_TRACES_SAMPLER": "always_on"}
+        for label, env, duration in (("default", backends, seconds),
+                                     ("exporting spans", {**backends, **exporting}, max(1, seconds // 2))):
+            requests, failed = drive(instrumented, services, env, script, duration)
+            log(f"trained ({label}) on {requests} requests in {duration} s ({failed} answered non-2xx)")
+            # One in eight is meant to be a 404; far more means the stack was not serving,
+            # and a profile of error paths would make the build slower, not faster.
+            if not requests or failed > requests // 4:
+                raise RuntimeError(f"training load mostly failed ({failed} of {requests} non-2xx)")
+    finally:
+        if sink:
+            sink.kill()
+            sink.wait()
+        for service in reversed(running):
+            service.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
     written = sorted(profiles.glob("*.profraw"))
     if len(written) < 2:
         raise RuntimeError("the instrumented gateway did not write its profiles")
@@ -210,9 +193,8 @@ def main():
     log("building the training services and the instrumented gateway")
     if args.build_services:
         cargo_build(profile_args, SERVICE_PACKAGES, target)
-    services = target / profile_dir
-    if args.build_services:
         cargo_build(profile_args, ["gateway"], target, example="otlp_sink")
+    services = target / profile_dir
     missing = [name for name in ("catalog", "cart", "examples/otlp_sink") if not (services / name).exists()]
     if missing:
         sys.exit(f"pgo: {', '.join(missing)} not built in {services} (drop --no-service-build to build them)")
