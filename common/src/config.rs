@@ -13,6 +13,8 @@ use clap::builder::BoolishValueParser;
 use reqwest::Url;
 
 use crate::simulation::{AppliesTo, SimulationProfile};
+use crate::span_queue::QueueSettings;
+use opentelemetry_sdk::trace::Sampler;
 
 /// Options shared by every ShopStack binary.
 #[derive(Debug, Clone, clap::Args)]
@@ -66,6 +68,27 @@ pub struct CommonConfig {
     /// Longest an OTLP export may take, retries included, in ms.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000)]
     pub otlp_timeout_ms: u64,
+
+    /// The trace sampler: always_on, always_off, traceidratio, parentbased_always_on (default),
+    /// parentbased_always_off or parentbased_traceidratio.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub traces_sampler: Option<String>,
+
+    /// The ratio of the `traceidratio` samplers, 0..=1 [default: 1].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+
+    /// Longest a span waits before its batch is sent, in ms (exporting services).
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5_000)]
+    pub bsp_schedule_delay_ms: u64,
+
+    /// Spans that may wait to be exported; past it new spans are dropped and counted.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2_048)]
+    pub bsp_max_queue_size: usize,
+
+    /// Spans per export request (at most OTEL_BSP_MAX_QUEUE_SIZE).
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
+    pub bsp_max_export_batch_size: usize,
 
     /// `off` disables every injected latency and failure (benchmarks); `on` uses the profile below.
     #[arg(long, env = "SIMULATION", default_value = "on", value_parser = BoolishValueParser::new())]
@@ -159,6 +182,9 @@ pub struct Settings {
     /// Sent with each OTLP export: lowercase names, decoded values.
     pub otlp_headers: Vec<(String, String)>,
     pub otlp_timeout: Duration,
+    /// Decides which spans are recorded and exported (`OTEL_TRACES_SAMPLER`).
+    pub sampler: Sampler,
+    pub span_queue: QueueSettings,
     /// `redis://…` when Redis is configured (REDIS_URL, or REDIS_ADDR as `host:port`).
     pub redis_url: Option<String>,
     pub simulation: SimulationProfile,
@@ -201,6 +227,23 @@ impl CommonConfig {
             .unwrap_or_default();
         if self.otlp_timeout_ms == 0 {
             bail!("OTEL_EXPORTER_OTLP_TIMEOUT must be more than 0 ms");
+        }
+        let sampler = parse_sampler(self.traces_sampler.as_deref(), self.traces_sampler_arg.as_deref())?;
+        let span_queue = QueueSettings {
+            schedule_delay: Duration::from_millis(self.bsp_schedule_delay_ms),
+            max_queue_size: self.bsp_max_queue_size,
+            max_export_batch_size: self.bsp_max_export_batch_size,
+        };
+        if span_queue.schedule_delay.is_zero() {
+            bail!("OTEL_BSP_SCHEDULE_DELAY must be more than 0 ms");
+        }
+        if span_queue.max_export_batch_size == 0
+            || span_queue.max_export_batch_size > span_queue.max_queue_size
+        {
+            bail!(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be between 1 and OTEL_BSP_MAX_QUEUE_SIZE ({})",
+                span_queue.max_queue_size
+            );
         }
 
         let mut simulation = defaults.simulation;
@@ -264,6 +307,8 @@ impl CommonConfig {
             otlp_endpoint,
             otlp_headers,
             otlp_timeout: Duration::from_millis(self.otlp_timeout_ms),
+            sampler,
+            span_queue,
             redis_url,
             simulation,
             admin_token,
@@ -294,6 +339,8 @@ impl Settings {
             otlp_endpoint: None,
             otlp_headers: Vec::new(),
             otlp_timeout: Duration::from_secs(10),
+            sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            span_queue: QueueSettings::default(),
             redis_url: None,
             simulation: SimulationProfile::OFF,
             admin_token: Some("test-admin-token".into()),
@@ -304,6 +351,33 @@ impl Settings {
             shutdown_grace: Duration::from_secs(5),
         }
     }
+}
+
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, as the OpenTelemetry specification names
+/// them (the remote samplers are not built in). Unset: parent-based, always on.
+pub fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> anyhow::Result<Sampler> {
+    let ratio = || -> anyhow::Result<f64> {
+        let Some(arg) = arg.map(str::trim).filter(|arg| !arg.is_empty()) else {
+            return Ok(1.0);
+        };
+        match arg.parse::<f64>() {
+            Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+            _ => bail!("OTEL_TRACES_SAMPLER_ARG={arg:?} is not a ratio between 0 and 1"),
+        }
+    };
+    let name = name.map(str::trim).filter(|name| !name.is_empty());
+    Ok(match name.unwrap_or("parentbased_always_on") {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        other => bail!(
+            "OTEL_TRACES_SAMPLER={other:?} is not one of always_on, always_off, traceidratio, \
+             parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+        ),
+    })
 }
 
 /// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, keys case-insensitive
@@ -439,30 +513,90 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_https_otlp_endpoint_is_refused_at_startup() {
+    /// `CommonConfig` from these flags, resolved (an error message when refused).
+    fn resolve_flags(flags: &[&str]) -> Result<Settings, String> {
         use clap::Parser;
         #[derive(clap::Parser)]
         struct Flags {
             #[command(flatten)]
             common: CommonConfig,
         }
-        let defaults = || ServiceDefaults {
+        let defaults = ServiceDefaults {
             name: "test",
             port: 1,
             simulation: SimulationProfile::OFF,
         };
-        let resolve = |endpoint: &str| {
-            Flags::parse_from(["test", "--otlp-endpoint", endpoint])
-                .common
-                .resolve(defaults())
-        };
-        let error = resolve("https://collector:4317")
+        Flags::parse_from(std::iter::once("test").chain(flags.iter().copied()))
+            .common
+            .resolve(defaults)
+            .map_err(|error| format!("{error:#}"))
+    }
+
+    #[test]
+    fn an_https_otlp_endpoint_is_refused_at_startup() {
+        let error = resolve_flags(&["--otlp-endpoint", "https://collector:4317"])
             .err()
-            .map(|error| format!("{error:#}"))
             .unwrap_or_default();
         assert!(error.contains("https"), "{error}");
-        assert!(resolve("http://collector:4317").is_ok());
+        assert!(resolve_flags(&["--otlp-endpoint", "http://collector:4317"]).is_ok());
+    }
+
+    #[test]
+    fn the_span_queue_settings_are_checked_at_startup() {
+        let settings = resolve_flags(&[
+            "--bsp-schedule-delay-ms",
+            "250",
+            "--bsp-max-queue-size",
+            "100",
+            "--bsp-max-export-batch-size",
+            "100",
+        ])
+        .map(|settings| settings.span_queue);
+        assert_eq!(
+            settings,
+            Ok(QueueSettings {
+                schedule_delay: Duration::from_millis(250),
+                max_queue_size: 100,
+                max_export_batch_size: 100,
+            })
+        );
+        for refused in [
+            &["--bsp-schedule-delay-ms", "0"][..],
+            &["--bsp-max-export-batch-size", "0"],
+            &["--bsp-max-queue-size", "10", "--bsp-max-export-batch-size", "11"],
+        ] {
+            let error = resolve_flags(refused).err().unwrap_or_default();
+            assert!(error.contains("OTEL_BSP_"), "{refused:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn samplers_are_the_specifications_and_anything_else_is_refused() {
+        let parsed = |name: Option<&str>, arg: Option<&str>| {
+            parse_sampler(name, arg)
+                .map(|sampler| format!("{sampler:?}"))
+                .ok()
+        };
+        let expected = |sampler: Sampler| Some(format!("{sampler:?}"));
+        assert_eq!(
+            parsed(None, None),
+            expected(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        );
+        assert_eq!(
+            parsed(Some("always_on"), Some("0.5")),
+            expected(Sampler::AlwaysOn)
+        );
+        assert_eq!(
+            parsed(Some("parentbased_traceidratio"), Some("0.1")),
+            expected(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.1))))
+        );
+        assert_eq!(
+            parsed(Some("traceidratio"), None),
+            expected(Sampler::TraceIdRatioBased(1.0))
+        );
+        assert!(parsed(Some("traceidratio"), Some("1.5")).is_none());
+        assert!(parsed(Some("traceidratio"), Some("half")).is_none());
+        assert!(parsed(Some("jaeger_remote"), None).is_none());
     }
 
     #[test]

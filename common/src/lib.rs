@@ -44,6 +44,7 @@ pub mod redis;
 pub mod routes;
 pub mod server;
 pub mod simulation;
+pub mod span_queue;
 pub mod telemetry;
 pub mod testing;
 

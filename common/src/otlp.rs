@@ -1,14 +1,14 @@
-//! The OTLP/gRPC span exporter: a batch of the SDK's spans written as an
-//! `ExportTraceServiceRequest` straight into protobuf, and sent over tonic's channel with a
-//! codec that passes the bytes through.
+//! OTLP/gRPC for spans: each span written straight into protobuf ([`SpanBatch`]), a batch
+//! wrapped as an `ExportTraceServiceRequest` and sent over tonic's channel with a codec that
+//! passes the bytes through ([`OtlpExporter`]). `span_queue` decides when.
 //!
 //! Why not opentelemetry-otlp's exporter: it clones the batch, turns every span into the
 //! generated protobuf structs (a string copy per attribute key and value), then prost walks
 //! them twice (size, then bytes). At 100 % sampling that was about 15 000 instructions per
 //! span — on the gateway, half again what proxying the request costs (docs/benchmarks.md).
-//! Here a span is written in one pass from the data the SDK hands over. What is written is
-//! checked against the generated types in the tests; what is sent, against a real receiver in
-//! the trace tests.
+//! Here a span is written in one pass from the data the SDK hands over, as it ends. What is
+//! written is checked against the generated types in the tests; what is sent, against a real
+//! receiver in the trace tests.
 //!
 //! It honours what the project documents for export: the endpoint (`OTEL_EXPORTER_OTLP_ENDPOINT`),
 //! `OTEL_EXPORTER_OTLP_HEADERS` and `OTEL_EXPORTER_OTLP_TIMEOUT`; a batch is retried on the
@@ -18,11 +18,10 @@ use std::borrow::Cow;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, BufMut};
-use opentelemetry::trace::{SpanKind, Status};
+use opentelemetry::trace::{SpanContext, SpanId, SpanKind, Status};
 use opentelemetry::{Array, InstrumentationScope, StringValue, Value};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
-use opentelemetry_sdk::trace::{SpanData, SpanExporter};
+use opentelemetry_sdk::trace::SpanData;
 use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
 use tonic::metadata::{MetadataKey, MetadataMap, MetadataValue};
 
@@ -31,14 +30,11 @@ const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/
 const ATTEMPTS: u32 = 3;
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Spans to an OTLP/gRPC endpoint (see the module docs).
+/// Requests to an OTLP/gRPC endpoint (see the module docs).
 pub struct OtlpExporter {
     channel: tonic::transport::Channel,
     headers: MetadataMap,
     timeout: Duration,
-    /// The `Resource` message and the resource's schema URL, written once.
-    resource: Vec<u8>,
-    resource_schema_url: String,
 }
 
 impl std::fmt::Debug for OtlpExporter {
@@ -67,9 +63,28 @@ impl OtlpExporter {
             channel,
             headers: metadata,
             timeout,
-            resource: Vec::new(),
-            resource_schema_url: String::new(),
         })
+    }
+
+    /// Send one `ExportTraceServiceRequest`, retried on the transient codes with backoff while
+    /// the timeout allows. Runs on the span queue's own thread (under `block_on`): the backoff
+    /// sleeps that thread, holding nothing else up.
+    pub async fn export(&self, request: bytes::Bytes) -> Result<(), String> {
+        let deadline = Instant::now() + self.timeout;
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=ATTEMPTS {
+            match self.send(request.clone()).await {
+                Ok(()) => return Ok(()),
+                Err(status)
+                    if attempt < ATTEMPTS && is_transient(&status) && Instant::now() + backoff < deadline =>
+                {
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                Err(status) => return Err(format!("{} {}", status.code(), status.message())),
+            }
+        }
+        Err("no attempt made".into())
     }
 
     async fn send(&self, body: bytes::Bytes) -> Result<(), tonic::Status> {
@@ -87,41 +102,132 @@ impl OtlpExporter {
     }
 }
 
-impl SpanExporter for OtlpExporter {
-    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
-        let body = bytes::Bytes::from(encode_request(&self.resource, &self.resource_schema_url, &batch));
-        drop(batch);
-        let deadline = Instant::now() + self.timeout;
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=ATTEMPTS {
-            match self.send(body.clone()).await {
-                Ok(()) => return Ok(()),
-                Err(status)
-                    if attempt < ATTEMPTS && is_transient(&status) && Instant::now() + backoff < deadline =>
-                {
-                    // This runs on the batch processor's own thread: waiting here holds nothing up.
-                    std::thread::sleep(backoff);
-                    backoff *= 2;
-                }
-                Err(status) => {
-                    return Err(OTelSdkError::InternalFailure(format!(
-                        "OTLP export failed: {} {}",
-                        status.code(),
-                        status.message()
-                    )));
-                }
-            }
+/// The process's `Resource`, written once: its attributes as `KeyValue` fields and its
+/// schema URL.
+#[derive(Debug, Clone, Default)]
+pub struct EncodedResource {
+    attributes: Vec<u8>,
+    schema_url: String,
+}
+
+impl EncodedResource {
+    pub fn new(resource: &Resource) -> Self {
+        let mut attributes = Vec::new();
+        for (key, value) in resource.iter() {
+            nested(&mut attributes, 1, |out| key_value(out, key.as_str(), value));
         }
-        Err(OTelSdkError::InternalFailure("OTLP export failed".into()))
+        Self {
+            attributes,
+            schema_url: resource.schema_url().unwrap_or_default().to_owned(),
+        }
+    }
+}
+
+/// Spans already written as `Span` messages, grouped by instrumentation scope in the order
+/// scopes first appear: a batch waiting to be sent. Cleared batches keep their buffers.
+#[derive(Debug, Default)]
+pub struct SpanBatch {
+    scopes: Vec<ScopeBatch>,
+    spans: usize,
+}
+
+#[derive(Debug)]
+struct ScopeBatch {
+    scope: InstrumentationScope,
+    /// `ScopeSpans.spans` fields, one after the other.
+    spans: Vec<u8>,
+}
+
+impl SpanBatch {
+    /// Write `span` into the batch.
+    pub fn push(&mut self, span: &SpanData) {
+        self.push_with(&span.instrumentation_scope, |out| write_span(out, span));
     }
 
-    fn set_resource(&mut self, resource: &Resource) {
-        let mut buffer = Vec::new();
-        for (key, value) in resource.iter() {
-            nested(&mut buffer, 1, |buffer| key_value(buffer, key.as_str(), value));
+    /// Write a span of `scope` into the batch: `write` writes the `Span` message's fields.
+    pub fn push_with(&mut self, scope: &InstrumentationScope, write: impl FnOnce(&mut Vec<u8>)) {
+        let index = match self.scopes.iter().position(|batch| batch.scope == *scope) {
+            Some(index) => index,
+            None => {
+                self.scopes.push(ScopeBatch {
+                    scope: scope.clone(),
+                    spans: Vec::with_capacity(16 * 1024),
+                });
+                self.scopes.len() - 1
+            }
+        };
+        nested(&mut self.scopes[index].spans, 2, write);
+        self.spans += 1;
+    }
+
+    /// Spans in the batch.
+    pub fn len(&self) -> usize {
+        self.spans
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans == 0
+    }
+
+    /// Empty the batch, keeping its buffers (and the scopes seen, which are few).
+    pub fn clear(&mut self) {
+        for batch in &mut self.scopes {
+            batch.spans.clear();
         }
-        self.resource = buffer;
-        self.resource_schema_url = resource.schema_url().unwrap_or_default().to_owned();
+        self.spans = 0;
+    }
+
+    /// The `ExportTraceServiceRequest` for the batch: one `ResourceSpans` (the process's
+    /// resource), a `ScopeSpans` per scope with spans. Lengths are known before anything is
+    /// written, so the spans are copied once.
+    pub fn write_request(&self, resource: &EncodedResource, out: &mut Vec<u8>) {
+        let mut resource_field = Vec::with_capacity(resource.attributes.len() + 8);
+        nested(&mut resource_field, 1, |out| {
+            out.extend_from_slice(&resource.attributes)
+        });
+        let mut resource_schema_url = Vec::new();
+        string(&mut resource_schema_url, 3, &resource.schema_url);
+        // Each scope's `InstrumentationScope` field (1) and schema URL field (3); its spans sit
+        // between them.
+        let scopes: Vec<(Vec<u8>, &[u8], Vec<u8>)> = self
+            .scopes
+            .iter()
+            .filter(|batch| !batch.spans.is_empty())
+            .map(|batch| {
+                let scope = &batch.scope;
+                let mut head = Vec::new();
+                nested(&mut head, 1, |out| {
+                    string(out, 1, scope.name());
+                    string(out, 2, scope.version().unwrap_or_default());
+                    for attribute in scope.attributes() {
+                        nested(out, 3, |out| {
+                            key_value(out, attribute.key.as_str(), &attribute.value)
+                        });
+                    }
+                });
+                let mut tail = Vec::new();
+                string(&mut tail, 3, scope.schema_url().unwrap_or_default());
+                (head, batch.spans.as_slice(), tail)
+            })
+            .collect();
+        let scope_length =
+            |(head, spans, tail): &(Vec<u8>, &[u8], Vec<u8>)| head.len() + spans.len() + tail.len();
+        let resource_spans_length = resource_field.len()
+            + scopes
+                .iter()
+                .map(|scope| field_length(scope_length(scope)))
+                .sum::<usize>()
+            + resource_schema_url.len();
+        out.reserve(field_length(resource_spans_length));
+        length_delimited(out, 1, resource_spans_length);
+        out.extend_from_slice(&resource_field);
+        for scope in &scopes {
+            length_delimited(out, 2, scope_length(scope));
+            out.extend_from_slice(&scope.0);
+            out.extend_from_slice(scope.1);
+            out.extend_from_slice(&scope.2);
+        }
+        out.extend_from_slice(&resource_schema_url);
     }
 }
 
@@ -248,56 +354,22 @@ impl Decoder for Passthrough {
 
 // ---- Protobuf, written by hand (field numbers from opentelemetry-proto's .proto files) ----
 
-/// `ExportTraceServiceRequest` for `batch`: one `ResourceSpans` (the process's resource, already
-/// written), a `ScopeSpans` per instrumentation scope, in the order scopes first appear.
-pub fn encode_request(resource: &[u8], resource_schema_url: &str, batch: &[SpanData]) -> Vec<u8> {
-    let mut scopes: Vec<&InstrumentationScope> = Vec::new();
-    for span in batch {
-        if !scopes.contains(&&span.instrumentation_scope) {
-            scopes.push(&span.instrumentation_scope);
-        }
-    }
-    let mut out = Vec::with_capacity(256 * batch.len() + resource.len() + 64);
-    nested(&mut out, 1, |out| {
-        nested(out, 1, |out| out.extend_from_slice(resource));
-        for scope in &scopes {
-            nested(out, 2, |out| {
-                nested(out, 1, |out| {
-                    string(out, 1, scope.name());
-                    string(out, 2, scope.version().unwrap_or_default());
-                    for attribute in scope.attributes() {
-                        nested(out, 3, |out| {
-                            key_value(out, attribute.key.as_str(), &attribute.value)
-                        });
-                    }
-                });
-                for span in batch.iter().filter(|span| span.instrumentation_scope == **scope) {
-                    nested(out, 2, |out| write_span(out, span));
-                }
-                string(out, 3, scope.schema_url().unwrap_or_default());
-            });
-        }
-        string(out, 3, resource_schema_url);
-    });
-    out
-}
-
-fn write_span(out: &mut Vec<u8>, span: &SpanData) {
-    let context = &span.span_context;
-    bytes_field(out, 1, &context.trace_id().to_bytes());
-    bytes_field(out, 2, &context.span_id().to_bytes());
-    string(out, 3, &context.trace_state().header());
-    if span.parent_span_id != opentelemetry::trace::SpanId::INVALID {
-        bytes_field(out, 4, &span.parent_span_id.to_bytes());
-    }
-    string(out, 5, &span.name);
-    varint_field(out, 6, span_kind(&span.span_kind));
-    fixed64_field(out, 7, nanos(span.start_time));
-    fixed64_field(out, 8, nanos(span.end_time));
+/// The fields of the `Span` message for an SDK span.
+pub fn write_span(out: &mut Vec<u8>, span: &SpanData) {
+    write_span_head(
+        out,
+        &SpanHead {
+            context: &span.span_context,
+            parent_span_id: span.parent_span_id,
+            parent_is_remote: span.parent_span_is_remote,
+            name: &span.name,
+            kind: &span.span_kind,
+            start_time: span.start_time,
+            end_time: span.end_time,
+        },
+    );
     for attribute in &span.attributes {
-        nested(out, 9, |out| {
-            key_value(out, attribute.key.as_str(), &attribute.value)
-        });
+        write_attribute(out, attribute.key.as_str(), &attribute.value);
     }
     varint_field(out, 10, u64::from(span.dropped_attributes_count));
     for event in span.events.iter() {
@@ -333,7 +405,63 @@ fn write_span(out: &mut Vec<u8>, span: &SpanData) {
         });
     }
     varint_field(out, 14, u64::from(span.links.dropped_count));
-    nested(out, 15, |out| match &span.status {
+    write_span_tail(out, &span.status, &span.span_context, span.parent_span_is_remote);
+}
+
+/// What every `Span` message starts with: ids, name, kind and times (fields 1–8).
+pub struct SpanHead<'a> {
+    pub context: &'a SpanContext,
+    /// `SpanId::INVALID` for a root span.
+    pub parent_span_id: SpanId,
+    pub parent_is_remote: bool,
+    pub name: &'a str,
+    pub kind: &'a SpanKind,
+    pub start_time: SystemTime,
+    pub end_time: SystemTime,
+}
+
+/// A span written field by field, for spans recorded without the SDK
+/// (`observe::RequestTrace`): [`write_span_head`], attributes ([`write_attribute`] or fields
+/// written before by [`encode_attributes`]), then [`write_span_tail`].
+pub fn write_span_head(out: &mut Vec<u8>, head: &SpanHead<'_>) {
+    let context = head.context;
+    bytes_field(out, 1, &context.trace_id().to_bytes());
+    bytes_field(out, 2, &context.span_id().to_bytes());
+    string(out, 3, &context.trace_state().header());
+    if head.parent_span_id != SpanId::INVALID {
+        bytes_field(out, 4, &head.parent_span_id.to_bytes());
+    }
+    string(out, 5, head.name);
+    varint_field(out, 6, span_kind(head.kind));
+    fixed64_field(out, 7, nanos(head.start_time));
+    fixed64_field(out, 8, nanos(head.end_time));
+}
+
+/// One attribute of a span (field 9).
+pub fn write_attribute(out: &mut Vec<u8>, key: &str, value: &Value) {
+    nested(out, 9, |out| key_value(out, key, value));
+}
+
+/// A string attribute of a span, without making a `Value` of it.
+pub fn write_string_attribute(out: &mut Vec<u8>, key: &str, value: &str) {
+    nested(out, 9, |out| {
+        string(out, 1, key);
+        nested(out, 2, |out| oneof_string(out, 1, value));
+    });
+}
+
+/// Attributes written once as span fields, to be copied into every span that has them.
+pub fn encode_attributes(attributes: &[opentelemetry::KeyValue]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for attribute in attributes {
+        write_attribute(&mut out, attribute.key.as_str(), &attribute.value);
+    }
+    out
+}
+
+/// The status and flags that end a `Span` message (fields 15 and 16).
+pub fn write_span_tail(out: &mut Vec<u8>, status: &Status, context: &SpanContext, parent_is_remote: bool) {
+    nested(out, 15, |out| match status {
         Status::Unset => {}
         Status::Ok => varint_field(out, 3, 1),
         Status::Error { description } => {
@@ -344,7 +472,7 @@ fn write_span(out: &mut Vec<u8>, span: &SpanData) {
     fixed32_field(
         out,
         16,
-        span_flags(span.parent_span_is_remote, context.trace_flags().to_u8()),
+        span_flags(parent_is_remote, context.trace_flags().to_u8()),
     );
 }
 
@@ -470,6 +598,17 @@ fn oneof_string(out: &mut Vec<u8>, field: u64, value: &str) {
     out.extend_from_slice(value.as_bytes());
 }
 
+/// The tag and length of a length-delimited field (numbered below 16) of `length` bytes.
+fn length_delimited(out: &mut Vec<u8>, field: u64, length: usize) {
+    tag(out, field, 2);
+    varint(out, length as u64);
+}
+
+/// Bytes a length-delimited field (numbered below 16) of `length` bytes takes.
+fn field_length(length: usize) -> usize {
+    1 + varint_length(length as u64) + length
+}
+
 /// A message field written in place: its length is reserved as one byte and widened (moving
 /// the message) only if it turns out longer than 127 bytes.
 fn nested(out: &mut Vec<u8>, field: u64, write: impl FnOnce(&mut Vec<u8>)) {
@@ -504,7 +643,7 @@ mod tests {
     use opentelemetry_proto::transform::common::tonic::ResourceAttributesWithSchema;
     use opentelemetry_proto::transform::trace::tonic::group_spans_by_resource_and_scope;
     use opentelemetry_sdk::Resource;
-    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter, SpanLinks};
+    use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanLinks};
     use prost::Message;
 
     use super::*;
@@ -589,21 +728,20 @@ mod tests {
         }
     }
 
+    /// The same spans pushed one by one into a [`SpanBatch`], as the span queue does.
     fn ours(batch: &[SpanData], resource: &Resource) -> ExportTraceServiceRequest {
-        let mut exporter = OtlpExporter {
-            channel: tonic::transport::Endpoint::from_static("http://127.0.0.1:9").connect_lazy(),
-            headers: MetadataMap::new(),
-            timeout: Duration::from_secs(1),
-            resource: Vec::new(),
-            resource_schema_url: String::new(),
-        };
-        exporter.set_resource(resource);
-        let bytes = encode_request(&exporter.resource, &exporter.resource_schema_url, batch);
+        let mut spans = SpanBatch::default();
+        for span in batch {
+            spans.push(span);
+        }
+        assert_eq!(spans.len(), batch.len());
+        let mut bytes = Vec::new();
+        spans.write_request(&EncodedResource::new(resource), &mut bytes);
         ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap()
     }
 
-    #[tokio::test]
-    async fn the_request_decodes_to_what_the_reference_conversion_makes() {
+    #[test]
+    fn the_request_decodes_to_what_the_reference_conversion_makes() {
         let resource = Resource::builder_empty()
             .with_attributes([
                 KeyValue::new("service.name", "gateway"),
@@ -630,6 +768,25 @@ mod tests {
         ];
         assert_eq!(ours(&batch, &resource), reference(&batch, &resource));
         assert_eq!(ours(&[], &resource), reference(&[], &resource));
+
+        // A batch emptied and filled again (the queue reuses them) holds only the new spans,
+        // and a scope with none left is not written.
+        let mut reused = SpanBatch::default();
+        for span in &batch {
+            reused.push(span);
+        }
+        reused.clear();
+        assert!(reused.is_empty());
+        let shopstack_only = [batch[0].clone(), batch[2].clone()];
+        for span in &shopstack_only {
+            reused.push(span);
+        }
+        let mut bytes = Vec::new();
+        reused.write_request(&EncodedResource::new(&resource), &mut bytes);
+        assert_eq!(
+            ExportTraceServiceRequest::decode(bytes.as_slice()).unwrap(),
+            reference(&shopstack_only, &resource)
+        );
     }
 
     #[test]

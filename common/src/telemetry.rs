@@ -13,13 +13,13 @@ use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use anyhow::Context as _;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
+use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
 use rand::Rng as _;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -35,6 +35,7 @@ use tracing_subscriber::{Layer, Registry};
 use crate::config::{ServiceIdentity, Settings};
 use crate::logsink::{LogSink, LogSinkGuard};
 use crate::otlp::OtlpExporter;
+use crate::span_queue::{SpanQueue, SpanRecorder};
 
 /// Keeps the exporters and the log writer alive; call [`TelemetryGuard::shutdown`] last.
 pub struct TelemetryGuard {
@@ -57,12 +58,24 @@ impl TelemetryGuard {
 
 /// The process's tracer when it exports spans (set by [`init`] when an OTLP endpoint is
 /// configured).
-static EXPORTING_TRACER: OnceLock<SdkTracer> = OnceLock::new();
+/// The instrumentation scope of every span the services make.
+const SCOPE_NAME: &str = "shopstack";
 
-/// The tracer for spans built without `tracing` ([`crate::observe::RouteObserver`]), when this
-/// process exports spans; `None` when nothing is exported, so such spans are not built at all.
-pub fn exporting_tracer() -> Option<&'static SdkTracer> {
-    EXPORTING_TRACER.get()
+/// What a span recorded without the SDK ([`crate::observe::RequestTrace`]) needs when this
+/// process exports spans: the provider's sampler and the queue of its batches.
+#[derive(Debug)]
+pub struct SpanExport {
+    pub sampler: Sampler,
+    pub scope: InstrumentationScope,
+    pub recorder: SpanRecorder,
+}
+
+static SPAN_EXPORT: OnceLock<SpanExport> = OnceLock::new();
+
+/// Set when this process exports spans; `None` when nothing is exported, so spans recorded
+/// without `tracing` are not built at all.
+pub fn span_export() -> Option<&'static SpanExport> {
+    SPAN_EXPORT.get()
 }
 
 /// Install logging and tracing for a service process.
@@ -82,14 +95,15 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     }
     let (sink, logs) =
         LogSink::start(&settings.identity.name, outputs).context("Failed to start the log writer thread")?;
-    let provider = tracer_provider(settings)?;
-    let exporting = settings
-        .otlp_endpoint
-        .is_some()
-        .then(|| provider.tracer("shopstack"));
-    if let Some(tracer) = &exporting {
-        let _ = EXPORTING_TRACER.set(tracer.clone());
-    }
+    let (provider, recorder) = tracer_provider(settings)?;
+    let exporting = recorder.map(|recorder| {
+        let _ = SPAN_EXPORT.set(SpanExport {
+            sampler: settings.sampler.clone(),
+            scope: InstrumentationScope::builder(SCOPE_NAME).build(),
+            recorder,
+        });
+        provider.tracer(SCOPE_NAME)
+    });
     let subscriber = build_subscriber(&settings.identity, &settings.log_level, sink, exporting)?;
     tracing::subscriber::set_global_default(subscriber)
         .context("Failed to install the tracing subscriber (already installed?)")?;
@@ -253,7 +267,8 @@ where
     Ok(events.or(spans))
 }
 
-fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
+/// The tracer provider, and the recorder of its span queue when spans are exported.
+fn tracer_provider(settings: &Settings) -> anyhow::Result<(SdkTracerProvider, Option<SpanRecorder>)> {
     let identity = &settings.identity;
     let resource = Resource::builder()
         .with_service_name(identity.name.clone())
@@ -264,13 +279,20 @@ fn tracer_provider(settings: &Settings) -> anyhow::Result<SdkTracerProvider> {
             KeyValue::new("k8s.node.name", identity.node_name.clone()),
         ])
         .build();
-    let mut builder = SdkTracerProvider::builder().with_resource(resource);
+    let mut builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(settings.sampler.clone());
+    let mut recorder = None;
     if let Some(endpoint) = &settings.otlp_endpoint {
         let exporter = OtlpExporter::new(endpoint.as_str(), &settings.otlp_headers, settings.otlp_timeout)
             .context("Failed to build the OTLP span exporter")?;
-        builder = builder.with_batch_exporter(exporter);
+        let send = move |request| futures::executor::block_on(exporter.export(request));
+        let queue =
+            SpanQueue::new(send, settings.span_queue).context("Failed to start the span export thread")?;
+        recorder = Some(queue.recorder());
+        builder = builder.with_span_processor(queue);
     }
-    Ok(builder.build())
+    Ok((builder.build(), recorder))
 }
 
 /// Lines captured by [`init_for_tests`].
