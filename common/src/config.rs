@@ -10,11 +10,11 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
+use opentelemetry_sdk::trace::Sampler;
 use reqwest::Url;
 
 use crate::simulation::{AppliesTo, SimulationProfile};
 use crate::span_queue::QueueSettings;
-use opentelemetry_sdk::trace::Sampler;
 
 /// Options shared by every ShopStack binary.
 #[derive(Debug, Clone, clap::Args)]
@@ -339,7 +339,7 @@ impl Settings {
             otlp_endpoint: None,
             otlp_headers: Vec::new(),
             otlp_timeout: Duration::from_secs(10),
-            sampler: Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            sampler: default_sampler(),
             span_queue: QueueSettings::default(),
             redis_url: None,
             simulation: SimulationProfile::OFF,
@@ -353,8 +353,13 @@ impl Settings {
     }
 }
 
+/// The sampler when `OTEL_TRACES_SAMPLER` is unset: parent-based, always on.
+pub fn default_sampler() -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+}
+
 /// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, as the OpenTelemetry specification names
-/// them (the remote samplers are not built in). Unset: parent-based, always on.
+/// them (the remote samplers are not built in). Unset: [`default_sampler`].
 pub fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> anyhow::Result<Sampler> {
     let ratio = || -> anyhow::Result<f64> {
         let Some(arg) = arg.map(str::trim).filter(|arg| !arg.is_empty()) else {
@@ -365,8 +370,10 @@ pub fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> anyhow::Result<Sa
             _ => bail!("OTEL_TRACES_SAMPLER_ARG={arg:?} is not a ratio between 0 and 1"),
         }
     };
-    let name = name.map(str::trim).filter(|name| !name.is_empty());
-    Ok(match name.unwrap_or("parentbased_always_on") {
+    let Some(name) = name.map(str::trim).filter(|name| !name.is_empty()) else {
+        return Ok(default_sampler());
+    };
+    Ok(match name {
         "always_on" => Sampler::AlwaysOn,
         "always_off" => Sampler::AlwaysOff,
         "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),

@@ -368,9 +368,7 @@ pub fn write_span(out: &mut Vec<u8>, span: &SpanData) {
             end_time: span.end_time,
         },
     );
-    for attribute in &span.attributes {
-        write_attribute(out, attribute.key.as_str(), &attribute.value);
-    }
+    write_attributes(out, &span.attributes);
     varint_field(out, 10, u64::from(span.dropped_attributes_count));
     for event in span.events.iter() {
         nested(out, 11, |out| {
@@ -445,17 +443,20 @@ pub fn write_attribute(out: &mut Vec<u8>, key: &str, value: &Value) {
 /// A string attribute of a span, without making a `Value` of it.
 pub fn write_string_attribute(out: &mut Vec<u8>, key: &str, value: &str) {
     nested(out, 9, |out| {
-        string(out, 1, key);
-        nested(out, 2, |out| oneof_string(out, 1, value));
+        key_value_with(out, key, |out| oneof_string(out, 1, value))
     });
+}
+
+fn write_attributes(out: &mut Vec<u8>, attributes: &[opentelemetry::KeyValue]) {
+    for attribute in attributes {
+        write_attribute(out, attribute.key.as_str(), &attribute.value);
+    }
 }
 
 /// Attributes written once as span fields, to be copied into every span that has them.
 pub fn encode_attributes(attributes: &[opentelemetry::KeyValue]) -> Vec<u8> {
     let mut out = Vec::new();
-    for attribute in attributes {
-        write_attribute(&mut out, attribute.key.as_str(), &attribute.value);
-    }
+    write_attributes(&mut out, attributes);
     out
 }
 
@@ -499,8 +500,13 @@ fn nanos(time: SystemTime) -> u64 {
 
 /// A `KeyValue` message's fields: the key, then the value as an `AnyValue` (always present).
 fn key_value(out: &mut Vec<u8>, key: &str, value: &Value) {
+    key_value_with(out, key, |out| any_value(out, value));
+}
+
+/// A `KeyValue` message's fields, the `AnyValue`'s written by `write_value`.
+fn key_value_with(out: &mut Vec<u8>, key: &str, write_value: impl FnOnce(&mut Vec<u8>)) {
     string(out, 1, key);
-    nested(out, 2, |out| any_value(out, value));
+    nested(out, 2, write_value);
 }
 
 /// An `AnyValue` message's fields (a oneof: written even when it is the default).

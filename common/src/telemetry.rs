@@ -56,8 +56,6 @@ impl TelemetryGuard {
     }
 }
 
-/// The process's tracer when it exports spans (set by [`init`] when an OTLP endpoint is
-/// configured).
 /// The instrumentation scope of every span the services make.
 const SCOPE_NAME: &str = "shopstack";
 
