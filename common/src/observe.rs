@@ -108,51 +108,70 @@ struct RequestLine<'a> {
     micros: Micros,
 }
 
-impl std::fmt::Display for RequestLine<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        thread_local! {
-            static MEMBERS: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+impl RequestLine<'_> {
+    /// The members, written into this thread's buffer (given back when the result is dropped).
+    /// As bytes, they go into the line as they are: no formatting pass, no UTF-8 check.
+    fn members(&self) -> MembersBuffer {
+        let mut buffer = MembersBuffer(MEMBERS.take());
+        buffer.0.clear();
+        self.write(&mut buffer.0);
+        buffer
+    }
+
+    fn write(&self, line: &mut Vec<u8>) {
+        line.extend_from_slice(self.prefix.as_bytes());
+        for (name, text) in [
+            (&b",\"path\":"[..], self.path),
+            (b",\"request_id\":", self.request_id),
+        ] {
+            line.extend_from_slice(name);
+            telemetry::write_json_string(line, text);
         }
-        // Assembled as bytes and handed over in one piece: a formatting call per member cost
-        // more than the rest of the line.
-        MEMBERS.with(|members| {
-            let Ok(mut members) = members.try_borrow_mut() else {
-                return Err(std::fmt::Error);
-            };
-            let line = &mut *members;
-            line.clear();
-            line.extend_from_slice(self.prefix.as_bytes());
-            for (name, text) in [
-                (&b",\"path\":"[..], self.path),
-                (b",\"request_id\":", self.request_id),
-            ] {
-                line.extend_from_slice(name);
-                telemetry::write_json_string(line, text);
-            }
-            line.extend_from_slice(b",\"trace_id\":\"");
-            line.extend_from_slice(self.trace_id.as_bytes());
-            line.extend_from_slice(b"\",\"span_id\":\"");
-            line.extend_from_slice(self.span_id.as_bytes());
-            line.extend_from_slice(b"\",\"status\":");
-            let _ = serde_json::to_writer(&mut *line, &self.status);
-            line.extend_from_slice(b",\"duration_ms\":");
-            let (whole, fraction) = (self.micros.0 / 1000, self.micros.0 % 1000);
-            let _ = serde_json::to_writer(&mut *line, &whole);
-            let digits = [fraction / 100, fraction / 10 % 10, fraction % 10].map(|digit| b'0' + digit as u8);
-            // JSON's shortest form of the float: `12.3`, `12.0`.
-            let keep = digits
-                .iter()
-                .rposition(|&digit| digit != b'0')
-                .map_or(1, |last| last + 1);
-            line.push(b'.');
-            line.extend_from_slice(&digits[..keep]);
-            line.extend_from_slice(b",\"duration\":\"");
-            let _ = serde_json::to_writer(&mut *line, &whole);
-            line.push(b'.');
-            line.extend_from_slice(&digits);
-            line.extend_from_slice(b"ms\"");
-            f.write_str(std::str::from_utf8(line).map_err(|_| std::fmt::Error)?)
-        })
+        line.extend_from_slice(b",\"trace_id\":\"");
+        line.extend_from_slice(self.trace_id.as_bytes());
+        line.extend_from_slice(b"\",\"span_id\":\"");
+        line.extend_from_slice(self.span_id.as_bytes());
+        line.extend_from_slice(b"\",\"status\":");
+        let _ = serde_json::to_writer(&mut *line, &self.status);
+        line.extend_from_slice(b",\"duration_ms\":");
+        let (whole, fraction) = (self.micros.0 / 1000, self.micros.0 % 1000);
+        let _ = serde_json::to_writer(&mut *line, &whole);
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10].map(|digit| b'0' + digit as u8);
+        // JSON's shortest form of the float: `12.3`, `12.0`.
+        let keep = digits
+            .iter()
+            .rposition(|&digit| digit != b'0')
+            .map_or(1, |last| last + 1);
+        line.push(b'.');
+        line.extend_from_slice(&digits[..keep]);
+        line.extend_from_slice(b",\"duration\":\"");
+        let _ = serde_json::to_writer(&mut *line, &whole);
+        line.push(b'.');
+        line.extend_from_slice(&digits);
+        line.extend_from_slice(b"ms\"");
+    }
+}
+
+thread_local! {
+    /// Reused from request line to request line (a line logged while one is being written
+    /// finds it taken and starts an empty one).
+    static MEMBERS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A request line's members in this thread's buffer, which dropping gives back.
+struct MembersBuffer(Vec<u8>);
+
+impl std::ops::Deref for MembersBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for MembersBuffer {
+    fn drop(&mut self) {
+        MEMBERS.set(std::mem::take(&mut self.0));
     }
 }
 
@@ -401,7 +420,7 @@ impl RouteObserver {
                     message = $message,
                     service = tracing::field::Empty,
                     pod_name = tracing::field::Empty,
-                    json_members = %line
+                    json_members = &*line.members()
                     $(, $($rest)*)?
                 )
             };
@@ -634,7 +653,8 @@ mod tests {
                 status: 200,
                 micros,
             };
-            let members: serde_json::Value = serde_json::from_str(&format!("{{{line}}}")).unwrap();
+            let members = format!("{{{}}}", std::str::from_utf8(&line.members()).unwrap());
+            let members: serde_json::Value = serde_json::from_str(&members).unwrap();
             assert_eq!(
                 members["duration_ms"].to_string(),
                 serde_json::to_string(&micros.as_millis_f64()).unwrap(),

@@ -567,25 +567,16 @@ impl Inherited<'_> {
     }
 }
 
-/// The name of an event field whose value (given with `%`, as `Display`) writes members already
-/// in JSON (`"name":value`, comma-separated), put into the line as they are. It is for a line
-/// assembled on a hot path — the request line of [`crate::observe::RouteObserver`] — without a
-/// visit and a formatting step per field; and since the value is only formatted when a line is
-/// written, nothing is spent while its level is off. Its members don't take part in the
-/// inheritance rules: to write a default (`service`, `pod_name`) among them, declare it as an
-/// event field with the value `tracing::field::Empty`, which keeps the default out of the line;
-/// never write the message or `target` there. [`write_json_string`] writes text inside it.
+/// The name of an event field whose value (given as bytes, `&[u8]`) is members already in JSON
+/// (`"name":value`, comma-separated), put into the line as they are. It is for a line assembled
+/// on a hot path — the request line of [`crate::observe::RouteObserver`] — without a visit, a
+/// formatting step or a UTF-8 check per field; `tracing` evaluates a field's value only when the
+/// event is enabled, so members built in the event's field list cost nothing while its level is
+/// off. Its members don't take part in the inheritance rules: to write a default (`service`,
+/// `pod_name`) among them, declare it as an event field with the value `tracing::field::Empty`,
+/// which keeps the default out of the line; never write the message or `target` there.
+/// [`write_json_string`] writes text inside it.
 pub const JSON_MEMBERS: &str = "json_members";
-
-/// Appends what a `Display` value writes to the line unchanged (a [`JSON_MEMBERS`] value).
-struct RawText<'a>(&'a mut Vec<u8>);
-
-impl std::fmt::Write for RawText<'_> {
-    fn write_str(&mut self, text: &str) -> std::fmt::Result {
-        self.0.extend_from_slice(text.as_bytes());
-        Ok(())
-    }
-}
 
 /// An event field's name in the log line (`log.target` from the `log` crate shows as `target`).
 fn event_field_name(name: &str) -> &str {
@@ -777,13 +768,17 @@ impl Visit for EventFieldWriter<'_> {
         self.line.push(b'"');
     }
 
-    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+    fn record_bytes(&mut self, field: &Field, value: &[u8]) {
         if field.name() == JSON_MEMBERS {
             self.write_inherited();
             self.line.push(b',');
-            let _ = std::fmt::Write::write_fmt(&mut RawText(self.line), format_args!("{value:?}"));
-            return;
+            self.line.extend_from_slice(value);
+        } else {
+            self.record_debug(field, &value);
         }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
         self.begin(field);
         self.line.push(b'"');
         let _ = std::fmt::Write::write_fmt(&mut JsonStringContents(self.line), format_args!("{value:?}"));
@@ -1168,19 +1163,17 @@ mod tests {
 
     #[test]
     fn json_members_are_spliced_into_the_line_as_they_are() {
-        struct Members;
-        impl std::fmt::Display for Members {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                let mut members = b"\"path\":".to_vec();
-                write_json_string(&mut members, "/a \"quoted\"\\path\n\u{1}");
-                members.extend_from_slice(b",\"status\":200");
-                f.write_str(std::str::from_utf8(&members).map_err(|_| std::fmt::Error)?)
-            }
-        }
+        let mut members = b"\"path\":".to_vec();
+        write_json_string(&mut members, "/a \"quoted\"\\path\n\u{1}");
+        members.extend_from_slice(b",\"status\":200");
         let lines = log_lines(|| {
             let span = tracing::info_span!("outer", route = "from-span");
             let _span = span.enter();
-            tracing::info!(service = "edge", json_members = %Members, "request completed");
+            tracing::info!(service = "edge", json_members = &members[..], "request completed");
+            tracing::info!(
+                bytes = &b"\x01\xff"[..],
+                "other byte fields are written as Debug shows them"
+            );
         });
         let line = &lines[0];
         assert_eq!(line["message"], "request completed");
@@ -1189,16 +1182,11 @@ mod tests {
         assert_eq!(line["path"], "/a \"quoted\"\\path\n\u{1}");
         assert_eq!(line["status"], 200);
         assert!(line.get(JSON_MEMBERS).is_none());
+        assert_eq!(lines[1]["bytes"], "[1, 255]");
     }
 
     #[test]
     fn json_members_can_carry_the_service_when_the_event_declares_it_empty() {
-        struct Members;
-        impl std::fmt::Display for Members {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str("\"service\":\"edge\",\"pod_name\":\"edge-1\"")
-            }
-        }
         let capture = LogCapture::default();
         let identity = Settings::for_tests("unit").identity;
         let subscriber = build_subscriber(&identity, "info", capture.clone(), None).unwrap();
@@ -1206,7 +1194,7 @@ mod tests {
             tracing::info!(
                 service = tracing::field::Empty,
                 pod_name = tracing::field::Empty,
-                json_members = %Members,
+                json_members = &b"\"service\":\"edge\",\"pod_name\":\"edge-1\""[..],
                 "request completed"
             );
         });
