@@ -238,16 +238,20 @@ def median_of(runs):
         "non_2xx": sum(run["non_2xx"] for run in runs), "requests": sum(run["requests"] for run in runs)}
     if all("cpu_us" in run for run in runs):
         med["cpu_us"] = {label: {kind: statistics.median(run["cpu_us"][label][kind] for run in runs)
-                                 for kind in ("user", "sys")} for label in runs[0]["cpu_us"]}
+                                 for kind in CPU_KINDS} for label in runs[0]["cpu_us"]}
     return med
 
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Per request: µs of user and system CPU; per 1 000 requests: voluntary and involuntary switches.
+CPU_KINDS = ("user", "sys", "voluntary", "involuntary")
 
 
-def cpu_ticks(processes):
-    """{label: (user, system)} CPU ticks of each process (all its threads) and its descendants,
-    e.g. an nginx master and its worker, from one pass over /proc."""
+def process_counters(processes):
+    """{label: (user ticks, system ticks, voluntary switches, involuntary switches)} of each
+    process (all its threads) and its descendants, e.g. an nginx master and its worker, from one
+    pass over /proc. Context switches are counted per thread (`/proc/PID/task/*/status`): the
+    process's own `status` holds only its main thread's."""
     stats = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -257,14 +261,26 @@ def cpu_ticks(processes):
             except OSError:
                 continue
             stats[int(entry.name)] = (int(fields[1]), int(fields[11]), int(fields[12]))
-    ticks = {}
+    counters = {}
     for label, pid in processes.items():
         tree = {pid}
         for _ in range(4):  # a few generations are plenty (nginx: master → worker)
             tree |= {child for child, (parent, _, _) in stats.items() if parent in tree}
-        members = [stats[member] for member in tree if member in stats]
-        ticks[label] = (sum(user for _, user, _ in members), sum(system for _, _, system in members))
-    return ticks
+        members = [member for member in tree if member in stats]
+        voluntary = involuntary = 0
+        for member in members:
+            for task in Path(f"/proc/{member}/task").glob("*/status"):
+                try:
+                    for line in task.read_text().splitlines():
+                        if line.startswith("voluntary_ctxt_switches:"):
+                            voluntary += int(line.split()[1])
+                        elif line.startswith("nonvoluntary_ctxt_switches:"):
+                            involuntary += int(line.split()[1])
+                except OSError:
+                    continue  # a thread that ended meanwhile
+        counters[label] = (sum(stats[m][1] for m in members), sum(stats[m][2] for m in members),
+                           voluntary, involuntary)
+    return counters
 
 
 CART_SCRIPT = """
@@ -313,16 +329,20 @@ class Bench:
         """One wrk run; with `processes` ({label: pid}), also the user and system CPU each spent
         per request (µs), so a throughput ratio can be read as where the time went."""
         runs = self.results.setdefault(name, {"url": url, "runs": []})["runs"]
-        before = cpu_ticks(processes) if processes else {}
+        before = process_counters(processes) if processes else {}
         run = wrk(url, self.args.duration, self.args.connections, script)
         if processes and run["requests"]:
-            after = cpu_ticks(processes)
+            after = process_counters(processes)
             per_request = 1e6 / CLOCK_TICKS / run["requests"]
+            per_thousand = 1000 / run["requests"]
             run["cpu_us"] = {label: {"user": (after[label][0] - before[label][0]) * per_request,
-                                     "sys": (after[label][1] - before[label][1]) * per_request}
+                                     "sys": (after[label][1] - before[label][1]) * per_request,
+                                     "voluntary": (after[label][2] - before[label][2]) * per_thousand,
+                                     "involuntary": (after[label][3] - before[label][3]) * per_thousand}
                              for label in processes}
         runs.append(run)
-        cpu = "".join(f", {label} {v['user']:.1f}+{v['sys']:.1f} µs" for label, v in run.get("cpu_us", {}).items())
+        cpu = "".join(f", {label} {v['user']:.1f}+{v['sys']:.1f} µs {v['voluntary']:.0f}/{v['involuntary']:.0f} sw"
+                      for label, v in run.get("cpu_us", {}).items())
         log(f"{name}: {run['rps']:.0f} req/s, p50 {run['p50']:.2f} ms, p99 {run['p99']:.2f} ms{cpu}")
 
     # -- cases ------------------------------------------------------------------------------
@@ -635,11 +655,16 @@ def write_markdown(summary, args, path):
     with_cpu = {name: values["cpu_us"] for name, values in summary["cases"].items() if "cpu_us" in values}
     if with_cpu:
         lines += ["", f"CPU per request on core {SERVER_CORE} (µs, user + system, medians; from /proc, so the "
-                      "proxy's share is separate from the catalog's):", "",
-                  "| case | proxy user | proxy system | catalog user | catalog system |", "|---|---:|---:|---:|---:|"]
+                      "proxy's share is separate from the catalog's), and context switches per 1 000 requests "
+                      "(voluntary: the process waited for work; involuntary: the scheduler took the core from it):", "",
+                  "| case | proxy user | proxy system | catalog user | catalog system "
+                  "| proxy switches vol / invol | catalog switches vol / invol |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for name, cpu in with_cpu.items():
             cells = [f"{cpu[label][kind]:.1f}" if label in cpu else "—"
                      for label in ("proxy", "catalog") for kind in ("user", "sys")]
+            cells += [f"{cpu[label].get('voluntary', 0):.0f} / {cpu[label].get('involuntary', 0):.0f}"
+                      if label in cpu else "—" for label in ("proxy", "catalog")]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     if summary["memory"]:
         lines += ["", "| service | idle RSS (MiB) | RSS under load (MiB) |", "|---|---:|---:|"]
