@@ -112,7 +112,8 @@ impl RequestLine<'_> {
     /// The members, written into this thread's buffer (given back when the result is dropped).
     /// As bytes, they go into the line as they are: no formatting pass, no UTF-8 check.
     fn members(&self) -> MembersBuffer {
-        let mut buffer = MembersBuffer(MEMBERS.take());
+        // `try_with`: a line logged while the thread's locals are torn down gets a buffer of its own.
+        let mut buffer = MembersBuffer(MEMBERS.try_with(std::cell::Cell::take).unwrap_or_default());
         buffer.0.clear();
         self.write(&mut buffer.0);
         buffer
@@ -171,7 +172,8 @@ impl std::ops::Deref for MembersBuffer {
 
 impl Drop for MembersBuffer {
     fn drop(&mut self) {
-        MEMBERS.set(std::mem::take(&mut self.0));
+        let buffer = std::mem::take(&mut self.0);
+        let _ = MEMBERS.try_with(|members| members.set(buffer));
     }
 }
 
