@@ -119,6 +119,8 @@ impl RequestLine<'_> {
         buffer
     }
 
+    /// Assembled by hand, as bytes: a formatting call per member cost more than the rest of
+    /// the line.
     fn write(&self, line: &mut Vec<u8>) {
         line.extend_from_slice(self.prefix.as_bytes());
         for (name, text) in [

@@ -327,7 +327,8 @@ class Bench:
 
     def run_case(self, name, url, script=None, processes=None):
         """One wrk run; with `processes` ({label: pid}), also the user and system CPU each spent
-        per request (µs), so a throughput ratio can be read as where the time went."""
+        per request (µs) and its context switches per 1 000 requests (`CPU_KINDS`), so a
+        throughput ratio can be read as where the time went."""
         runs = self.results.setdefault(name, {"url": url, "runs": []})["runs"]
         before = process_counters(processes) if processes else {}
         run = wrk(url, self.args.duration, self.args.connections, script)
@@ -335,10 +336,9 @@ class Bench:
             after = process_counters(processes)
             per_request = 1e6 / CLOCK_TICKS / run["requests"]
             per_thousand = 1000 / run["requests"]
-            run["cpu_us"] = {label: {"user": (after[label][0] - before[label][0]) * per_request,
-                                     "sys": (after[label][1] - before[label][1]) * per_request,
-                                     "voluntary": (after[label][2] - before[label][2]) * per_thousand,
-                                     "involuntary": (after[label][3] - before[label][3]) * per_thousand}
+            scales = (per_request, per_request, per_thousand, per_thousand)  # in CPU_KINDS' order
+            run["cpu_us"] = {label: {kind: (end - start) * scale for kind, end, start, scale
+                                     in zip(CPU_KINDS, after[label], before[label], scales)}
                              for label in processes}
         runs.append(run)
         cpu = "".join(f", {label} {v['user']:.1f}+{v['sys']:.1f} µs {v['voluntary']:.0f}/{v['involuntary']:.0f} sw"
@@ -663,7 +663,7 @@ def write_markdown(summary, args, path):
         for name, cpu in with_cpu.items():
             cells = [f"{cpu[label][kind]:.1f}" if label in cpu else "—"
                      for label in ("proxy", "catalog") for kind in ("user", "sys")]
-            cells += [f"{cpu[label].get('voluntary', 0):.0f} / {cpu[label].get('involuntary', 0):.0f}"
+            cells += [f"{cpu[label]['voluntary']:.0f} / {cpu[label]['involuntary']:.0f}"
                       if label in cpu else "—" for label in ("proxy", "catalog")]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     if summary["memory"]:
