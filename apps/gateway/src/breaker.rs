@@ -87,9 +87,11 @@ pub struct Permit<'a> {
 }
 
 impl Permit<'_> {
-    pub fn finish(mut self, success: bool) {
+    /// The attempt's verdict, and when it was reached (`now`, read once by the caller for
+    /// this and the attempt's duration).
+    pub fn finish(mut self, success: bool, now: Instant) {
         self.finished = true;
-        self.breaker.record(self.probe, success);
+        self.breaker.record(self.probe, success, now);
     }
 }
 
@@ -183,9 +185,9 @@ impl Breaker {
         }
     }
 
-    fn record(&self, probe: bool, success: bool) {
+    fn record(&self, probe: bool, success: bool, now: Instant) {
         let mut inner = self.lock();
-        let second = self.started.elapsed().as_secs();
+        let second = now.saturating_duration_since(self.started).as_secs();
         let bucket = &mut inner.window[(second % WINDOW_SECS as u64) as usize];
         if bucket.second != second {
             *bucket = Bucket {
@@ -211,7 +213,7 @@ impl Breaker {
         }
         inner.consecutive_failures += 1;
         match inner.state {
-            BreakerState::HalfOpen if probe => self.open(&mut inner),
+            BreakerState::HalfOpen if probe => self.open(&mut inner, now),
             BreakerState::Closed => {
                 let (total, failures) = inner
                     .window
@@ -223,15 +225,15 @@ impl Breaker {
                 let ratio_tripped = total >= self.settings.min_requests.max(1)
                     && f64::from(failures) >= self.settings.failure_ratio * f64::from(total);
                 if inner.consecutive_failures >= self.settings.failure_threshold || ratio_tripped {
-                    self.open(&mut inner);
+                    self.open(&mut inner, now);
                 }
             }
             _ => {}
         }
     }
 
-    fn open(&self, inner: &mut Inner) {
-        inner.opened_at = Instant::now();
+    fn open(&self, inner: &mut Inner, now: Instant) {
+        inner.opened_at = now;
         inner.consecutive_failures = 0;
         self.transition(inner, BreakerState::Open);
     }
@@ -278,7 +280,7 @@ mod tests {
 
     fn fail(breaker: &Breaker) {
         if let Ok(permit) = breaker.admit() {
-            permit.finish(false);
+            permit.finish(false, Instant::now());
         }
     }
 
@@ -301,7 +303,7 @@ mod tests {
         fail(&breaker);
         fail(&breaker);
         if let Ok(permit) = breaker.admit() {
-            permit.finish(true);
+            permit.finish(true, Instant::now());
         }
         fail(&breaker);
         fail(&breaker);
@@ -313,7 +315,7 @@ mod tests {
         let breaker = breaker(100, Duration::from_secs(60));
         for index in 0..40 {
             if let Ok(permit) = breaker.admit() {
-                permit.finish(index % 2 == 0);
+                permit.finish(index % 2 == 0, Instant::now());
             }
         }
         assert_eq!(breaker.state(), BreakerState::Open);
@@ -332,7 +334,7 @@ mod tests {
             "a second request while the probe is out fails fast"
         );
         if let Ok(permit) = probe {
-            permit.finish(true);
+            permit.finish(true, Instant::now());
         }
         assert_eq!(breaker.state(), BreakerState::Closed);
     }

@@ -472,6 +472,11 @@ async fn call(
             upstream.budget.deposit();
         }
         let outcome = send_once(route, upstream, index, outbound, trace, now, timeout).await;
+        // One clock read for the attempt's end: its duration and the breaker's window.
+        let ended = Instant::now();
+        route
+            .upstream_duration
+            .observe(ended.saturating_duration_since(now).as_secs_f64());
         drop(in_flight);
         // The breaker and ejection count signs the backend is unavailable (no answer, or
         // 502/503/504), not a 500: that is an answer, about this request.
@@ -480,7 +485,7 @@ async fn call(
             Err(_) => false,
         };
         if upstream.report(index, available) {
-            permit.finish(available);
+            permit.finish(available, ended);
         } else {
             // One bad replica among good ones: ejection's business, not the breaker's.
             drop(permit);
@@ -544,7 +549,8 @@ fn is_gateway_failure(status: StatusCode) -> bool {
     matches!(status.as_u16(), 502..=504)
 }
 
-/// One attempt at replica `index` (from `started`), recorded in the upstream metrics. The
+/// One attempt at replica `index` (from `started`), counted in the upstream metrics by its
+/// answer (the caller observes its duration). The
 /// request's own span is the backend's parent (as a proxy, the gateway makes no span of its own
 /// per attempt: the backend's span, or the failure logged with the trace id, tells the attempt).
 async fn send_once(
@@ -575,9 +581,10 @@ async fn send_once(
         // `RouteObserver::finish` writes the gateway's own on every answer.
         replaced_in_answer: &[X_REQUEST_ID, X_TRACE_ID],
     };
-    // One timeout for the whole attempt: connecting, the answer and its body.
-    let outcome = match tokio::time::timeout(
-        timeout,
+    // One timeout for the whole attempt: connecting, the answer and its body. Its deadline
+    // from `started`, the time already read, rather than from another read of the clock.
+    let outcome = match tokio::time::timeout_at(
+        (started + timeout).into(),
         replica.pool.send(&request, outbound.replayable, started),
     )
     .await
@@ -600,7 +607,6 @@ async fn send_once(
             route.upstream_requests.inc(error.outcome());
         }
     }
-    route.upstream_duration.observe(started.elapsed().as_secs_f64());
     outcome
 }
 
