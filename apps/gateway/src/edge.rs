@@ -187,13 +187,14 @@ impl tower::Service<Request> for Edge {
             }
             _ => None,
         };
-        Box::pin(serve(
-            self.state.clone(),
-            route,
-            request,
-            self.peer.clone(),
-            path_owner,
-        ))
+        // The heap slot first, then the future written into it: built the other way round
+        // (`Box::pin(serve(..))`), all of its 4 KB are copied from the stack.
+        let slot = Box::new_uninit();
+        let serving = Box::write(
+            slot,
+            serve(self.state.clone(), route, request, self.peer.clone(), path_owner),
+        );
+        Box::into_pin(serving)
     }
 }
 
