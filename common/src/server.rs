@@ -135,6 +135,11 @@ impl<F: Front> Server<F> {
         // An answer's head and body copied into one buffer and sent with one `write`, rather
         // than queued apart for a `writev`: our bodies are small JSON (docs/benchmarks.md).
         http.writev(false);
+        // While a request is in flight hyper otherwise reads the socket to notice the client
+        // leaving; that read finds the request still holding the read buffer and allocates a new
+        // 8 KB one, once per request. Instead a request runs to its end (bounded by its own
+        // timeouts) and a client that only shut its sending side still gets its answer.
+        http.half_close(true);
         tokio::pin!(graceful);
         loop {
             let (stream, peer) = tokio::select! {

@@ -594,6 +594,32 @@ async fn idle_keep_alive_connections_are_closed_at_shutdown() {
     assert!(matches!(closed, Ok(0) | Err(_)), "{closed:?}");
 }
 
+/// A client that shuts its sending side after its request (HTTP/1.1 allows it) still gets the
+/// answer: a request in flight runs to its end rather than being cut when the server reads EOF
+/// (the shared server's `half_close`).
+#[tokio::test]
+async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut settings = Settings::for_tests("catalog");
+    settings.simulation.enabled = true;
+    settings.simulation.header_faults = true;
+    let server = spawn_with(settings).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    stream
+        .write_all(b"GET /catalog/prod-123 HTTP/1.1\r\nhost: catalog\r\nx-fault-delay-ms: 300\r\n\r\n")
+        .await
+        .unwrap();
+    stream.shutdown().await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer))
+        .await
+        .expect("the server answers and then closes")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("prod-123"), "{answer}");
+}
+
 /// The real binary: SIGTERM → readiness fails, the in-flight request finishes, exit code 0.
 #[tokio::test]
 async fn the_binary_drains_on_sigterm_and_exits_cleanly() {
