@@ -550,9 +550,9 @@ fn is_gateway_failure(status: StatusCode) -> bool {
 }
 
 /// One attempt at replica `index` (from `started`), counted in the upstream metrics by its
-/// answer (the caller observes its duration). The
-/// request's own span is the backend's parent (as a proxy, the gateway makes no span of its own
-/// per attempt: the backend's span, or the failure logged with the trace id, tells the attempt).
+/// answer (the caller observes its duration). The request's own span is the backend's parent (as
+/// a proxy, the gateway makes no span of its own per attempt: the backend's span, or the failure
+/// logged with the trace id, tells the attempt).
 async fn send_once(
     route: &ProxiedRoute,
     upstream: &Upstream,
