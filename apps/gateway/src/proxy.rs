@@ -472,7 +472,8 @@ async fn call(
             upstream.budget.deposit();
         }
         let outcome = send_once(route, upstream, index, outbound, trace, now, timeout).await;
-        // One clock read for the attempt's end: its duration and the breaker's window.
+        // One clock read for the attempt's end: its duration, the breaker's window and whether
+        // a retry would still fit before the deadline.
         let ended = Instant::now();
         route
             .upstream_duration
@@ -516,7 +517,7 @@ async fn call(
             return outcome;
         }
         let delay = backoff(attempt, edge.backoff_base, edge.backoff_max);
-        if Instant::now() + delay >= deadline {
+        if ended + delay >= deadline {
             return outcome;
         }
         if !upstream.budget.try_withdraw() {
