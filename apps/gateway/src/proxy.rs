@@ -460,8 +460,8 @@ async fn call(
                 });
             }
         };
-        let now = Instant::now();
-        let remaining = deadline.saturating_duration_since(now);
+        let started = Instant::now();
+        let remaining = deadline.saturating_duration_since(started);
         if remaining.is_zero() {
             metrics.deadline_exceeded.with_label_values(&[name]).inc();
             return Err(GatewayError::Timeout { upstream: name });
@@ -471,13 +471,13 @@ async fn call(
         if attempt == 1 {
             upstream.budget.deposit();
         }
-        let outcome = send_once(route, upstream, index, outbound, trace, now, timeout).await;
+        let outcome = send_once(route, upstream, index, outbound, trace, started, timeout).await;
         // One clock read for the attempt's end: its duration, the breaker's window and whether
         // a retry would still fit before the deadline.
         let ended = Instant::now();
         route
             .upstream_duration
-            .observe(ended.saturating_duration_since(now).as_secs_f64());
+            .observe(ended.saturating_duration_since(started).as_secs_f64());
         drop(in_flight);
         // The breaker and ejection count signs the backend is unavailable (no answer, or
         // 502/503/504), not a 500: that is an answer, about this request.
