@@ -26,7 +26,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Record};
 use tracing::{Event, Id, Level, Subscriber};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
-use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, filter_fn};
+use tracing_subscriber::filter::{EnvFilter, FilterExt, LevelFilter, Targets, filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::{Context, Filter, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
@@ -117,33 +117,39 @@ pub fn build_subscriber<W>(
     log_level: &str,
     writer: W,
     exporting: Option<SdkTracer>,
-) -> anyhow::Result<impl Subscriber + Send + Sync + 'static>
+) -> anyhow::Result<Box<dyn Subscriber + Send + Sync + 'static>>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    // The stack is built whole around one trace layer or the other, not with an `Option` of
+    // each: a `None` layer counts as wanting every callsite, so a line every other layer turns
+    // down would still be built at each call; and boxing the layer alone would put a virtual
+    // call in every span's every enter and exit.
+    macro_rules! with_trace_layer {
+        ($trace_layer:expr) => {
+            Box::new(
+                Registry::default()
+                    .with(SpanFieldsLayer.with_filter(log_layer_filter(log_level)?))
+                    .with($trace_layer)
+                    .with(JsonLogLayer::new(identity, writer).with_filter(log_layer_filter(log_level)?)),
+            )
+        };
+    }
     // Span creation does not depend on LOG_LEVEL: LOG_LEVEL=warn must not break traces.
-    let span_filter = || EnvFilter::try_new(SPAN_DIRECTIVES).context("invalid span filter");
-    let (sdk_spans, ids_only) = match exporting {
-        Some(tracer) => (
-            Some(
-                tracing_opentelemetry::layer()
-                    .with_tracer(tracer)
-                    .with_tracked_inactivity(false)
-                    // Nothing here reads OpenTelemetry's "current" context (ids and propagation
-                    // go through the tracing span), and activating it on every poll of every
-                    // instrumented future cost allocations on the hot path.
-                    .with_context_activation(false)
-                    .with_filter(span_filter()?.and(spans_and_warnings())),
-            ),
-            None,
+    let subscriber: Box<dyn Subscriber + Send + Sync> = match exporting {
+        Some(tracer) => with_trace_layer!(
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_tracked_inactivity(false)
+                // Nothing here reads OpenTelemetry's "current" context (ids and propagation go
+                // through the tracing span), and activating it on every poll of every
+                // instrumented future cost allocations on the hot path.
+                .with_context_activation(false)
+                .with_filter(trace_spans().and(spans_and_warnings()))
         ),
-        None => (None, Some(TraceIdsLayer.with_filter(span_filter()?))),
+        None => with_trace_layer!(TraceIdsLayer.with_filter(trace_layer_filter(log_level)?)),
     };
-    Ok(Registry::default()
-        .with(SpanFieldsLayer.with_filter(log_layer_filter(log_level)?))
-        .with(sdk_spans)
-        .with(ids_only)
-        .with(JsonLogLayer::new(identity, writer).with_filter(log_layer_filter(log_level)?)))
+    Ok(subscriber)
 }
 
 /// A span's place in its trace when spans are not exported (kept by [`TraceIdsLayer`]).
@@ -235,8 +241,34 @@ pub fn set_parent(span: &tracing::Span, parent: opentelemetry::Context) {
     }
 }
 
-/// The spans traces are made of: INFO and above, without the transport crates' own.
-const SPAN_DIRECTIVES: &str = "info,h2=off,tonic=off,hyper=off,tower=off";
+/// The spans traces are made of: INFO and above, without the transport crates' own. Fixed
+/// targets rather than an `EnvFilter`, which looks each span up under a lock at every enter,
+/// exit and close in case a directive names span fields.
+fn trace_spans() -> Targets {
+    Targets::new()
+        .with_default(LevelFilter::INFO)
+        .with_targets(["h2", "tonic", "hyper", "tower"].map(|target| (target, LevelFilter::OFF)))
+}
+
+/// What [`TraceIdsLayer`] is given: the spans traces are made of, whatever LOG_LEVEL says, and
+/// the events `log_level` lets through, which it has no use for. Taking the log layers' events
+/// keeps every layer agreeing on each event, and tracing then decides an event once per callsite:
+/// taken, with no filter asked again, or turned down, with its fields not even evaluated. Where
+/// layers disagree, each event asks every filter again and is built for whichever takes it: at
+/// LOG_LEVEL=warn this layer took INFO events, and each request's line was built and dropped
+/// (≈ 1 700 instructions per request in the gateway; docs/benchmarks.md, fifteenth round). The
+/// OpenTelemetry layer cannot agree so: INFO lines are not made span events.
+fn trace_layer_filter<S>(log_level: &str) -> anyhow::Result<impl Filter<S> + Send + Sync + 'static>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    let spans =
+        trace_spans().and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE));
+    let events = EnvFilter::try_new(log_level)
+        .context("invalid LOG_LEVEL")?
+        .and(filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE));
+    Ok(spans.or(events))
+}
 
 /// What the OpenTelemetry layer takes besides spans: warnings and errors, which become events of
 /// the span they happen in. INFO lines stay in the logs, joined to the trace by `trace_id`: as
@@ -259,9 +291,8 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let events = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
-    let spans = EnvFilter::try_new(SPAN_DIRECTIVES)
-        .context("invalid span filter")?
-        .and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE));
+    let spans =
+        trace_spans().and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE));
     Ok(events.or(spans))
 }
 
@@ -890,6 +921,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use tracing::subscriber::Interest;
 
     /// The lines `body` logs through the real subscriber (installed for this thread only).
     fn log_lines(body: impl FnOnce()) -> Vec<Value> {
@@ -1130,35 +1162,93 @@ mod tests {
         }
     }
 
-    /// An exported span carries the warnings and errors logged inside it as events; its INFO
-    /// lines stay in the log (with the span's ids), not repeated on the span.
+    /// An exported span carries the warnings and errors logged inside it as events, whatever
+    /// LOG_LEVEL says; its INFO lines stay in the log (with the span's ids), not repeated on the
+    /// span.
     #[test]
     fn warnings_and_errors_become_span_events_info_lines_do_not() {
-        let collected = Collected::default();
-        let provider = SdkTracerProvider::builder()
-            .with_span_processor(collected.clone())
-            .build();
-        let capture = LogCapture::default();
+        for (log_level, logged) in [
+            ("info", &["request completed", "retrying", "request failed"][..]),
+            ("error", &["request failed"][..]),
+        ] {
+            let collected = Collected::default();
+            let provider = SdkTracerProvider::builder()
+                .with_span_processor(collected.clone())
+                .build();
+            let capture = LogCapture::default();
+            let identity = Settings::for_tests("unit").identity;
+            let subscriber = build_subscriber(
+                &identity,
+                log_level,
+                capture.clone(),
+                Some(provider.tracer("unit")),
+            )
+            .unwrap();
+            tracing::subscriber::with_default(subscriber, || {
+                let span = tracing::info_span!("server");
+                let _span = span.enter();
+                tracing::info!("request completed");
+                tracing::warn!(attempt = 2, "retrying");
+                tracing::error!("request failed");
+            });
+            let spans = collected.0.lock().unwrap();
+            assert_eq!(spans.len(), 1);
+            let events: Vec<&str> = spans[0].events.iter().map(|event| event.name.as_ref()).collect();
+            assert_eq!(events, ["retrying", "request failed"], "LOG_LEVEL={log_level}");
+            let messages: Vec<Value> = capture
+                .json_lines()
+                .iter()
+                .map(|line| line["message"].clone())
+                .collect();
+            assert_eq!(messages, logged, "LOG_LEVEL={log_level}");
+        }
+    }
+
+    /// Each event's callsite is decided once, not at every call, wherever the layers agree: a
+    /// request's INFO line at LOG_LEVEL=warn is turned down by every layer, exported or not
+    /// (`never`: its fields are not even evaluated), and at LOG_LEVEL=info without export taken
+    /// by every layer (`always`: no filter asked again). With export the OpenTelemetry layer
+    /// turns INFO lines down where the log layers take them, so each line asks the filters.
+    /// (The interest is read from each subscriber alone: in a test process the callsite's own
+    /// is the sum over the subscribers of every test running beside this one.)
+    #[test]
+    fn an_events_callsite_is_decided_once_where_the_layers_agree() {
+        type SeenEvent = Arc<Mutex<Option<&'static tracing::Metadata<'static>>>>;
+        struct LastEvent(SeenEvent);
+        impl<S: Subscriber> Layer<S> for LastEvent {
+            fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+                *self.0.lock().unwrap() = Some(event.metadata());
+            }
+            // INFO and above only: a layer wanting everything would raise the most verbose
+            // level of every test running beside this one.
+            fn register_callsite(&self, metadata: &'static tracing::Metadata<'static>) -> Interest {
+                if *metadata.level() <= Level::INFO {
+                    Interest::always()
+                } else {
+                    Interest::never()
+                }
+            }
+            fn max_level_hint(&self) -> Option<LevelFilter> {
+                Some(LevelFilter::INFO)
+            }
+        }
         let identity = Settings::for_tests("unit").identity;
-        let subscriber =
-            build_subscriber(&identity, "info", capture.clone(), Some(provider.tracer("unit"))).unwrap();
-        tracing::subscriber::with_default(subscriber, || {
-            let span = tracing::info_span!("server");
-            let _span = span.enter();
-            tracing::info!("request completed");
-            tracing::warn!(attempt = 2, "retrying");
-            tracing::error!("request failed");
+        let seen = SeenEvent::default();
+        tracing::subscriber::with_default(Registry::default().with(LastEvent(seen.clone())), || {
+            tracing::info!(status = 200, "request completed");
         });
-        let spans = collected.0.lock().unwrap();
-        assert_eq!(spans.len(), 1);
-        let events: Vec<&str> = spans[0].events.iter().map(|event| event.name.as_ref()).collect();
-        assert_eq!(events, ["retrying", "request failed"]);
-        let messages: Vec<Value> = capture
-            .json_lines()
-            .iter()
-            .map(|line| line["message"].clone())
-            .collect();
-        assert_eq!(messages, ["request completed", "retrying", "request failed"]);
+        let line = seen.lock().unwrap().expect("the line reached the layer");
+
+        let interest = |log_level: &str, exporting: Option<SdkTracer>| {
+            let subscriber =
+                build_subscriber(&identity, log_level, LogCapture::default(), exporting).unwrap();
+            tracing::Dispatch::new(subscriber).register_callsite(line)
+        };
+        let provider = SdkTracerProvider::builder().build();
+        assert!(interest("info", None).is_always());
+        assert!(interest("warn", None).is_never());
+        assert!(interest("warn", Some(provider.tracer("unit"))).is_never());
+        assert!(interest("info", Some(provider.tracer("unit"))).is_sometimes());
     }
 
     #[test]
