@@ -250,6 +250,11 @@ fn trace_spans() -> Targets {
         .with_targets(["h2", "tonic", "hyper", "tower"].map(|target| (target, LevelFilter::OFF)))
 }
 
+/// [`trace_spans`] and no events.
+fn trace_spans_only<S: Subscriber>() -> impl Filter<S> + Send + Sync + 'static {
+    trace_spans().and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE))
+}
+
 /// What [`TraceIdsLayer`] is given: the spans traces are made of, whatever LOG_LEVEL says, and
 /// the events `log_level` lets through, which it has no use for. Taking the log layers' events
 /// keeps every layer agreeing on each event, and tracing then decides an event once per callsite:
@@ -262,8 +267,7 @@ fn trace_layer_filter<S>(log_level: &str) -> anyhow::Result<impl Filter<S> + Sen
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let spans =
-        trace_spans().and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE));
+    let spans = trace_spans_only();
     let events = EnvFilter::try_new(log_level)
         .context("invalid LOG_LEVEL")?
         .and(filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE));
@@ -291,8 +295,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let events = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
-    let spans =
-        trace_spans().and(filter_fn(|metadata| metadata.is_span()).with_max_level_hint(LevelFilter::TRACE));
+    let spans = trace_spans_only();
     Ok(events.or(spans))
 }
 
