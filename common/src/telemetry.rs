@@ -268,8 +268,7 @@ where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
     let spans = trace_spans_only();
-    let events = EnvFilter::try_new(log_level)
-        .context("invalid LOG_LEVEL")?
+    let events = log_level_filter(log_level)?
         .and(filter_fn(|metadata| metadata.is_event()).with_max_level_hint(LevelFilter::TRACE));
     Ok(spans.or(events))
 }
@@ -294,9 +293,14 @@ fn log_layer_filter<S>(log_level: &str) -> anyhow::Result<impl Filter<S> + Send 
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
-    let events = EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")?;
+    let events = log_level_filter(log_level)?;
     let spans = trace_spans_only();
     Ok(events.or(spans))
+}
+
+/// What `LOG_LEVEL` says (`EnvFilter` directives), for the layers that take the log's events.
+fn log_level_filter(log_level: &str) -> anyhow::Result<EnvFilter> {
+    EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")
 }
 
 /// The tracer provider, and the recorder of its span queue when spans are exported.
