@@ -46,18 +46,23 @@ LOAD_ARGS ?=
 load-test: ## Goose load test against the running stack (start it with `make run-all`); reports in reports/
 	$(CARGO) run --quiet -p loadtest -- --host $(LOAD_HOST) --users $(LOAD_USERS) --hatch-rate $(LOAD_RATE) --run-time $(LOAD_TIME) $(LOAD_ARGS)
 
-test: check-observability ## Run every test (the command CI runs)
+# One build serves the tests, the bench smoke and schemathesis: `cargo test --workspace` builds
+# every library, binary, example and test of the workspace with one feature resolution (the
+# dev-dependencies' features included), and the later steps run `cargo test --workspace --no-run`,
+# the same command, which finds it all fresh. A per-package `cargo build -p …` resolves features
+# differently and rebuilds shared crates (reqwest, tokio, …) and the services over the same paths.
+BUILD_ALL = $(CARGO) test --workspace --no-run
+
+test: check-observability ## Run every test (the command CI runs): needs the packages .ci/run installs
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 
-bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose vs Locust → docs/benchmarks.md
+bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose vs Locust (release builds, PGO gateway)
 	python3 ops/bench/bench.py
 
-bench-smoke: ## The benchmark end to end with a tiny duration and debug builds (part of `make test`)
-	$(CARGO) build --bins -p gateway -p catalog -p cart -p orders -p loadtest
-	$(CARGO) build -p gateway --example otlp_sink
-	python3 ops/pgo.py --debug --seconds 1 --no-service-build
-	python3 ops/bench/bench.py --smoke --no-build
+bench-smoke: ## The benchmark end to end with a tiny duration on the debug build `make test` made (no PGO)
+	$(BUILD_ALL)
+	python3 ops/bench/bench.py --smoke --no-build --no-pgo
 
 gateway-pgo: ## Build the gateway with profile-guided optimisation → target/pgo/release/gateway
 	python3 ops/pgo.py

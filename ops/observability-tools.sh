@@ -3,13 +3,19 @@
 # `prometheus` package: the stack test runs the real server, `make check-observability` runs
 # promtool) and a Compose implementation to validate docker-compose.yml without a Docker
 # engine (Debian's `docker-compose`, unless `docker compose` is already there).
-# Installs with apt-get when something is missing (as root, or through sudo).
+# Installs with apt-get when something is missing (as root, or through sudo). With
+# `--print-missing` it only prints the missing Debian packages, one a line (`.ci/run` installs
+# them with the rest in one apt-get run).
 set -euo pipefail
 
 missing=()
 command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null 2>&1; then
   missing+=(docker-compose)
+fi
+if [ "${1:-}" = --print-missing ]; then
+  [ ${#missing[@]} -eq 0 ] || printf '%s\n' "${missing[@]}"
+  exit 0
 fi
 [ ${#missing[@]} -eq 0 ] && exit 0
 

@@ -6,7 +6,7 @@ end, so the gateway's speed depends on how its code is laid out as much as on ho
 instructions it runs. valgrind's cache simulation put the plain release build at twice nginx's
 L1 instruction-cache misses per request (1 836 against 880). Given a profile of real proxying,
 LLVM places hot code together, moves cold paths out of the way and inlines by measured frequency:
-−16 % instructions and −38 % L1i misses per proxied request (docs/benchmarks.md, tenth round).
+−16 % instructions and −38 % L1i misses per proxied request (docs/decisions/0003-pgo.md).
 
 Steps, each build in its own target directory (the workspace's own builds are left alone):
   1. an instrumented gateway (`-Cprofile-generate`) in <target>/pgo-generate;
@@ -21,7 +21,9 @@ Steps, each build in its own target directory (the workspace's own builds are le
      printed last.
 
   python3 ops/pgo.py                 # release build
-  python3 ops/pgo.py --debug --seconds 1   # the same steps on debug builds (make test's smoke)
+  python3 ops/pgo.py --debug --seconds 1   # the same steps on debug builds (a quick check of this script)
+
+`make bench` runs it (through ops/bench/bench.py); `make test` does not.
 """
 
 import argparse
@@ -40,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "ops" / "bench"))
 # The bench's way of running a service (environment, readiness, SIGTERM), one copy of it.
 from bench import ADMIN_TOKEN, Service, free_port, http  # noqa: E402
-# What `make bench` and `make bench-smoke` build, in one cargo invocation: the same set here gives
+# What `make bench` builds (ops/bench/bench.py), in one cargo invocation: the same set here gives
 # the same feature unification, so the two never rebuild each other's binaries.
 SERVICE_PACKAGES = ["gateway", "catalog", "cart", "orders", "loadtest"]
 

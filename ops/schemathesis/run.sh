@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # `make schemathesis`: check that every served OpenAPI document tells the truth.
 #
-# Builds the catalog, cart, orders and gateway, starts them on free loopback ports with the simulation
-# off (injected faults would be "server errors"), and runs `st run <service>/openapi.json
-# --checks all` against each of them, and against a second gateway with edge auth and rate
-# limiting on (its document then promises 401/404/429 and a bearer scheme). Schemathesis is
-# installed from PyPI into a throwaway venv. Exit status: non-zero on any finding.
+# Builds the workspace as `make test` does (so after `make test` nothing is rebuilt), starts the
+# catalog, cart, orders and gateway on free loopback ports with the simulation off (injected
+# faults would be "server errors"), and runs `st run <service>/openapi.json --checks all` against
+# each of them, and against a second gateway with edge auth and rate limiting on (its document
+# then promises 401/404/429 and a bearer scheme). Schemathesis is installed from PyPI into a
+# throwaway venv. Exit status: non-zero on any finding.
 #
 # Knobs: ST_MAX_TIME (seconds per run, default 45), ST_VENV (venv path), ST_VERSION.
 set -euo pipefail
@@ -27,7 +28,10 @@ if [ ! -x "$VENV/bin/st" ] || ! "$VENV/bin/st" --version 2>/dev/null | grep -q "
 fi
 
 echo "== building the services"
-cargo build -q --bins -p catalog -p cart -p orders -p gateway
+# The same command as `make test`'s build: the same features and profile, so it reuses that build
+# (a per-package `cargo build` unifies features without the dev-dependencies and rebuilds shared
+# crates such as reqwest, and then the services, into the same paths).
+cargo test -q --workspace --no-run
 BIN=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')/debug
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
@@ -78,9 +82,9 @@ check() { # name port bearer [filters...]
 # The simulation knobs get a pass of their own, last: schema-valid values there switch injected
 # failures on, which every later request would see as server errors.
 EVERYTHING_ELSE=(--exclude-path-regex '/simulation$')
-# A cart is never gone: `DELETE /cart/{user_id}` and `DELETE /v1/cart/{user_id}` empty it (seed
-# 000 answers "Cart cleared successfully") and `GET` of any user answers that user's cart, empty
-# when there is none (seed 000: "an unknown user gets an empty cart, not 404"). So a GET after the
+# A cart is never gone: `DELETE /cart/{user_id}` and `DELETE /v1/cart/{user_id}` empty it (the
+# simple cart API answers "Cart cleared successfully") and `GET` of any user answers that user's
+# cart, empty when there is none (an unknown user gets an empty cart, not 404). So a GET after the
 # DELETE answering 200 with no items is the contract, and `use_after_free` ("a deleted resource
 # must answer 404") does not apply — in the cart, and through the gateway, whose only DELETE
 # routes are the cart's. It is excluded on the command line because `--checks all` there outranks

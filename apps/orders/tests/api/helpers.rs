@@ -9,15 +9,18 @@ use serde_json::{Value, json};
 use shopstack_common::Platform;
 use shopstack_common::config::Settings;
 use shopstack_common::telemetry;
-use shopstack_common::testing::TestServer;
+use shopstack_common::testing::{PostgresServer, TestServer};
 use sqlx::Connection as _;
 
 pub const ADMIN: &str = "Bearer test-admin-token";
 
-/// Where the PostgreSQL tests create their databases (trust auth on the machine's server).
-fn postgres_admin_url() -> String {
-    std::env::var("TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+/// Where the PostgreSQL tests create their databases: `TEST_POSTGRES_URL` when set, else this
+/// test binary's own server (started on first use, shared by its tests).
+async fn postgres_admin_url() -> String {
+    tokio::task::spawn_blocking(PostgresServer::shared_url)
+        .await
+        .unwrap()
+        .unwrap_or_else(|error| panic!("no PostgreSQL for this test: {error:#}"))
 }
 
 /// A fresh database for one test: a SQLite file in a new temporary directory, or a new
@@ -44,7 +47,7 @@ impl TestDb {
     }
 
     pub async fn postgres() -> Self {
-        let admin_url = postgres_admin_url();
+        let admin_url = postgres_admin_url().await;
         let name = format!("orders_test_{}", uuid::Uuid::new_v4().simple());
         let mut connection = sqlx::PgConnection::connect(&admin_url)
             .await
