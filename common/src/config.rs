@@ -51,7 +51,7 @@ pub struct CommonConfig {
     #[arg(long, env = "LOG_LEVEL", default_value = "info")]
     pub log_level: String,
 
-    /// Also append JSON logs to this file (seed 000's log-shipper sidecar tails it).
+    /// Also append JSON logs to this file (for a log-shipper sidecar to tail).
     #[arg(long, env = "LOG_FILE")]
     pub log_file: Option<PathBuf>,
 
@@ -94,7 +94,7 @@ pub struct CommonConfig {
     #[arg(long, env = "SIMULATION", default_value = "on", value_parser = BoolishValueParser::new())]
     pub simulation: bool,
 
-    /// Injected latency range in ms, `MIN-MAX` or `N` [default: the service's seed 003 profile].
+    /// Injected latency range in ms, `MIN-MAX` or `N` [default: the service's default simulation profile].
     #[arg(long, env = "SIM_LATENCY_MS")]
     pub sim_latency_ms: Option<String>,
 
@@ -122,7 +122,7 @@ pub struct CommonConfig {
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
-    /// Seed 000's name for the Redis address (`host:port`); used when REDIS_URL is unset.
+    /// Redis address as `host:port`, accepted for compatibility; used when REDIS_URL is unset.
     #[arg(long, env = "REDIS_ADDR")]
     pub redis_addr: Option<String>,
 
@@ -130,7 +130,7 @@ pub struct CommonConfig {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Enable seed 000's `POST /stress` CPU/memory load generator.
+    /// Enable the `POST /stress` CPU/memory load generator (autoscaling demos).
     #[arg(long, env = "STRESS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new())]
     pub stress_enabled: bool,
 
@@ -197,7 +197,8 @@ pub struct Settings {
 }
 
 impl CommonConfig {
-    /// Apply the service's defaults and the seed-named aliases, then validate everything.
+    /// Apply the service's defaults and the aliases accepted for compatibility, then validate
+    /// everything.
     pub fn resolve(self, defaults: ServiceDefaults) -> anyhow::Result<Settings> {
         let name = self.service_name.unwrap_or_else(|| defaults.name.to_string());
         if name.trim().is_empty() {
@@ -206,7 +207,7 @@ impl CommonConfig {
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .with_context(|| format!("LOG_LEVEL={:?} is not a valid level or filter", self.log_level))?;
 
-        // Seed 003 called it OTLP_ENDPOINT; the standard name wins when both are set.
+        // OTLP_ENDPOINT is accepted for compatibility; the standard name wins when both are set.
         let otlp_endpoint = self
             .otlp_endpoint
             .or_else(|| std::env::var("OTLP_ENDPOINT").ok())

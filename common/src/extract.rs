@@ -10,7 +10,7 @@ use serde::de::DeserializeOwned;
 
 use crate::problem::Problem;
 
-/// JSON body. The `Content-Type` is not insisted on (seed clients post JSON with `curl -d`),
+/// JSON body. The `Content-Type` is not insisted on (clients post JSON with `curl -d`),
 /// but the body must parse into `T`: anything else is a 400 naming the offending field.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Json<T>(pub T);

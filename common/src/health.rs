@@ -1,7 +1,7 @@
 //! Dependency health and the lifecycle flag behind the probes.
 //!
 //! Services register one check per dependency (Redis, an upstream, the database). `/healthz`
-//! reports each of them in seed 000's shape; `/readyz` fails while draining or while a
+//! reports each of them in the health response shape with one field per dependency; `/readyz` fails while draining or while a
 //! dependency marked *required for readiness* is down; `/livez` only says the process runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};

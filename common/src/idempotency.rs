@@ -1,4 +1,4 @@
-//! `Idempotency-Key` for write routes (seeds 001 and 002).
+//! `Idempotency-Key` for write routes.
 //!
 //! - The first request with a key runs; its response (if not a 5xx) is kept for 24 h.
 //! - A repeat with the same key and the same request (method, path, query, body) gets the kept

@@ -4,7 +4,7 @@
 //! Why batches: a service logs one line per request, and at thousands of requests per second a
 //! `write` per line — or a wake-up of a writer thread per line, which is what a channel to a
 //! writer thread costs when the thread keeps running dry — is a measurable share of a request
-//! (docs/benchmarks.md). Here a line is appended to an in-memory buffer under a short lock; the
+//! (docs/performance.md). Here a line is appended to an in-memory buffer under a short lock; the
 //! writer thread is woken only when the buffer stops being empty, then waits [`LINGER`] so the
 //! lines of that moment join the batch, and writes them all with one `write` per output.
 //!

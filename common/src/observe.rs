@@ -287,7 +287,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
 /// same metrics, `x-request-id` and `x-trace-id`, log line and (when spans are exported) server
 /// span as [`observe_request`], for a path that serves thousands of requests a second per core
 /// and where creating, entering and closing spans cost more than the rest of the request (the
-/// gateway's proxied routes; docs/benchmarks.md). Built once per route at start-up. Log lines
+/// gateway's proxied routes; docs/performance.md). Built once per route at start-up. Log lines
 /// written while serving such a request don't inherit its fields: that code names what it logs.
 pub struct RouteObserver {
     route: &'static str,
@@ -462,8 +462,8 @@ struct RouteSpan {
 /// The span is not an SDK span: its ids come from `new_span_context`, the provider's sampler
 /// decides, and it is written as OTLP straight into the span queue's batch when it ends (with
 /// the route's attributes copied as written once). As an SDK span — a `SpanBuilder`, the
-/// attributes cloned in and dropped, `SpanData` built and encoded — it cost half of what
-/// exporting adds to a proxied request (docs/benchmarks.md, eleventh round). What is exported is
+/// attributes cloned in and dropped, `SpanData` built and encoded — it would cost half of what
+/// exporting adds to a proxied request (docs/performance.md). What is exported is
 /// the same message; the trace tests read it from a real receiver.
 pub struct RequestTrace {
     trace_id: TraceId,

@@ -4,8 +4,8 @@
 //!
 //! Why not opentelemetry-otlp's exporter: it clones the batch, turns every span into the
 //! generated protobuf structs (a string copy per attribute key and value), then prost walks
-//! them twice (size, then bytes). At 100 % sampling that was about 15 000 instructions per
-//! span — on the gateway, half again what proxying the request costs (docs/benchmarks.md).
+//! them twice (size, then bytes). At 100 % sampling that costs the gateway, per span, half again
+//! what proxying the request costs (docs/performance.md).
 //! Here a span is written in one pass from the data the SDK hands over, as it ends. What is
 //! written is checked against the generated types in the tests; what is sent, against a real
 //! receiver in the trace tests.

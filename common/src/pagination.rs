@@ -1,4 +1,4 @@
-//! Page-based pagination in seed 004's shape: `{"page","page_size","total","total_pages"}`.
+//! Page-based pagination in the orders API's shape: `{"page","page_size","total","total_pages"}`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};

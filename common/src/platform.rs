@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::Semaphore;
 use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::OpenApi;
+use utoipa::openapi::info::{ContactBuilder, LicenseBuilder};
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_swagger_ui::SwaggerUi;
@@ -37,9 +38,16 @@ struct Inner {
     health: Health,
     simulation: Simulation,
     client: HttpClient,
-    /// Seed 000's `/stress` allocates up to 1 GB: one run at a time.
+    /// `/stress` allocates up to 1 GB: one run at a time.
     stress_slot: Arc<Semaphore>,
 }
+
+/// Who publishes every service's API, named in each OpenAPI document's `info.contact`.
+pub const PROJECT_NAME: &str = "ShopStack";
+/// The project's home (the workspace's `repository`), the contact's URL.
+pub const PROJECT_URL: &str = "https://github.com/shopstack/shopstack";
+/// The licence of the code and of the APIs' documents (the workspace's `license`).
+pub const PROJECT_LICENSE: &str = env!("CARGO_PKG_LICENSE");
 
 /// Title and description of a service's OpenAPI document.
 #[derive(Debug, Clone, Copy)]
@@ -159,12 +167,26 @@ impl Platform {
         .merge(crate::routes::router(self.clone()))
     }
 
-    /// Fill in the document's info and the admin bearer scheme.
+    /// Fill in the document's info — ShopStack's own title, description, version, contact and
+    /// licence, replacing what the OpenAPI library's defaults put there (its own author as the
+    /// contact) — and the admin bearer scheme.
     pub fn document(&self, mut openapi: OpenApi, info: ApiInfo) -> OpenApi {
         openapi.info.title = info.title.to_owned();
         openapi.info.description = Some(info.description.to_owned());
         openapi.info.version = self.identity().version.clone();
-        openapi.info.license = None;
+        openapi.info.terms_of_service = None;
+        openapi.info.contact = Some(
+            ContactBuilder::new()
+                .name(Some(PROJECT_NAME))
+                .url(Some(PROJECT_URL))
+                .build(),
+        );
+        openapi.info.license = Some(
+            LicenseBuilder::new()
+                .name(PROJECT_LICENSE)
+                .identifier(Some(PROJECT_LICENSE))
+                .build(),
+        );
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(
             "admin_token",

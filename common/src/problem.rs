@@ -1,8 +1,8 @@
 //! RFC 9457 problem details: the one error body every ShopStack service answers with.
 //!
 //! Each service keeps its own error enum (what can go wrong *there*) and converts it into a
-//! [`Problem`] in its `IntoResponse` impl. Members a seed named (seed 002's `message`) are kept
-//! as extension members so old clients still find them.
+//! [`Problem`] in its `IntoResponse` impl. `message` (the same text as `detail`) is kept as an
+//! extension member for clients that read `message`.
 
 use axum::http::{HeaderName, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -25,7 +25,7 @@ pub struct Problem {
     pub status: u16,
     /// What went wrong with this request, for a human.
     pub detail: String,
-    /// Seed 002's member: the same text as `detail`, kept for clients written against it.
+    /// The same text as `detail`, kept for clients that read `message`.
     pub message: String,
     /// Further members (e.g. `upstream`, `available`).
     #[serde(flatten)]

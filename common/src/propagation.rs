@@ -20,7 +20,7 @@ impl Injector for HeaderInjector<'_> {
 /// The remote parent carried by an inbound request (the current context when there is none),
 /// as the W3C propagator reads it: [`parse_traceparent`] follows its rules, without its cost on
 /// every request a service answers (the global propagator's lock, the header split into a `Vec`,
-/// the ids through `from_str_radix`: about 3 000 instructions; docs/benchmarks.md).
+/// the ids through `from_str_radix`; docs/performance.md).
 pub fn extract(headers: &HeaderMap) -> Context {
     match parse_traceparent(headers) {
         Some(parent) => Context::map_current(|current| current.with_remote_span_context(parent)),
@@ -100,7 +100,8 @@ const HEX_VALUES: [u8; 256] = {
 
 /// Lowercase hex `text` into `out` (half as long), or `None` for any other character (`out` is
 /// then left partly written). One table lookup per digit and one check at the end: the ids of
-/// every inbound `traceparent` go through here, and a branch per digit cost 450 instructions.
+/// every inbound `traceparent` go through here, and a branch per digit would cost several
+/// times as much.
 fn decode_hex(text: &[u8], out: &mut [u8]) -> Option<()> {
     let mut invalid = 0;
     for (byte, pair) in out.iter_mut().zip(text.chunks_exact(2)) {
@@ -139,7 +140,7 @@ pub fn write_hex(out: &mut [u8], bytes: &[u8]) {
 }
 
 /// Lowercase hex of `bytes` as a `String` — what `TraceId`/`SpanId` display, without the
-/// formatting machinery (≈ 700 instructions per id through `to_string`).
+/// formatting machinery `to_string` goes through for every id.
 pub fn hex_string(bytes: &[u8]) -> String {
     let mut out = vec![0; bytes.len() * 2];
     write_hex(&mut out, bytes);

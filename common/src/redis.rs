@@ -1,8 +1,7 @@
 //! A Redis connection that never makes a request hang.
 //!
 //! One multiplexed, auto-reconnecting connection per service. A background probe pings Redis;
-//! while it is down the probe retries with seed 000's backoff (100 ms doubling to 2 s, ±10 %
-//! jitter) and every command fails at once with [`RedisUnavailable`] — the caller answers a
+//! while it is down the probe retries with backoff (100 ms doubling to 2 s, ±10 % jitter) and every command fails at once with [`RedisUnavailable`] — the caller answers a
 //! fast 503 — and everything recovers by itself when Redis is back. Each command runs in a
 //! client span (`redis <op>`), so Redis shows up in traces under the request that used it.
 
@@ -35,7 +34,8 @@ pub struct Redis {
     endpoint: String,
 }
 
-/// `redis://host:port/db` as given, or seed 000's `REDIS_ADDR` form `host:port`.
+/// `redis://host:port/db` as given, or the `host:port` form of `REDIS_ADDR` (accepted for
+/// compatibility).
 pub fn normalise_url(value: &str) -> String {
     let value = value.trim();
     if value.contains("://") {
@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn accepts_seed_000_addresses() {
+    fn accepts_redis_addr_addresses() {
         assert_eq!(normalise_url("localhost:6379"), "redis://localhost:6379");
         assert_eq!(normalise_url("redis://r:6379/2"), "redis://r:6379/2");
     }

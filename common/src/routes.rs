@@ -48,13 +48,13 @@ fn alive(platform: &Platform) -> Json<Alive> {
     })
 }
 
-/// Liveness probe (seed 003): 200 while the process runs.
+/// Liveness probe: 200 while the process runs.
 #[utoipa::path(get, path = "/livez", tag = PROBES_TAG, responses((status = 200, body = Alive)))]
 async fn livez(State(platform): State<Platform>) -> Json<Alive> {
     alive(&platform)
 }
 
-/// Liveness probe (seed 001's name): 200 while the process runs.
+/// Liveness probe, the same as `/livez`: 200 while the process runs.
 #[utoipa::path(get, path = "/health", tag = PROBES_TAG, responses((status = 200, body = Alive)))]
 async fn health(State(platform): State<Platform>) -> Json<Alive> {
     alive(&platform)
@@ -100,7 +100,7 @@ async fn readyz(State(platform): State<Platform>) -> Response {
     readiness(&platform).await
 }
 
-/// Readiness probe (seed 001's name): same as `/readyz`.
+/// Readiness probe, the same as `/readyz`.
 #[utoipa::path(get, path = "/ready", tag = PROBES_TAG, responses(
     (status = 200, description = "Ready for traffic", body = Object),
     (status = 503, description = "Draining or a required dependency is down", body = Object,
@@ -110,7 +110,7 @@ async fn ready(State(platform): State<Platform>) -> Response {
     readiness(&platform).await
 }
 
-/// Health in seed 000's shape: one field per dependency, 503 when any is down.
+/// Health with one field per dependency, 503 when any is down.
 #[utoipa::path(get, path = "/healthz", tag = PROBES_TAG, responses(
     (status = 200, description = "All dependencies healthy", body = Object,
         example = json!({"status": "healthy", "service": "cart", "pod_name": "cart-abc123", "node_name": "node-1", "version": "0.1.0", "redis": "healthy"})),
@@ -216,7 +216,7 @@ async fn put_simulation(
     Ok(Json(profile))
 }
 
-/// Seed 000's caps.
+/// Caps of `POST /stress`, so one request cannot take the service down.
 pub const MAX_STRESS_CPU_ITERATIONS: u32 = 10_000;
 pub const MAX_STRESS_MEMORY_MB: u32 = 1_000;
 
@@ -240,7 +240,7 @@ struct StressReport {
     message: String,
 }
 
-/// Seed 000's artificial CPU and memory load (HPA demos). Off unless `STRESS_ENABLED=true`;
+/// Artificial CPU and memory load (autoscaling demos). Off unless `STRESS_ENABLED=true`;
 /// one run at a time; with `STRESS_REQUIRE_ADMIN=true` (the gateway sets it when its edge auth
 /// is on) it needs the admin token.
 #[utoipa::path(post, path = "/stress", tag = OPERATIONS_TAG, params(StressParams), responses(

@@ -133,7 +133,7 @@ impl<F: Front> Server<F> {
         // HTTP/1.1 only (no service speaks HTTP/2; nothing upgrades connections).
         let mut http = hyper::server::conn::http1::Builder::new();
         // An answer's head and body copied into one buffer and sent with one `write`, rather
-        // than queued apart for a `writev`: our bodies are small JSON (docs/benchmarks.md).
+        // than queued apart for a `writev`: our bodies are small JSON (docs/performance.md).
         http.writev(false);
         // While a request is in flight hyper otherwise reads the socket to notice the client
         // leaving; that read finds the request still holding the read buffer and allocates a new
@@ -177,7 +177,7 @@ impl<F: Front> Server<F> {
 /// The Tokio runtime a service binary runs on: a worker thread per CPU it may use; on a single
 /// CPU (a container limited to one, a process pinned to one) the current-thread scheduler,
 /// which does the same work without the synchronization between workers that a multi-thread
-/// scheduler keeps paying for with one worker (docs/benchmarks.md).
+/// scheduler keeps paying for with one worker (docs/performance.md).
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
     let mut builder = if cpus == 1 {

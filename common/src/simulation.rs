@@ -119,8 +119,8 @@ impl SimulationProfile {
         header_faults: false,
     };
 
-    /// Seed 003's catalog: reads take 20–60 ms.
-    pub const SEED_CATALOG: Self = Self {
+    /// The catalog's default profile: reads take 20–60 ms.
+    pub const DEFAULT_CATALOG: Self = Self {
         enabled: true,
         applies_to: AppliesTo::Reads,
         latency_min_ms: 20,
@@ -128,8 +128,8 @@ impl SimulationProfile {
         ..Self::OFF
     };
 
-    /// Seed 003's cart: writes take 30–90 ms and 1 % of them fail.
-    pub const SEED_CART: Self = Self {
+    /// The cart's default profile: writes take 30–90 ms and 1 % of them fail.
+    pub const DEFAULT_CART: Self = Self {
         enabled: true,
         applies_to: AppliesTo::Writes,
         latency_min_ms: 30,
@@ -376,11 +376,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn seed_profiles_are_valid() {
+    fn default_profiles_are_valid() {
         for profile in [
             SimulationProfile::OFF,
-            SimulationProfile::SEED_CATALOG,
-            SimulationProfile::SEED_CART,
+            SimulationProfile::DEFAULT_CATALOG,
+            SimulationProfile::DEFAULT_CART,
             SimulationProfile::QUIET,
         ] {
             assert_eq!(profile.validate(), Ok(()));
@@ -389,7 +389,7 @@ mod tests {
 
     #[test]
     fn patch_is_validated_and_partial() {
-        let base = SimulationProfile::SEED_CART;
+        let base = SimulationProfile::DEFAULT_CART;
         let next = base
             .patched(SimulationPatch {
                 failure_rate: Some(0.2),

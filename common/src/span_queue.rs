@@ -8,7 +8,7 @@
 //! read cold and freed on another, and the allocator collecting those cross-thread frees on the
 //! request threads. Here the span is encoded while its data is still in cache and freed by the
 //! thread that built it; what waits in the queue is its ≈ 250 bytes of protobuf
-//! (docs/benchmarks.md, eleventh round).
+//! (docs/performance.md).
 //!
 //! It keeps the batch processor's contract and settings (`OTEL_BSP_SCHEDULE_DELAY`,
 //! `OTEL_BSP_MAX_QUEUE_SIZE`, `OTEL_BSP_MAX_EXPORT_BATCH_SIZE`): ending a span never waits on

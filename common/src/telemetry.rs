@@ -160,7 +160,7 @@ struct TraceIds(SpanContext);
 /// those — its parent's trace (or a new one) and an id of its own — and nothing else. The
 /// OpenTelemetry layer in its place would build a whole SDK span per `tracing` span, attributes
 /// formatted and events recorded, and drop it unread: a fifth to a quarter of the catalog's
-/// instructions per request (docs/benchmarks.md, eighth round).
+/// work per request (docs/performance.md).
 struct TraceIdsLayer;
 
 impl<S> Layer<S> for TraceIdsLayer
@@ -260,9 +260,9 @@ fn trace_spans_only<S: Subscriber>() -> impl Filter<S> + Send + Sync + 'static {
 /// keeps every layer agreeing on each event, and tracing then decides an event once per callsite:
 /// taken, with no filter asked again, or turned down, with its fields not even evaluated. Where
 /// layers disagree, each event asks every filter again and is built for whichever takes it: at
-/// LOG_LEVEL=warn this layer took INFO events, and each request's line was built and dropped
-/// (≈ 1 700 instructions per request in the gateway; docs/benchmarks.md, fifteenth round). The
-/// OpenTelemetry layer cannot agree so: INFO lines are not made span events.
+/// LOG_LEVEL=warn a layer taking INFO events would have each request's line built and dropped
+/// (docs/performance.md). The OpenTelemetry layer cannot agree so: INFO lines are not made span
+/// events.
 fn trace_layer_filter<S>(log_level: &str) -> anyhow::Result<impl Filter<S> + Send + Sync + 'static>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
@@ -275,9 +275,9 @@ where
 
 /// What the OpenTelemetry layer takes besides spans: warnings and errors, which become events of
 /// the span they happen in. INFO lines stay in the logs, joined to the trace by `trace_id`: as
-/// span events they repeated what the span already says (every request's "request completed"
-/// with its status and duration) and cost each exporting service ≈ 4 500 instructions per
-/// request (docs/benchmarks.md, eighth round).
+/// span events they would repeat what the span already says (every request's "request
+/// completed" with its status and duration) at a measurable cost per request to each exporting
+/// service (docs/performance.md).
 fn spans_and_warnings<S>() -> impl Filter<S> + Send + Sync + 'static {
     filter_fn(|metadata| metadata.is_span() || *metadata.level() <= Level::WARN)
         .with_max_level_hint(LevelFilter::TRACE)
@@ -288,7 +288,7 @@ fn spans_and_warnings<S>() -> impl Filter<S> + Send + Sync + 'static {
 /// `LOG_LEVEL=warn` a warning inside a request's span still carries the request's ids, method
 /// and route. Every part states its most verbose level: one that doesn't makes the subscriber's
 /// TRACE, and then every `trace!` and `trace_span!` of every crate (h2's on each OTLP poll) is
-/// built for nothing (docs/benchmarks.md, seventh round).
+/// built for nothing (docs/performance.md).
 fn log_layer_filter<S>(log_level: &str) -> anyhow::Result<impl Filter<S> + Send + Sync + 'static>
 where
     S: Subscriber + for<'a> LookupSpan<'a>,

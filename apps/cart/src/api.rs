@@ -1,4 +1,5 @@
-//! Cart HTTP handlers: seed 003's simple form and the `/v1` form of seeds 000 and 001.
+//! Cart HTTP handlers: the simple cart API (`/cart/add`, `/cart/{user_id}`) and the v1 cart API
+//! (`/v1/cart/{user_id}` and its items), one cart behind both.
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
@@ -18,7 +19,7 @@ use crate::service::CartView;
 
 pub const INFO: ApiInfo = ApiInfo {
     title: "ShopStack cart",
-    description: "Shopping carts (seeds 000, 001 and 003): add, view, change and clear, with versions for optimistic concurrency.",
+    description: "Shopping carts through the simple cart API and the v1 cart API: add, view, change and clear, with versions for optimistic concurrency.",
 };
 
 const TAG: &str = "cart";
@@ -38,7 +39,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .with_state(state)
 }
 
-/// Seed 003's `POST /cart/add` body. Unknown members are refused (400), so a client cannot
+/// The simple cart API's `POST /cart/add` body. Unknown members are refused (400), so a client cannot
 /// slip in fields (a price, a version) it has no say over.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -63,7 +64,7 @@ pub struct SimpleAddRequest {
     pub quantity: i64,
 }
 
-/// Seed 000's / 001's add-item body (unknown members refused).
+/// The v1 cart API's add-item body (unknown members refused).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddItemRequest {
@@ -80,7 +81,7 @@ pub struct AddItemRequest {
     pub quantity: i64,
 }
 
-/// Seed 001's update-quantity body (unknown members refused).
+/// The v1 cart API's update-quantity body (unknown members refused).
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateItemRequest {
@@ -90,7 +91,7 @@ pub struct UpdateItemRequest {
     pub quantity: i64,
 }
 
-/// Seed 000's answer to clearing a cart.
+/// The answer to clearing a cart.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ClearedCart {
     #[schema(example = "Cart cleared successfully")]
@@ -139,7 +140,7 @@ pub fn document_quantity_cap(openapi: OpenApi, max_item_quantity: u32) -> OpenAp
     set_schema_keywords(openapi, &edits)
 }
 
-/// Add to a cart, seed 003's form (user in the body).
+/// Add to a cart, simple cart API (user in the body).
 #[utoipa::path(post, path = "/cart/add", tag = TAG, request_body = SimpleAddRequest,
     params(
         ("If-Match" = Option<String>, Header, description = "Apply only if the cart is at this version"),
@@ -167,7 +168,7 @@ async fn simple_add(
     Ok(cart_response(view))
 }
 
-/// A user's cart, seed 003's form (empty when the user has none).
+/// A user's cart, simple cart API (empty when the user has none).
 #[utoipa::path(get, path = "/cart/{user_id}", tag = TAG,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
@@ -182,7 +183,7 @@ async fn simple_get(
     Ok(cart_response(state.carts.get(&user_id).await?))
 }
 
-/// Clear a user's cart, seed 003's form.
+/// Clear a user's cart, simple cart API.
 #[utoipa::path(delete, path = "/cart/{user_id}", tag = TAG,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
@@ -211,7 +212,7 @@ async fn clear(state: AppState, user_id: String, headers: &HeaderMap) -> Result<
     ))
 }
 
-/// Add to a cart (seed 000): the quantity is added to any existing line.
+/// Add to a cart, v1 cart API: the quantity is added to any existing line.
 #[utoipa::path(post, path = "/v1/cart/{user_id}", tag = TAG, request_body = AddItemRequest,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
@@ -237,7 +238,7 @@ async fn v1_add(
     Ok(cart_response(view))
 }
 
-/// A user's cart (seed 000): an unknown user gets an empty cart, not a 404.
+/// A user's cart, v1 cart API: an unknown user gets an empty cart, not a 404.
 #[utoipa::path(get, path = "/v1/cart/{user_id}", tag = TAG,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128)),
     responses(
@@ -249,7 +250,7 @@ async fn v1_get(State(state): State<AppState>, Path(user_id): Path<String>) -> R
     Ok(cart_response(state.carts.get(&user_id).await?))
 }
 
-/// Clear a user's cart (seed 000), releasing its reservations.
+/// Clear a user's cart, v1 cart API, releasing its reservations.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}", tag = TAG,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
@@ -267,7 +268,7 @@ async fn v1_clear(
     clear(state, user_id, &headers).await
 }
 
-/// Add an item (seed 001's item-level form): same as `POST /v1/cart/{user_id}`.
+/// Add an item, v1 cart API (item-level form): same as `POST /v1/cart/{user_id}`.
 #[utoipa::path(post, path = "/v1/cart/{user_id}/items", tag = TAG, request_body = AddItemRequest,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
@@ -293,7 +294,7 @@ async fn v1_add_item(
     Ok(cart_response(view))
 }
 
-/// Set the quantity of a line already in the cart (seed 001).
+/// Set the quantity of a line already in the cart, v1 cart API.
 #[utoipa::path(patch, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG, request_body = UpdateItemRequest,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
@@ -318,7 +319,7 @@ async fn v1_update_item(
     Ok(cart_response(view))
 }
 
-/// Remove a line from the cart (seed 001), releasing its reservation.
+/// Remove a line from the cart, v1 cart API, releasing its reservation.
 #[utoipa::path(delete, path = "/v1/cart/{user_id}/items/{product_id}", tag = TAG,
     params(("user_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("product_id" = String, Path, pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), ("If-Match" = Option<String>, Header), ("Idempotency-Key" = Option<String>, Header, description = "Replay the first response of a repeated request", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(

@@ -21,7 +21,7 @@ pub struct CartConfig {
     #[arg(long, env = "MAX_ITEM_QUANTITY", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     pub max_item_quantity: u32,
 
-    /// Carts untouched this long expire (seed 002: 30 days), e.g. 30d, 12h, 90s.
+    /// Carts untouched this long expire, e.g. 30d, 12h, 90s.
     #[arg(long, env = "CART_TTL", default_value = "30d", value_parser = parse_duration)]
     pub cart_ttl: Duration,
 

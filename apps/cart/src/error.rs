@@ -17,7 +17,7 @@ pub enum CartError {
     /// 404: the cart has no line for this product.
     #[error("Product {0} is not in the cart")]
     ItemNotInCart(String),
-    /// 409: not enough stock left to reserve (seed 002's message).
+    /// 409: not enough stock left to reserve (the message clients that read `message` expect).
     #[error("Insufficient stock. Only {available} available.")]
     InsufficientStock { available: i64 },
     /// 409: the add is well formed, but the line already holds so much that it would pass the

@@ -1,4 +1,4 @@
-//! The cart's events (seed 002): `cart.item.added`, `cart.item.updated`, `cart.item.removed` and
+//! The cart's events: `cart.item.added`, `cart.item.updated`, `cart.item.removed` and
 //! `cart.cleared` go out on the shared [`EventBus`] (NATS JetStream when `NATS_URL` is set,
 //! logged otherwise); and `order.created` comes in, through a durable consumer, to clean up a
 //! checked-out cart the orders service could not clear itself.

@@ -1,5 +1,4 @@
-//! The cart service: seed 003's simple cart API and seed 000/001's `/v1/cart` API over one
-//! storage trait.
+//! The cart service: the simple cart API and the v1 cart API over one storage trait.
 //!
 //! - [`config`]: settings; [`store`]: the storage trait and its backends;
 //! - [`service`]: the cart rules (validation, catalog check, optimistic writes);
@@ -37,7 +36,7 @@ use store::{CartStore, MemoryStore};
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "cart",
     port: 8002,
-    simulation: SimulationProfile::SEED_CART,
+    simulation: SimulationProfile::DEFAULT_CART,
 };
 
 /// How often the in-memory store drops expired carts.

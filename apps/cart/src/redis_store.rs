@@ -1,5 +1,5 @@
-//! Carts on Redis, in seed 000's data model: hash `cart:{user_id}`, field product_id →
-//! quantity (`redis-cli HGETALL cart:user-123` shows the cart). The version lives beside it in
+//! Carts on Redis, in the data model existing Redis tooling expects: hash `cart:{user_id}`,
+//! field product_id → quantity (`redis-cli HGETALL cart:user-123` shows the cart). The version lives beside it in
 //! `cartmeta:{user_id}` (a separate prefix, so no user id can collide with it). Every write is
 //! one Lua script — check version, change, bump version, refresh both keys' `EXPIRE` — so
 //! replicas sharing one Redis never lose each other's writes.

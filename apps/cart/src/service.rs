@@ -17,7 +17,7 @@ use crate::store::{CartStore, StoreError, StoredCart};
 /// How often a write re-reads and retries after losing a version race before answering 409.
 const MAX_WRITE_ATTEMPTS: usize = 5;
 
-/// One cart line on the wire (seed 000).
+/// One cart line on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct CartItem {
     #[schema(example = "prod-123")]
@@ -26,13 +26,13 @@ pub struct CartItem {
     pub quantity: u32,
 }
 
-/// A cart on the wire: seed 000's shape plus the version behind `ETag`.
+/// A cart on the wire: its lines and their count, plus the version behind `ETag`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, ToSchema)]
 pub struct CartView {
     #[schema(example = "user-123")]
     pub user_id: String,
     pub items: Vec<CartItem>,
-    /// Number of lines (seed 000).
+    /// Number of lines.
     pub total_items: usize,
     /// Bumped by every change; sent as `ETag: "v{version}"`, checked against `If-Match`.
     pub version: u64,
@@ -60,7 +60,7 @@ impl CartView {
 /// What an item write does to the line's quantity.
 #[derive(Debug, Clone, Copy)]
 enum LineChange {
-    /// Add to the current quantity (seed 000's HINCRBY).
+    /// Add to the current quantity (as Redis's HINCRBY does).
     Add(u32),
     /// Replace the quantity of an existing line.
     Set(u32),

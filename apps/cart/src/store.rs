@@ -1,5 +1,5 @@
 //! Cart storage behind one trait: [`MemoryStore`] (the embedded default) and, with `REDIS_URL`,
-//! the Redis store (seed 000's hash `cart:{user_id}`, product_id → quantity).
+//! the Redis store (hash `cart:{user_id}`, product_id → quantity).
 //!
 //! Every write is a compare-and-set on the cart's `version`, so concurrent writers (several
 //! cart replicas on one Redis) never lose each other's changes: the loser gets

@@ -1,4 +1,4 @@
-//! Catalog HTTP handlers (seed 003's API).
+//! Catalog HTTP handlers: products, search, pagination.
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
@@ -16,7 +16,7 @@ use crate::products::Product;
 
 pub const INFO: ApiInfo = ApiInfo {
     title: "ShopStack catalog",
-    description: "Products, search and pagination (seed 003), with the stock each product has left.",
+    description: "The product catalog: products, search and pagination, with the stock each product has left.",
 };
 
 const TAG: &str = "catalog";

@@ -11,7 +11,8 @@ pub enum CatalogError {
     /// 400: a parameter or body is out of range.
     #[error("{0}")]
     BadRequest(String),
-    /// 409: not enough free stock (seed 002's message); nothing changed.
+    /// 409: not enough free stock (the message clients that read `message` expect); nothing
+    /// changed.
     #[error("Insufficient stock. Only {available} available.")]
     InsufficientStock { product_id: String, available: i64 },
     /// A problem raised by shared plumbing (401 admin auth, 400 body rejection), passed through.

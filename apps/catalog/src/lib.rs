@@ -29,7 +29,7 @@ use stock::Inventory;
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "catalog",
     port: 8001,
-    simulation: SimulationProfile::SEED_CATALOG,
+    simulation: SimulationProfile::DEFAULT_CATALOG,
 };
 
 /// Everything a handler needs; cheap to clone.

@@ -90,8 +90,8 @@ impl Catalog {
         self.by_id.get(id).map(|&index| &self.products[index])
     }
 
-    /// [`Catalog::get`], also accepting a bare number for `prod-{number}` (seed 003's README
-    /// tries `GET /catalog/123`). Read-only lookups use it; stock operations take exact ids.
+    /// [`Catalog::get`], also accepting a bare number for `prod-{number}` (clients of the simple
+    /// cart API try `GET /catalog/123`). Read-only lookups use it; stock operations take exact ids.
     pub fn lookup(&self, id: &str) -> Option<&Product> {
         self.get(id).or_else(|| {
             (!id.is_empty() && id.bytes().all(|b| b.is_ascii_digit()))
@@ -143,7 +143,7 @@ mod tests {
     fn shipped_catalogue_is_valid_and_large_enough() {
         let catalog = Catalog::from_json(EMBEDDED_PRODUCTS).unwrap_or_else(|e| panic!("{e:#}"));
         assert!(catalog.all().len() >= 50);
-        // The ids seed documents use in their examples exist.
+        // The ids the API examples use exist.
         for id in ["prod-123", "prod-456", "prod-789"] {
             assert!(catalog.get(id).is_some(), "{id} missing");
         }

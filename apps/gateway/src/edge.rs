@@ -8,7 +8,7 @@
 //! Why a separate path: the proxied routes are the gateway's traffic, and on them axum's
 //! per-request machinery (boxed services and futures per layer, a `tracing` span per request
 //! and per upstream call) cost several times the proxying itself; what a request gets is the
-//! same (docs/benchmarks.md).
+//! same (docs/performance.md).
 
 use std::collections::HashMap;
 use std::convert::Infallible;

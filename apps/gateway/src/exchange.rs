@@ -4,9 +4,9 @@
 //!
 //! Why not hyper's client connection: for each request it takes a trip through a channel to a
 //! connection task of its own, a second task poll, a body channel and a header map built to be
-//! copied again — for our backends' small JSON answers that was more than half of what the
-//! gateway spent on a proxied request; here the request's own task writes the request and
-//! reads the answer. The client side (the gateway's callers, who are not trusted) stays on
+//! copied again — for our backends' small JSON answers that is more than half of what the
+//! gateway spends on a proxied request (docs/decisions/0001-hand-written-http1-exchange.md);
+//! here the request's own task writes the request and reads the answer. The client side (the gateway's callers, who are not trusted) stays on
 //! hyper's server. What is read here comes from the configured backends; it is still checked:
 //! a malformed, oversized or ambiguous answer is an error (the caller answers 502) and the
 //! connection is dropped.

@@ -7,7 +7,8 @@ use shopstack_common::server;
 
 /// mimalloc: on the proxy path a request makes a dozen short-lived allocations, and mimalloc's
 /// thread-local free lists serve them in fewer instructions and with better locality than
-/// glibc's malloc (docs/benchmarks.md); the gateway's idle memory stays within its goal.
+/// glibc's malloc (docs/decisions/0002-mimalloc.md); the gateway's idle memory stays within its
+/// goal.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

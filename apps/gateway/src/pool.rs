@@ -11,7 +11,8 @@
 //! Why not hyper-util's pooled `Client`: it is general (any host and scheme, HTTP/2 sharing,
 //! waiters) and pays for that on every request — its pool is a map keyed by scheme and
 //! authority, hashed with SipHash, and a checkout is a future racing a connect. Here a replica
-//! owns its pool and a checkout is a pop under an uncontended lock (docs/benchmarks.md).
+//! owns its pool and a checkout is a pop under an uncontended lock
+//! (docs/decisions/0001-hand-written-http1-exchange.md).
 
 use std::net::SocketAddr;
 use std::sync::{Mutex, MutexGuard};

@@ -25,7 +25,8 @@ impl Backend {
 }
 
 /// Who may call a route once edge auth is on (`JWT_SECRET` or `JWT_PUBLIC_KEY[_FILE]` set).
-/// With auth off every route but [`Access::Admin`] is open, as the seeds' clients expect.
+/// With auth off every route but [`Access::Admin`] is open, as clients written without tokens
+/// expect.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Access {
     /// Anyone. A valid bearer token only names the client for rate limiting.
@@ -45,8 +46,8 @@ pub enum Access {
     /// Any authenticated user; the backend receives the subject in `x-user-id` and checks
     /// ownership itself.
     Authenticated,
-    /// Operators' routes (all orders, status changes): open while edge auth is off, as seed
-    /// clients expect; the admin token once it is on.
+    /// Operators' routes (all orders, status changes): open while edge auth is off, as clients
+    /// written without tokens expect; the admin token once it is on.
     Staff,
     /// `Authorization: Bearer $ADMIN_TOKEN`, checked here and forwarded for the backend's own
     /// check; auth on or off.
@@ -128,7 +129,7 @@ fn rewrite(method: Method, path: &'static str, backend: Backend, backend_path: &
     }
 }
 
-/// Where an order's owner is read: seed 004's envelope around the order.
+/// Where an order's owner is read: the orders API's envelope around the order.
 const ORDER: &str = "/api/orders/{id}";
 const ORDER_OWNER: &str = "/data/user_id";
 
@@ -136,14 +137,14 @@ const ORDER_OWNER: &str = "/data/user_id";
 pub fn table() -> Vec<RouteSpec> {
     use Backend::{Cart, Catalog, Orders};
     vec![
-        // Catalog (seed 003)
+        // Catalog
         to(Method::GET, "/catalog", Catalog),
         to(Method::GET, "/catalog/{id}", Catalog),
-        // Cart, simple form (seed 003)
+        // The simple cart API
         to(Method::POST, "/cart/add", Cart).owned_by_body("user_id"),
         to(Method::GET, "/cart/{user_id}", Cart).owned_by("user_id"),
         to(Method::DELETE, "/cart/{user_id}", Cart).owned_by("user_id"),
-        // Cart, v1 form (seeds 000 and 001)
+        // The v1 cart API
         to(Method::POST, "/v1/cart/{user_id}", Cart).owned_by("user_id"),
         to(Method::GET, "/v1/cart/{user_id}", Cart).owned_by("user_id"),
         to(Method::DELETE, "/v1/cart/{user_id}", Cart).owned_by("user_id"),
@@ -152,7 +153,7 @@ pub fn table() -> Vec<RouteSpec> {
         to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart).owned_by("user_id"),
         // Operators set stock (admin token checked here and by the catalog).
         to(Method::PUT, "/admin/stock/{product_id}", Catalog).admin(),
-        // Orders (seed 004) and checkout
+        // The orders API and checkout
         to(Method::POST, "/api/orders", Orders).owned_by_body("user_id"),
         to(Method::GET, "/api/orders", Orders).staff(),
         to(Method::POST, "/api/orders/checkout", Orders).owned_by_body("user_id"),

@@ -89,7 +89,7 @@ async fn garbage_server() -> String {
 }
 
 #[tokio::test]
-async fn seed_003_and_seed_000_contracts_work_through_the_gateway() {
+async fn simple_and_v1_cart_apis_work_through_the_gateway() {
     let stack = spawn_stack().await;
     let gw = |path: &str| stack.gateway.url(path);
 

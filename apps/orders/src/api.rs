@@ -1,4 +1,4 @@
-//! Orders HTTP handlers: seed 004's API (envelope `{"status","message","data"}`, pagination
+//! Orders HTTP handlers: the orders API (envelope `{"status","message","data"}`, pagination
 //! `{"page","page_size","total","total_pages"}`) and checkout.
 
 use axum::extract::State;
@@ -28,7 +28,7 @@ use crate::upstream::StockLine;
 
 pub const INFO: ApiInfo = ApiInfo {
     title: "ShopStack orders",
-    description: "Orders (seed 004): create, list, read, change status, cancel, per-user history; and checkout, which turns a user's cart into an order priced by the catalog.",
+    description: "The orders API: create, list, read, change status, cancel, per-user history; and checkout, which turns a user's cart into an order priced by the catalog.",
 };
 
 const TAG: &str = "orders";
@@ -47,7 +47,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .with_state(state)
 }
 
-/// One requested line (seed 004).
+/// One requested line.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct OrderItemRequest {
     #[schema(value_type = String, required = true, example = "prod-123",
@@ -66,10 +66,10 @@ pub struct OrderItemRequest {
 // which are required. Required free text (`shipping_address`) has a pattern: no NUL (PostgreSQL
 // `text` cannot hold one) and at least one character outside Unicode's White_Space (what
 // `str::trim` removes), spelled out so that the document and the server agree on every
-// character. Unknown members are ignored (seed 004's clients may send a `unit_price`): nothing a
+// character. Unknown members are ignored (clients of the orders API may send a `unit_price`): nothing a
 // client sends can set a price, a status or a total.
 
-/// Seed 004's create-order body. Prices are not accepted: they come from the catalog.
+/// The create-order body. Prices are not accepted: they come from the catalog.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateOrderRequest {
     #[schema(value_type = String, required = true, example = "user123",
@@ -119,14 +119,14 @@ pub struct CheckoutRequest {
     pub notes: Option<String>,
 }
 
-/// Seed 004's status-change body.
+/// The status-change body.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UpdateStatusRequest {
     #[schema(value_type = OrderStatus, required = true, example = "confirmed")]
     pub status: Option<String>,
 }
 
-/// Seed 004's envelope around one order.
+/// The orders API's envelope around one order.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderResponse {
     /// `success`.
@@ -137,7 +137,7 @@ pub struct OrderResponse {
     pub data: Order,
 }
 
-/// Seed 004's envelope around a page of orders.
+/// The orders API's envelope around a page of orders.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct OrderListResponse {
     #[schema(example = "success")]
@@ -252,7 +252,7 @@ fn list_response(orders: Vec<Order>, pagination: Pagination) -> Json<OrderListRe
     })
 }
 
-/// Create an order (seed 004). Unit prices come from the catalog; the stock is committed.
+/// Create an order. Unit prices come from the catalog; the stock is committed.
 #[utoipa::path(post, path = "/api/orders", tag = TAG, request_body = CreateOrderRequest,
     params(("Idempotency-Key" = Option<String>, Header, description = "A retry with the same key returns the same order (422 if the body differs)", pattern = "^[!-~]{1,255}$", min_length = 1, max_length = 255)),
     responses(
@@ -357,7 +357,7 @@ async fn checkout(
     Ok(placed("Order placed from cart successfully", result))
 }
 
-/// All orders, newest first, a page at a time (seed 004).
+/// All orders, newest first, a page at a time.
 #[utoipa::path(get, path = "/api/orders", tag = TAG, params(PageParams, ListFilter), responses(
     (status = 200, body = OrderListResponse),
     (status = 400, description = "Bad page, page_size or status", body = Problem, content_type = PROBLEM),
@@ -383,7 +383,7 @@ async fn list_orders(
     Ok(list_response(orders, pagination))
 }
 
-/// One user's orders, newest first, a page at a time (seed 004).
+/// One user's orders, newest first, a page at a time.
 #[utoipa::path(get, path = "/api/users/{user_id}/orders", tag = TAG,
     params(("user_id" = String, Path, description = "The user", pattern = "^[A-Za-z0-9._@:-]*[A-Za-z0-9_@:-][A-Za-z0-9._@:-]*$", min_length = 1, max_length = 128), PageParams, StatusFilter),
     responses(
@@ -409,7 +409,7 @@ async fn user_orders(
     Ok(list_response(orders, pagination))
 }
 
-/// One order (seed 004).
+/// One order.
 #[utoipa::path(get, path = "/api/orders/{id}", tag = TAG,
     params(("id" = String, Path, format = "uuid", description = "Order id (UUID)")),
     responses(
@@ -422,7 +422,7 @@ async fn get_order(State(state): State<AppState>, Path(id): Path<String>) -> Res
     Ok(success(StatusCode::OK, "Order retrieved successfully", order))
 }
 
-/// Change an order's status (seed 004). pending → confirmed → shipped → delivered; cancelled
+/// Change an order's status. pending → confirmed → shipped → delivered; cancelled
 /// from pending or confirmed (its stock goes back to the catalog); any other move is 409.
 #[utoipa::path(patch, path = "/api/orders/{id}/status", tag = TAG, request_body = UpdateStatusRequest,
     params(("id" = String, Path, format = "uuid", description = "Order id (UUID)")),
@@ -449,7 +449,7 @@ async fn update_status(
     ))
 }
 
-/// Cancel an order (seed 004): allowed while pending or confirmed; its stock goes back.
+/// Cancel an order: allowed while pending or confirmed; its stock goes back.
 #[utoipa::path(post, path = "/api/orders/{id}/cancel", tag = TAG,
     params(("id" = String, Path, format = "uuid", description = "Order id (UUID)")),
     responses(

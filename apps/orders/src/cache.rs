@@ -1,4 +1,4 @@
-//! The optional Redis cache for order reads (seed 004), on when `REDIS_URL` is set.
+//! The optional Redis cache for order reads, on when `REDIS_URL` is set.
 //!
 //! `GET /api/orders/{id}` looks in Redis first and fills it on a miss; a status change writes the
 //! new order through. Each entry carries the order's `version` and a write only lands if it is

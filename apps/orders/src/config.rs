@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use shopstack_common::config::{CommonConfig, UrlList, parse_duration};
 
-/// The orders service: seed 004's orders API and checkout, on SQLite or PostgreSQL.
+/// The orders service: the orders API and checkout, on SQLite or PostgreSQL.
 #[derive(Debug, Clone, clap::Parser)]
 #[command(name = "orders", version, about)]
 pub struct OrdersConfig {

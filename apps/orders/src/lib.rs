@@ -1,4 +1,4 @@
-//! The orders service: seed 004's orders API and checkout, on SQLite (embedded default) or
+//! The orders service: the orders API and checkout, on SQLite (embedded default) or
 //! PostgreSQL, with order events relayed from a transactional outbox to NATS JetStream.
 //!
 //! - [`config`]: settings; [`db`]: the two engines behind one API; [`repo`]: every SQL statement;

@@ -1,4 +1,4 @@
-//! Orders on the wire (seed 004's shapes) and the status machine.
+//! Orders on the wire (the orders API's shapes) and the status machine.
 
 use std::fmt;
 use std::str::FromStr;
@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use shopstack_common::money::Money;
 use utoipa::ToSchema;
 
-/// Seed 004's statuses. pending → confirmed → shipped → delivered; cancelled only from pending
+/// The orders API's statuses. pending → confirmed → shipped → delivered; cancelled only from pending
 /// or confirmed; every other move (including to the same status) is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -64,7 +64,7 @@ impl fmt::Display for OrderStatus {
     }
 }
 
-/// Seed 004's spelling exactly (lowercase): what the document's enum promises, no more.
+/// The orders API's spelling exactly (lowercase): what the document's enum promises, no more.
 impl FromStr for OrderStatus {
     type Err = String;
 
@@ -107,7 +107,7 @@ impl OrderSource {
     }
 }
 
-/// One line of an order (seed 004's `order_items` entry).
+/// One line of an order (an entry of `order_items`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrderItem {
     #[schema(example = "789e0123-e89b-12d3-a456-426614174000")]
@@ -124,7 +124,7 @@ pub struct OrderItem {
     pub subtotal: Money,
 }
 
-/// An order (seed 004's `data`).
+/// An order (the `data` of the orders API's envelope).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Order {
     #[schema(example = "0192d3c4-5e6f-7a8b-9c0d-1e2f3a4b5c6d")]
@@ -194,7 +194,7 @@ mod tests {
     }
 
     #[test]
-    fn statuses_parse_exactly_as_seed_004_spells_them() {
+    fn statuses_parse_exactly_as_the_orders_api_spells_them() {
         assert_eq!("shipped".parse::<OrderStatus>(), Ok(OrderStatus::Shipped));
         for other in ["Shipped", " shipped", "returned", ""] {
             assert!(other.parse::<OrderStatus>().is_err(), "{other:?}");

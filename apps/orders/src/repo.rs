@@ -58,7 +58,7 @@ pub struct Saga {
     pub updated_at: DateTime<Utc>,
 }
 
-/// How far a saga got. See the README's "Checkout" section.
+/// How far a saga got. See docs/design/checkout.md.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SagaState {
     /// Recorded; stock may or may not be committed.

@@ -1,7 +1,7 @@
 //! The order rules, independent of HTTP: placing an order (directly or from the cart) as a small
 //! saga, the status machine, and the recovery of interrupted placements.
 //!
-//! Placing an order (see the README's "Checkout" section for the whole story):
+//! Placing an order (docs/design/checkout.md tells the whole story):
 //!
 //! 1. record the saga (`order_sagas`, state `started`) with the order id chosen up front and the
 //!    request's idempotency key; for a checkout this also takes the user's checkout lock;

@@ -121,11 +121,11 @@ pub struct ShopOptions {
     #[arg(help_heading = "ShopStack traffic", long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub max_quantity: u32,
 
-    /// `cpu_iterations` of the journey's `POST /stress` (seed 000 caps it at 10000).
+    /// `cpu_iterations` of the journey's `POST /stress` (the service caps it at 10000).
     #[arg(help_heading = "ShopStack traffic", long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub stress_cpu_iterations: u32,
 
-    /// `memory_mb` of the journey's `POST /stress` (seed 000 caps it at 1000).
+    /// `memory_mb` of the journey's `POST /stress` (the service caps it at 1000).
     #[arg(help_heading = "ShopStack traffic", long, value_name = "MB", default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=1000))]
     pub stress_memory_mb: u32,
 }
@@ -137,10 +137,11 @@ pub struct Cli {
     pub shop: ShopOptions,
 }
 
-const ABOUT: &str = "ShopStack load test (Goose): seed 003's browse/cart mix, seed 000's journey, \
-a health/metrics poller, thresholds, incidents on a timer and a truth check against the gateway's \
-metrics. --host defaults to http://127.0.0.1:8000 (`make run-all`); --hatch-rate and --spawn-rate \
-are accepted for --increase-rate.";
+const ABOUT: &str = "ShopStack load test (Goose): browsing and cart users over the simple and v1 \
+cart APIs, a user journey, checkouts through the orders API, a health/metrics poller, thresholds, \
+incidents on a timer and a truth check against the gateway's metrics. --host defaults to \
+http://127.0.0.1:8000 (`make run-all`); --hatch-rate and --spawn-rate are accepted for \
+--increase-rate.";
 
 const EXAMPLES: &str = "Examples:
   loadtest                                  # all scenarios, local stack

@@ -43,7 +43,7 @@ fn settings(name: &str, simulation: SimulationProfile) -> Settings {
     settings
 }
 
-/// Catalog reads take 20-40 ms, as in seed 003's profile (so a 1 ms p95 is impossible).
+/// Catalog reads take 20-40 ms, as in the default simulation profile (so a 1 ms p95 is impossible).
 fn catalog_latency() -> SimulationProfile {
     SimulationProfile {
         enabled: true,

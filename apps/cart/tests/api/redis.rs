@@ -1,4 +1,4 @@
-//! The Redis backend: seed 000's data model, starting without Redis, losing it and getting it back.
+//! The Redis backend: the v1 cart API's data model (`cart:{user_id}` hashes), starting without Redis, losing it and getting it back.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +20,7 @@ async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
 }
 
 #[tokio::test]
-async fn carts_are_seed_000_hashes() {
+async fn carts_are_redis_hashes_named_cart_user_id() {
     let redis = RedisServer::start().unwrap();
     let stack = spawn_redis_stack(&redis.url(), &[]).await;
     for (product, quantity) in [("prod-123", 2), ("prod-456", 5)] {

@@ -4,7 +4,7 @@ use serde_json::json;
 use crate::helpers::{black_hole, client, closed_port, json_of, spawn_cart, spawn_stack};
 
 #[tokio::test]
-async fn v1_add_get_and_clear_follow_seed_000() {
+async fn v1_add_get_and_clear_follow_the_v1_cart_api() {
     let stack = spawn_stack().await;
     let url = stack.cart.url("/v1/cart/user-123");
     let added = client()
@@ -20,7 +20,7 @@ async fn v1_add_get_and_clear_follow_seed_000() {
     assert_eq!(body["items"], json!([{"product_id": "prod-123", "quantity": 2}]));
     assert_eq!(body["total_items"], 1);
 
-    // Adding the same product again adds to the line (seed 000's HINCRBY).
+    // Adding the same product again adds to the line (HINCRBY in the v1 cart API's Redis model).
     client()
         .post(&url)
         .json(&json!({"product_id": "prod-123", "quantity": 3}))
@@ -67,7 +67,7 @@ async fn unknown_user_gets_an_empty_cart() {
 }
 
 #[tokio::test]
-async fn item_level_routes_follow_seed_001() {
+async fn item_level_routes_follow_the_v1_cart_api() {
     let stack = spawn_stack().await;
     let items = stack.cart.url("/v1/cart/user-9/items");
     let added = client()
@@ -115,7 +115,7 @@ async fn item_level_routes_follow_seed_001() {
 }
 
 #[tokio::test]
-async fn simple_form_follows_seed_003() {
+async fn simple_form_follows_the_simple_cart_api() {
     let stack = spawn_stack().await;
     let added = client()
         .post(stack.cart.url("/cart/add"))

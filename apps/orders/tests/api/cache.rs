@@ -1,4 +1,4 @@
-//! The Redis read cache for orders (seed 004): filled on a miss, written through on a status
+//! The Redis read cache for orders: filled on a miss, written through on a status
 //! change, never overwritten by an older version, and never in the way when Redis is down.
 
 use std::time::{Duration, Instant};

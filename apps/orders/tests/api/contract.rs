@@ -1,4 +1,4 @@
-//! Seed 004's API through the gateway, on SQLite and on PostgreSQL.
+//! The orders API through the gateway, on SQLite and on PostgreSQL.
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -7,7 +7,7 @@ use crate::helpers::*;
 use crate::on_both_engines;
 
 on_both_engines!(
-    seed_004_contract_through_the_gateway,
+    orders_api_contract_through_the_gateway,
     status_machine_refuses_every_illegal_move,
     pagination_and_user_orders,
     bad_input_is_refused_and_changes_nothing,
@@ -20,13 +20,13 @@ fn assert_envelope(body: &Value, message: &str) {
     assert_eq!(body["message"], message, "{body}");
 }
 
-async fn seed_004_contract_through_the_gateway(engine: Engine) {
+async fn orders_api_contract_through_the_gateway(engine: Engine) {
     let db = TestDb::of(engine).await;
     let stack = spawn_stack(&db, None, &[]).await;
     let http = client();
     let stock_before = stock_of(&stack, "prod-110").await;
 
-    // Create (seed 004's example body, with catalog products). A price sent by the client is
+    // Create (the orders API's documented example body, with catalog products). A price sent by the client is
     // ignored: prices come from the catalog.
     let response = http
         .post(stack.url("/api/orders"))
@@ -122,7 +122,7 @@ async fn seed_004_contract_through_the_gateway(engine: Engine) {
     assert_eq!(response.status(), StatusCode::CONFLICT);
     assert_eq!(stock_of(&stack, "prod-110").await, stock_before - 2);
 
-    // Lists: all orders and the user's, newest first, with seed 004's pagination.
+    // Lists: all orders and the user's, newest first, with the orders API's pagination.
     let response = http
         .get(stack.url("/api/orders?page=1&page_size=10"))
         .send()

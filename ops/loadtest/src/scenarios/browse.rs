@@ -1,4 +1,4 @@
-//! `browse` (weight 7): seed 003's catalog browsing. Lists a random page of the catalog, views
+//! `browse` (weight 7): a shopper browsing the catalog. Lists a random page of the catalog, views
 //! products by real ids (three times as often), and searches for words the catalog contains.
 
 use std::sync::Arc;

@@ -1,5 +1,5 @@
-//! `cart` (weight 3): seed 003's cart user, over both cart APIs. Each iteration adds one to
-//! three random products (`POST /v1/cart/{user_id}/items` or seed 003's `POST /cart/add`), views
+//! `cart` (weight 3): a cart user, over both cart APIs. Each iteration adds one to
+//! three random products (`POST /v1/cart/{user_id}/items` or the simple cart API's `POST /cart/add`), views
 //! the cart, changes a line's quantity (`PATCH`), removes a line (`DELETE …/items/{product_id}`)
 //! and clears the cart. A user that stops with a cart still holding stock clears it on the way
 //! out, so repeated runs don't leave reservations behind.

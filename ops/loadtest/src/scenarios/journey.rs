@@ -1,4 +1,4 @@
-//! `journey` (weight 1): seed 000's k6 user journey on the `/v1/cart` API: add an item
+//! `journey` (weight 1): a user journey on the v1 cart API: add an item
 //! (`POST /v1/cart/{user_id}`), get the cart, `POST /stress` with small parameters (only when
 //! the probe before the run found stress enabled on the target), then clear the cart.
 

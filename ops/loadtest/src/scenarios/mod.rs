@@ -2,14 +2,14 @@
 //!
 //! | name | weight | what a user does |
 //! |---|---|---|
-//! | `browse` | 7 | seed 003's browsing: list pages of the catalog, view products (real ids), search |
-//! | `cart` | 3 | seed 003's cart user: add products, view, change a quantity, remove one, clear |
-//! | `journey` | 1 | seed 000's k6 journey: add → get → stress (when the target allows it) → clear |
+//! | `browse` | 7 | a shopper browsing: list pages of the catalog, view products (real ids), search |
+//! | `cart` | 3 | a cart user: add products, view, change a quantity, remove one, clear |
+//! | `journey` | 1 | a user journey on the v1 cart API: add → get → stress (when the target allows it) → clear |
 //! | `checkout` | 1 | a buyer: add to cart → check out (`Idempotency-Key`) → view the order → list orders → cancel (stock goes back) |
 //! | `poller` | 1 | a low-rate poller of `/healthz` and `/metrics` |
 //! | `ping` | – | benchmarks only (`make bench`): `GET /catalog/{id}` back to back; runs only when named |
 //!
-//! Weights decide how many users run each scenario (browse:cart is seed 003's 70:30).
+//! Weights decide how many users run each scenario (browse:cart is 70:30: most shoppers only browse).
 //! A new scenario is one module here with a `scenario(ctx)` builder, registered in [`all`].
 //!
 //! Every request is named by its route template (`GET /catalog/{id}`, never the raw URL), so
