@@ -3,11 +3,11 @@
 
 Everything runs on 127.0.0.1 with simulation off and release builds. Servers are pinned to one
 core and the load generator to the other, so runs are comparable; every case is repeated
-(default 6 rounds of 5 s) in alternating order and the median is reported. The results table goes to
-docs/benchmarks.md with the machine, date and commit.
+(default 6 repetitions of 5 s) in alternating order and the median is reported. The results go
+between the results markers of docs/performance.md, with the machine, date and commit.
 
-  python3 ops/bench/bench.py                 # the full run (about 12 minutes)
-  python3 ops/bench/bench.py --smoke         # every case once for 1 s with debug builds (tests)
+  python3 ops/bench/bench.py                 # the full run: builds (PGO gateway included), about 12 minutes of runs
+  python3 ops/bench/bench.py --smoke         # every case once for 1 s with debug builds, no PGO (tests)
   python3 ops/bench/bench.py --only gateway,nginx --duration 20
 
 Tools it needs and installs from Debian's packages when missing: wrk, nginx. Locust comes from
@@ -307,6 +307,9 @@ class Bench:
         # build runs beside it in the proxy cases, so every run shows what PGO is worth.
         pgo = target / "pgo" / self.bins.name / "gateway"
         self.pgo_gateway = pgo if args.pgo and pgo.exists() else None
+        # The same route forwarded by hyper-util's pooled client instead of the gateway's own
+        # exchange (docs/decisions/0001-hand-written-http1-exchange.md).
+        self.hyper_util_proxy = self.bins / "examples" / "hyper_util_proxy"
         self.results = {}
         self.memory = {}
         self.generators = {}
@@ -317,12 +320,12 @@ class Bench:
     def catalog(self, extra=None):
         return Service(self.bins, "catalog", free_port(), extra or {})
 
-    def gateway(self, catalog, cart=None, extra=None, orders=None, plain=False):
+    def gateway(self, catalog, cart=None, extra=None, orders=None, plain=False, binary=None):
         env = {"CATALOG_SERVICE_URL": catalog.url(""),
                "CART_SERVICE_URL": cart.url("") if cart else "http://127.0.0.1:9",
                "ORDERS_SERVICE_URL": orders.url("") if orders else "http://127.0.0.1:9"}
         env.update(extra or {})
-        binary = None if plain else self.pgo_gateway
+        binary = binary or (None if plain else self.pgo_gateway)
         return Service(self.bins, "gateway", free_port(), env, binary=binary)
 
     def run_case(self, name, url, script=None, processes=None):
@@ -351,11 +354,19 @@ class Bench:
         """Direct, gateway and nginx in front of one catalog; order alternates per repeat. Also
         the gateway without its access log (`LOG_LEVEL=warn`), which splits the gateway/nginx
         ratio into proxying and logging (the gateway's line is JSON with trace and request ids,
-        ≈ 4 × nginx's)."""
+        ≈ 4 × nginx's), and the route forwarded by hyper-util's client (`gateway-hyper-util`,
+        plain release build like `gateway-plain`: the example is not built with PGO)."""
         catalog = self.catalog()
         gateway = self.gateway(catalog)
         quiet = self.gateway(catalog, extra={"LOG_LEVEL": "warn"})
         plain = self.gateway(catalog, plain=True) if self.pgo_gateway else None
+        hyper_util = None
+        if self.selected("gateway-hyper-util"):
+            if self.hyper_util_proxy.exists():
+                hyper_util = self.gateway(catalog, binary=self.hyper_util_proxy)
+            elif repeat == 0:
+                self.notes.append("gateway-hyper-util not measured: the gateway's `hyper_util_proxy` "
+                                  "example is not built.")
         nginx = Nginx(catalog.port)
         try:
             path = f"/catalog/{PRODUCT}"
@@ -367,6 +378,10 @@ class Bench:
             if plain:
                 cases.insert(2, ("gateway-plain", plain.url(path),
                                  {"proxy": plain.process.pid, "catalog": catalog.process.pid}))
+            if hyper_util:
+                cases.insert(cases.index(next(c for c in cases if c[0] == "gateway-nolog")),
+                             ("gateway-hyper-util", hyper_util.url(path),
+                              {"proxy": hyper_util.process.pid, "catalog": catalog.process.pid}))
             if repeat % 2:
                 cases.reverse()
             for name, url, processes in cases:
@@ -374,6 +389,8 @@ class Bench:
                     self.run_case(name, url, processes=processes)
         finally:
             nginx.stop()
+            if hyper_util:
+                hyper_util.stop()
             if plain:
                 plain.stop()
             quiet.stop()
@@ -529,8 +546,8 @@ class Bench:
 
     def run(self):
         for repeat in range(self.args.repeats):
-            log(f"round {repeat + 1} of {self.args.repeats}")
-            if any(self.selected(n) for n in ("direct", "gateway", "nginx")):
+            log(f"repetition {repeat + 1} of {self.args.repeats}")
+            if any(self.selected(n) for n in ("direct", "gateway", "gateway-hyper-util", "nginx")):
                 self.proxy_cases(repeat)
             if self.selected("cart"):
                 self.cart_cases(repeat)
@@ -546,32 +563,55 @@ class Bench:
         med = {name: median_of(case["runs"]) for name, case in self.results.items()}
         goals = []
 
-        def goal(label, value, target=None, better="higher", per_round=()):
-            # The per-round values show how far the rounds agreed, i.e. whether a goal's verdict
-            # is a margin or the machine's noise.
+        def goal(label, value, target=None, better="higher", per_repeat=()):
+            # The per-repetition values show how far the repetitions agreed, i.e. whether a
+            # goal's verdict is a margin or the machine's noise.
             met = None if target is None else (value >= target if better == "higher" else value <= target)
             goals.append({"goal": label, "value": value, "target": target, "better": better, "met": met,
-                          "per_round": list(per_round)})
+                          "per_repeat": list(per_repeat)})
 
         def ratio(label, a, b, key="rps", target=None):
-            # The median of the per-round ratios: each round runs the two cases back to back, so
-            # the machine's drift between rounds (up to ±30 % here) cancels out of each ratio.
+            # The median of the per-repetition ratios: each repetition runs the two cases back to
+            # back, so the machine's drift between repetitions (up to ±30 % on a shared host)
+            # cancels out of each ratio.
             if a in med and b in med and med[b][key]:
                 pairs = zip(self.results[a]["runs"], self.results[b]["runs"])
-                per_round = [x[key] / y[key] for x, y in pairs if y[key]]
-                value = statistics.median(per_round) if per_round else med[a][key] / med[b][key]
-                goal(label, value, target, per_round=per_round)
+                per_repeat = [x[key] / y[key] for x, y in pairs if y[key]]
+                value = statistics.median(per_repeat) if per_repeat else med[a][key] / med[b][key]
+                goal(label, value, target, per_repeat=per_repeat)
+
+        def proxy_cpu(run):
+            cpu = run.get("cpu_us", {}).get("proxy")
+            return cpu["user"] + cpu["sys"] if cpu else None
+
+        def cpu_ratio(label, a, b):
+            # The proxy's own CPU per request (user + system), per repetition: unlike throughput,
+            # it leaves out the catalog's share of the core they both run on.
+            if a in med and b in med:
+                pairs = zip(self.results[a]["runs"], self.results[b]["runs"])
+                per_repeat = [proxy_cpu(x) / proxy_cpu(y) for x, y in pairs if proxy_cpu(x) and proxy_cpu(y)]
+                if per_repeat:
+                    goal(label, statistics.median(per_repeat), per_repeat=per_repeat)
 
         ratio("gateway / direct throughput", "gateway", "direct")
         ratio("gateway / nginx throughput", "gateway", "nginx", target=1.0)
         # No target: what the gateway's proxying alone does against nginx with its access log.
         ratio("gateway without access log / nginx throughput", "gateway-nolog", "nginx")
         ratio("gateway without PGO (plain release build) / nginx throughput", "gateway-plain", "nginx")
+        # No target: the route through hyper-util's pooled client instead of the gateway's own
+        # exchange, the rest of the gateway the same (docs/decisions/0001-hand-written-http1-exchange.md).
+        ratio("gateway with hyper-util's client / gateway throughput", "gateway-hyper-util", "gateway")
+        # Like for like: the example is a plain build, so beside a PGO gateway it is compared
+        # with `gateway-plain` as well.
+        if "gateway-plain" in med:
+            ratio("gateway with hyper-util's client / gateway-plain throughput", "gateway-hyper-util", "gateway-plain")
+        baseline = "gateway-plain" if "gateway-plain" in med else "gateway"
+        cpu_ratio(f"gateway with hyper-util's client / {baseline} proxy CPU per request", "gateway-hyper-util", baseline)
         if all(k in med for k in ("gateway", "nginx", "direct")):
-            # (gateway p99 − direct p99) − (nginx p99 − direct p99), per round, median.
-            rounds = zip(self.results["gateway"]["runs"], self.results["nginx"]["runs"])
-            per_round = [g["p99"] - n["p99"] for g, n in rounds]
-            goal("gateway added p99 − nginx added p99 (ms)", statistics.median(per_round), 0.0, "lower", per_round)
+            # (gateway p99 − direct p99) − (nginx p99 − direct p99), per repetition, median.
+            pairs = zip(self.results["gateway"]["runs"], self.results["nginx"]["runs"])
+            per_repeat = [g["p99"] - n["p99"] for g, n in pairs]
+            goal("gateway added p99 − nginx added p99 (ms)", statistics.median(per_repeat), 0.0, "lower", per_repeat)
         ratio("telemetry on / off throughput", "telemetry-on", "telemetry-off", target=0.9)
         ratio("cart on Redis / in memory throughput", "cart-redis", "cart-memory", target=0.5)
         if "goose" in self.generators and "locust" in self.generators and self.generators["locust"]["per_cpu_second"]:
@@ -638,14 +678,17 @@ def write_markdown(summary, args, path):
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     lines = [
-        "# Benchmarks",
+        "# Performance",
         "",
         f"`make bench` on {datetime.date.today().isoformat()}, commit `{commit}`, {cpu}, {os.cpu_count()} cores, "
         f"Linux {platform.release()}. Servers pinned to core {SERVER_CORE}, load generator to core {LOAD_CORE}; "
-        f"wrk 1 thread × {args.connections} connections, {args.duration} s per run, {args.repeats} runs per case in "
-        f"alternating order, medians shown; each goal's ratio is the median of the per-round ratios. Simulation off; {'debug (smoke)' if args.smoke else 'release'} builds"
+        f"wrk 1 thread × {args.connections} connections, {args.duration} s per run, {args.repeats} run{'' if args.repeats == 1 else 's'} per case in "
+        f"alternating order, medians shown; each goal's ratio is the median of the per-repetition ratios. Simulation off; {'debug (smoke)' if args.smoke else 'release'} builds"
         + ("; the gateway's cases use its PGO build (`make gateway-pgo`), `gateway-plain` the same code built plainly."
-           if summary.get("gateway_pgo") else "; the gateway is the plain build (no PGO)."),
+           if summary.get("gateway_pgo") else "; the gateway is the plain build (no PGO).")
+        + (" `gateway-hyper-util` is the gateway's `hyper_util_proxy` example (plain build): the route "
+           "forwarded by hyper-util's pooled client instead of the gateway's own exchange."
+           if "gateway-hyper-util" in summary["cases"] else ""),
         "",
         "| case | requests/s | p50 (ms) | p99 (ms) | non-2xx |",
         "|---|---:|---:|---:|---:|",
@@ -674,12 +717,12 @@ def write_markdown(summary, args, path):
         lines += ["", "| load generator | requests | CPU seconds | requests per CPU-second |", "|---|---:|---:|---:|"]
         for name, values in summary["generators"].items():
             lines.append(f"| {name} | {values['requests']} | {values['cpu_seconds']:.2f} | {values['per_cpu_second']:.0f} |")
-    lines += ["", "| goal | value | per round | target | met |", "|---|---:|---:|---:|---|"]
+    lines += ["", "| goal | value | per repetition | target | met |", "|---|---:|---:|---:|---|"]
     for goal in summary["goals"]:
         target = "—" if goal["target"] is None else f"{'≥' if goal['better'] == 'higher' else '≤'} {goal['target']:g}"
         met = "—" if goal["met"] is None else ("yes" if goal["met"] else "**no**")
-        rounds = ", ".join(f"{value:.2f}" for value in goal["per_round"]) or "—"
-        lines.append(f"| {goal['goal']} | {goal['value']:.2f} | {rounds} | {target} | {met} |")
+        values = ", ".join(f"{value:.2f}" for value in goal["per_repeat"]) or "—"
+        lines.append(f"| {goal['goal']} | {goal['value']:.2f} | {values} | {target} | {met} |")
     for note in summary["notes"]:
         lines += ["", f"_{note}_"]
     results = "\n".join(lines[1:]).strip() + "\n"
@@ -691,26 +734,31 @@ def write_markdown(summary, args, path):
         tail = rest.split(end, 1)[1]
         path.write_text(f"{head}{start}\n{results}{end}{tail}")
     else:
-        path.write_text(f"# Benchmarks\n\n{start}\n{results}{end}\n")
+        path.write_text(f"# Performance\n\n{start}\n{results}{end}\n")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--smoke", action="store_true", help="every case once, 1 s, debug builds, no Locust install")
-    # Many short rounds rather than a few long ones: on a shared machine the speed drifts by tens
-    # of percent over seconds, and the median of six back-to-back pairs is steadier than of three.
+    parser.add_argument("--smoke", action="store_true", help="every case once, 1 s, debug builds, no PGO, no Locust install")
+    # Many short repetitions rather than a few long ones: on a shared machine the speed drifts by
+    # tens of percent over seconds, and the median of six back-to-back pairs is steadier than of three.
     parser.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
-    parser.add_argument("--repeats", type=int, default=6, help="rounds: each case this many times, order alternating")
+    parser.add_argument("--repeats", type=int, default=6, help="each case this many times, order alternating")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--only", default="", help="comma-separated case names (direct, gateway, nginx, cart, telemetry, memory, generator)")
-    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks.md"))
+    parser.add_argument("--only", default="",
+                        help="comma-separated names; a case runs when its name contains one of them "
+                             "(direct, gateway — every gateway-* case —, gateway-hyper-util, nginx, cart, "
+                             "telemetry, memory, generator)")
+    parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"),
+                        help="the page whose results markers receive the tables")
     parser.add_argument("--json", default=str(ROOT / "reports" / "bench.json"))
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--no-pgo", dest="pgo", action="store_false",
                         help="measure the plain release gateway only (no `ops/pgo.py` build)")
     args = parser.parse_args()
     if args.smoke:
-        args.duration, args.repeats = 1, 1
+        # The smoke checks the script end to end, not the build: no PGO gateway, even a stale one.
+        args.duration, args.repeats, args.pgo = 1, 1, False
         args.out = str(ROOT / "reports" / "bench-smoke.md")
         args.json = str(ROOT / "reports" / "bench-smoke.json")
 
@@ -721,7 +769,8 @@ def main():
         if (ROOT / "ops" / "loadtest").exists():
             packages += ["-p", "loadtest"]
         subprocess.run(["cargo", "build", *profile, *packages], cwd=ROOT, check=True)
-        subprocess.run(["cargo", "build", *profile, "-p", "gateway", "--example", "otlp_sink"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", *profile, "-p", "gateway", "--example", "otlp_sink",
+                        "--example", "hyper_util_proxy"], cwd=ROOT, check=True)
         if args.pgo:
             subprocess.run([sys.executable, str(ROOT / "ops" / "pgo.py"), "--no-service-build",
                             *(["--debug", "--seconds", "1"] if args.smoke else [])],

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Instructions per proxied request of the gateway, counted by valgrind's callgrind: a number that,
 # unlike requests/s on a shared machine, does not move between runs, so it is what before/after
-# comparisons in docs/benchmarks.md use.
+# comparisons of a change to the request path use (docs/performance.md).
 #
 #   ops/bench/callgrind.sh [gateway binary] [seconds]
+#   ops/bench/callgrind.sh target/release/examples/hyper_util_proxy   # the same route through
+#       # hyper-util's pooled client (the gateway's `hyper_util_proxy` example, same settings),
+#       # for docs/decisions/0001-hand-written-http1-exchange.md
 #   TELEMETRY=on ops/bench/callgrind.sh    # also export spans to a local OTLP sink (100 % sampled,
 #                                           # or as OTEL_TRACES_SAMPLER/_ARG say)
 #   LOG_LEVEL=warn ops/bench/callgrind.sh  # without the access log lines (default info)
