@@ -5,9 +5,10 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use shopstack_common::extract::{Json, Path};
-use shopstack_common::platform::set_schema_keywords;
-use shopstack_common::{ApiInfo, Problem};
+use shopstack_base::Problem;
+use shopstack_base::extract::{Json, Path};
+use shopstack_platform::ApiInfo;
+use shopstack_platform::service::set_schema_keywords;
 use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -34,7 +35,7 @@ pub fn router(state: AppState) -> OpenApiRouter {
         // `Idempotency-Key` on writes (reads pass through untouched).
         .layer(axum::middleware::from_fn_with_state(
             state.idempotency.clone(),
-            shopstack_common::idempotency::enforce,
+            shopstack_redis::idempotency::enforce,
         ))
         .with_state(state)
 }
@@ -60,7 +61,7 @@ pub struct SimpleAddRequest {
     pub product_id: String,
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(example = 2, minimum = 1)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub quantity: i64,
 }
 
@@ -77,7 +78,7 @@ pub struct AddItemRequest {
     pub product_id: String,
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(example = 2, minimum = 1)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub quantity: i64,
 }
 
@@ -87,7 +88,7 @@ pub struct AddItemRequest {
 pub struct UpdateItemRequest {
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(example = 3, minimum = 1)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub quantity: i64,
 }
 

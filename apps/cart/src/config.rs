@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use shopstack_common::config::{CommonConfig, UrlList, parse_duration};
+use shopstack_base::config::{CommonConfig, UrlList, parse_duration};
 
 /// The cart service: shopping carts in memory or on Redis.
 #[derive(Debug, Clone, clap::Parser)]

@@ -1,6 +1,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use shopstack_common::Problem;
+use shopstack_base::Problem;
 
 use crate::catalog_client::CatalogError;
 use crate::store::StoreError;

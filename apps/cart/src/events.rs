@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shopstack_common::events::{Event, EventBus, Handled, RetryLater};
+use shopstack_events::events::{Event, EventBus, Handled, RetryLater};
 use tokio::sync::mpsc;
 
 use crate::error::CartError;

@@ -19,18 +19,18 @@ use std::time::Duration;
 
 use axum::Router;
 use prometheus::{IntCounterVec, Opts};
-use shopstack_common::Platform;
-use shopstack_common::config::ServiceDefaults;
-use shopstack_common::idempotency::Idempotency;
-use shopstack_common::metrics::register;
-use shopstack_common::simulation::SimulationProfile;
+use shopstack_base::config::ServiceDefaults;
+use shopstack_base::simulation::SimulationProfile;
+use shopstack_platform::Platform;
+use shopstack_redis::idempotency::Idempotency;
+use shopstack_telemetry::metrics::register;
 
 use catalog_client::CatalogClient;
 pub use config::CartConfig;
 use events::CartEvents;
 use redis_store::RedisStore;
 use service::CartService;
-use shopstack_common::events::EventBus;
+use shopstack_events::events::EventBus;
 use store::{CartStore, MemoryStore};
 
 pub const DEFAULTS: ServiceDefaults = ServiceDefaults {

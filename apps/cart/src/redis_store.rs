@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use shopstack_common::redis::Redis;
+use shopstack_redis::redis::Redis;
 
 use crate::store::{CartStore, StoreError, StoredCart};
 
@@ -96,7 +96,7 @@ fn outcome((status, version, pairs): (i64, u64, Vec<String>)) -> Result<StoredCa
     }
 }
 
-fn unavailable(error: shopstack_common::redis::RedisUnavailable) -> StoreError {
+fn unavailable(error: shopstack_redis::redis::RedisUnavailable) -> StoreError {
     StoreError::Unavailable(error.0)
 }
 

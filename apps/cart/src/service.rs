@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use prometheus::IntCounterVec;
 use serde::Serialize;
-use shopstack_common::ids;
+use shopstack_base::ids;
 use utoipa::ToSchema;
 
 use crate::catalog_client::CatalogClient;

@@ -2,10 +2,10 @@
 
 use axum::extract::State;
 use serde::{Deserialize, Serialize};
-use shopstack_common::ApiInfo;
-use shopstack_common::Problem;
-use shopstack_common::extract::{Json, Path, Query};
-use shopstack_common::pagination::{PageParams, Pagination};
+use shopstack_base::Problem;
+use shopstack_base::extract::{Json, Path, Query};
+use shopstack_base::pagination::{PageParams, Pagination};
+use shopstack_platform::ApiInfo;
 use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;

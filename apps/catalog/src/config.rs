@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use shopstack_common::config::{CommonConfig, parse_duration};
+use shopstack_base::config::{CommonConfig, parse_duration};
 
 /// The catalog service: products, search, stock and reservations.
 #[derive(Debug, Clone, clap::Parser)]

@@ -1,6 +1,6 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use shopstack_common::Problem;
+use shopstack_base::Problem;
 
 /// What can go wrong in the catalog; each variant documents its status.
 #[derive(Debug, thiserror::Error)]

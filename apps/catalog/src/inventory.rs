@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use shopstack_common::redis::Redis;
+use shopstack_redis::redis::Redis;
 use utoipa::ToSchema;
 
 /// How long commit/restock markers are kept to recognise a retried order id.
@@ -38,7 +38,7 @@ pub struct Line {
     )]
     pub product_id: String,
     #[schema(minimum = 1, maximum = 1_000_000)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub quantity: u32,
 }
 
@@ -504,7 +504,7 @@ impl RedisInventory {
     }
 }
 
-fn unavailable(error: shopstack_common::redis::RedisUnavailable) -> InventoryError {
+fn unavailable(error: shopstack_redis::redis::RedisUnavailable) -> InventoryError {
     InventoryError::Unavailable(error.0)
 }
 

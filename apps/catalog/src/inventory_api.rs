@@ -6,10 +6,10 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
-use shopstack_common::Problem;
-use shopstack_common::admin;
-use shopstack_common::extract::{Json, Path};
-use shopstack_common::ids;
+use shopstack_base::Problem;
+use shopstack_base::admin;
+use shopstack_base::extract::{Json, Path};
+use shopstack_base::ids;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -73,11 +73,11 @@ fn validate_lines(items: &[Line]) -> Result<(), CatalogError> {
 pub struct HoldRequest {
     /// The owner's hold on this product becomes exactly this many units (0 releases it).
     #[schema(maximum = 1_000_000)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub quantity: u32,
     /// Seconds until the owner's holds expire unless changed again (the cart's TTL).
     #[schema(example = 2_592_000, minimum = 1, maximum = 31_536_000)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub ttl_secs: u64,
 }
 
@@ -278,7 +278,7 @@ async fn restock(
 pub struct StockRequest {
     /// Units free to reserve from now on.
     #[schema(minimum = 0, maximum = 1_000_000_000)]
-    #[serde(deserialize_with = "shopstack_common::extract::whole_number")]
+    #[serde(deserialize_with = "shopstack_base::extract::whole_number")]
     pub stock: i64,
 }
 

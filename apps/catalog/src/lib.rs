@@ -17,9 +17,9 @@ pub mod stock;
 use std::sync::Arc;
 
 use axum::Router;
-use shopstack_common::Platform;
-use shopstack_common::config::ServiceDefaults;
-use shopstack_common::simulation::SimulationProfile;
+use shopstack_base::config::ServiceDefaults;
+use shopstack_base::simulation::SimulationProfile;
+use shopstack_platform::Platform;
 
 pub use config::CatalogConfig;
 use inventory::{InventoryStore, MemoryInventory, RedisInventory};

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
-use shopstack_common::money::Money;
+use shopstack_base::money::Money;
 use utoipa::ToSchema;
 
 /// The catalogue shipped with the service (`apps/catalog/data/products.json`).

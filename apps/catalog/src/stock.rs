@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use shopstack_common::metrics::register;
+use shopstack_telemetry::metrics::register;
 
 use crate::error::CatalogError;
 use crate::inventory::{HoldOutcome, InventoryError, InventoryStore, Line};

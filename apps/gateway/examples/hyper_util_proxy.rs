@@ -62,10 +62,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
 use prometheus::Histogram;
-use shopstack_common::metrics::CounterByLastLabel;
-use shopstack_common::observe::{ObservedRequest, RouteObserver, X_REQUEST_ID};
-use shopstack_common::platform::panic_to_problem;
-use shopstack_common::server::{self, Front};
+use shopstack_platform::observe::{ObservedRequest, RouteObserver, X_REQUEST_ID};
+use shopstack_platform::server::{self, Front};
+use shopstack_platform::service::panic_to_problem;
+use shopstack_telemetry::metrics::CounterByLastLabel;
 use tower::Service;
 
 /// The same allocator as the gateway binary, so the two differ only in the client.

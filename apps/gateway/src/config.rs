@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::builder::BoolishValueParser;
 use reqwest::Url;
-use shopstack_common::config::{CommonConfig, UrlList, parse_duration};
+use shopstack_base::config::{CommonConfig, UrlList, parse_duration};
 
 use crate::routes::Backend;
 

@@ -26,11 +26,11 @@ use futures::FutureExt;
 use futures::future::BoxFuture;
 use opentelemetry::KeyValue;
 use prometheus::Histogram;
-use shopstack_common::Problem;
-use shopstack_common::metrics::CounterByLastLabel;
-use shopstack_common::observe::{ObservedRequest, RouteObserver};
-use shopstack_common::platform::panic_to_problem;
-use shopstack_common::server::Front;
+use shopstack_base::Problem;
+use shopstack_platform::observe::{ObservedRequest, RouteObserver};
+use shopstack_platform::server::Front;
+use shopstack_platform::service::panic_to_problem;
+use shopstack_telemetry::metrics::CounterByLastLabel;
 
 use crate::GatewayState;
 use crate::proxy::{self, Peer};

@@ -2,7 +2,7 @@ use std::time::Duration;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use shopstack_common::Problem;
+use shopstack_base::Problem;
 
 /// `realm` of the gateway's `WWW-Authenticate` challenges.
 pub const REALM: &str = "shopstack";

@@ -452,8 +452,8 @@ fn answer_header_name(name: &str) -> Result<HeaderName, ExchangeError> {
         "content-type" => header::CONTENT_TYPE,
         "content-length" => header::CONTENT_LENGTH,
         "date" => header::DATE,
-        "x-request-id" => shopstack_common::observe::X_REQUEST_ID,
-        "x-trace-id" => shopstack_common::observe::X_TRACE_ID,
+        "x-request-id" => shopstack_platform::observe::X_REQUEST_ID,
+        "x-trace-id" => shopstack_platform::observe::X_TRACE_ID,
         _ => {
             HeaderName::from_bytes(name.as_bytes()).map_err(|_| ExchangeError::Invalid("bad header name"))?
         }
@@ -674,8 +674,8 @@ mod tests {
         .await;
         let mut connection = Connection::new(TcpStream::connect(backend.addr).await.unwrap());
         let replaced = [
-            shopstack_common::observe::X_REQUEST_ID,
-            shopstack_common::observe::X_TRACE_ID,
+            shopstack_platform::observe::X_REQUEST_ID,
+            shopstack_platform::observe::X_TRACE_ID,
         ];
         let (answer, reusable) = connection
             .exchange(&plain_get(&Sent::get(), &replaced))

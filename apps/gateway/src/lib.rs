@@ -30,10 +30,11 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::routing::get;
 use serde::Serialize;
-use shopstack_common::config::ServiceDefaults;
-use shopstack_common::extract::Json;
-use shopstack_common::simulation::SimulationProfile;
-use shopstack_common::{ApiInfo, Platform};
+use shopstack_base::config::ServiceDefaults;
+use shopstack_base::extract::Json;
+use shopstack_base::simulation::SimulationProfile;
+use shopstack_platform::ApiInfo;
+use shopstack_platform::Platform;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -156,7 +157,7 @@ impl GatewayState {
 
 /// Healthy when at least one replica answers `/livez`.
 async fn any_replica_live(
-    client: &shopstack_common::client::HttpClient,
+    client: &shopstack_platform::client::HttpClient,
     upstream: &upstream::Upstream,
 ) -> bool {
     for replica in &upstream.replicas {
@@ -165,7 +166,7 @@ async fn any_replica_live(
         let live = client
             .inner()
             .get(url)
-            .timeout(shopstack_common::health::CHECK_TIMEOUT)
+            .timeout(shopstack_base::health::CHECK_TIMEOUT)
             .send()
             .await
             .is_ok_and(|response| response.status().is_success());

@@ -3,7 +3,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use gateway::config::Command;
 use gateway::{DEFAULTS, GatewayConfig, GatewayState, app, auth};
-use shopstack_common::server;
+use shopstack_platform::server;
 
 /// mimalloc: on the proxy path a request makes a dozen short-lived allocations, and mimalloc's
 /// thread-local free lists serve them in fewer instructions and with better locality than
@@ -13,7 +13,7 @@ use shopstack_common::server;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
-    if let Some(code) = shopstack_common::probe::healthcheck_from_args(DEFAULTS.port) {
+    if let Some(code) = shopstack_platform::probe::healthcheck_from_args(DEFAULTS.port) {
         return code;
     }
     let config = GatewayConfig::parse();

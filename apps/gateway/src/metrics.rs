@@ -3,7 +3,7 @@
 //! templates, fixed reasons).
 
 use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use shopstack_common::metrics::{LATENCY_BUCKETS, register};
+use shopstack_telemetry::metrics::{LATENCY_BUCKETS, register};
 
 #[derive(Clone)]
 pub struct EdgeMetrics {

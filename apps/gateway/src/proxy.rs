@@ -19,8 +19,8 @@ use axum::http::uri::PathAndQuery;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header, request::Parts};
 use axum::response::Response;
 use futures::StreamExt;
-use shopstack_common::admin;
-use shopstack_common::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID, X_TRACE_ID};
+use shopstack_base::admin;
+use shopstack_platform::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID, X_TRACE_ID};
 
 use crate::GatewayState;
 use crate::auth::Caller;

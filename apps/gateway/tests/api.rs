@@ -1,16 +1,13 @@
 //! The gateway over real HTTP on port 0 in front of the real catalog and cart.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use clap::Parser;
-use gateway::{GatewayConfig, GatewayState, app};
 use reqwest::StatusCode;
-use serde_json::{Value, json};
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::telemetry;
-use shopstack_common::testing::{TestServer, black_hole, closed_port, metric_sum, parse_metrics};
+use serde_json::json;
+use shopstack_testkit::http::{client, json_of};
+use shopstack_testkit::metrics::{metric_sum, scrape};
+use shopstack_testkit::ports::{black_hole, closed_port};
+use shopstack_testkit::server::TestServer;
+use shopstack_testkit::services;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 struct Stack {
@@ -19,56 +16,15 @@ struct Stack {
     cart: TestServer,
 }
 
-async fn spawn_catalog() -> TestServer {
-    telemetry::init_for_tests();
-    let platform = Platform::new(Settings::for_tests("catalog")).unwrap();
-    let config = catalog::CatalogConfig::parse_from(["catalog"]);
-    let state = catalog::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, catalog::app(state)).await.unwrap()
-}
-
-async fn spawn_cart(catalog_url: &str) -> TestServer {
-    let platform = Platform::new(Settings::for_tests("cart")).unwrap();
-    let config = cart::CartConfig::parse_from(["cart", "--catalog-service-url", catalog_url]);
-    let state = cart::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, cart::app(state)).await.unwrap()
-}
-
-async fn spawn_gateway(catalog_url: &str, cart_url: &str, extra: &[&str]) -> TestServer {
-    telemetry::init_for_tests();
-    let platform = Platform::new(Settings::for_tests("gateway")).unwrap();
-    let mut args = vec![
-        "gateway",
-        "--catalog-service-url",
-        catalog_url,
-        "--cart-service-url",
-        cart_url,
-    ];
-    args.extend_from_slice(extra);
-    let state = GatewayState::new(&GatewayConfig::parse_from(args), platform.clone()).unwrap();
-    TestServer::start(platform, app(state)).await.unwrap()
-}
-
 async fn spawn_stack() -> Stack {
-    let catalog = spawn_catalog().await;
-    let cart = spawn_cart(&catalog.url("")).await;
-    let gateway = spawn_gateway(&catalog.url(""), &cart.url(""), &[]).await;
+    let catalog = services::catalog().start().await;
+    let cart = services::cart(&catalog.url("")).start().await;
+    let gateway = services::gateway(&catalog.url(""), &cart.url("")).start().await;
     Stack {
         gateway,
         catalog,
         cart,
     }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-async fn json_of(response: reqwest::Response) -> Value {
-    response.json().await.unwrap()
 }
 
 /// Answers every request with bytes that are not HTTP.
@@ -185,7 +141,7 @@ async fn an_inbound_traceparent_reaches_every_backend_log() {
     assert_eq!(response.headers()["x-trace-id"], trace_id);
     assert_eq!(response.headers()["x-request-id"], "req-trace-test-1");
 
-    let logs = telemetry::init_for_tests().json_lines();
+    let logs = shopstack_testkit::init_telemetry().json_lines();
     for service in ["gateway", "cart", "catalog"] {
         let line = logs
             .iter()
@@ -224,8 +180,10 @@ async fn an_inbound_traceparent_reaches_every_backend_log() {
 
 #[tokio::test]
 async fn a_downed_backend_gives_503_naming_it_and_shows_in_healthz() {
-    let catalog = spawn_catalog().await;
-    let gateway = spawn_gateway(&catalog.url(""), &closed_port().await, &[]).await;
+    let catalog = services::catalog().start().await;
+    let gateway = services::gateway(&catalog.url(""), &closed_port().await)
+        .start()
+        .await;
     let response = client()
         .get(gateway.url("/v1/cart/someone"))
         .send()
@@ -268,12 +226,10 @@ async fn a_downed_backend_gives_503_naming_it_and_shows_in_healthz() {
 
 #[tokio::test]
 async fn a_hung_backend_gives_504_and_a_broken_one_502() {
-    let gateway = spawn_gateway(
-        &black_hole().await,
-        &garbage_server().await,
-        &["--upstream-timeout", "300ms"],
-    )
-    .await;
+    let gateway = services::gateway(&black_hole().await, &garbage_server().await)
+        .flags(&["--upstream-timeout", "300ms"])
+        .start()
+        .await;
     let hung = client()
         .get(gateway.url("/catalog/prod-123"))
         .send()
@@ -285,15 +241,7 @@ async fn a_hung_backend_gives_504_and_a_broken_one_502() {
     assert_eq!(broken.status(), StatusCode::BAD_GATEWAY);
     assert_eq!(json_of(broken).await["upstream"], "cart");
 
-    let text = client()
-        .get(gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = parse_metrics(&text).unwrap();
+    let (_, samples) = scrape(&gateway.url("/metrics")).await;
     assert_eq!(
         metric_sum(
             &samples,
@@ -340,15 +288,7 @@ async fn gateway_metrics_use_route_templates_only() {
             .await
             .unwrap();
     }
-    let text = client()
-        .get(stack.gateway.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = parse_metrics(&text).unwrap();
+    let (text, samples) = scrape(&stack.gateway.url("/metrics")).await;
     assert_eq!(
         metric_sum(
             &samples,

@@ -14,7 +14,8 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde_json::json;
-use support::{Tiny, client, eventually, gateway, metric, problem_kind};
+use shopstack_testkit::wait::eventually;
+use support::{Tiny, client, gateway, metric, problem_kind};
 use tokio::sync::Semaphore;
 
 fn ok_catalog() -> Router {
@@ -431,12 +432,12 @@ async fn the_gateways_own_injected_faults_never_touch_the_proxied_admin_routes()
     )
     .await;
     let (gw, _state) = support::gateway_with(&backend.url(), &backend.url(), &[], |settings| {
-        settings.simulation = shopstack_common::simulation::SimulationProfile {
+        settings.simulation = shopstack_base::simulation::SimulationProfile {
             enabled: true,
-            applies_to: shopstack_common::simulation::AppliesTo::All,
+            applies_to: shopstack_base::simulation::AppliesTo::All,
             failure_rate: 1.0,
             failure_status: 503,
-            ..shopstack_common::simulation::SimulationProfile::OFF
+            ..shopstack_base::simulation::SimulationProfile::OFF
         };
     })
     .await;

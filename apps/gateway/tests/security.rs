@@ -8,12 +8,11 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use clap::Parser;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::testing::TestServer;
+use shopstack_testkit::db::TestDb;
+use shopstack_testkit::server::TestServer;
+use shopstack_testkit::services;
 use support::{ADMIN_TOKEN, client, gateway, gateway_with, metric, problem_kind};
 
 const SECRET: &str = "test-only-hs256-secret-of-at-least-32-bytes";
@@ -28,16 +27,8 @@ struct Shop {
 
 impl Shop {
     async fn start() -> Shop {
-        let platform = Platform::new(Settings::for_tests("catalog")).unwrap();
-        let config = catalog::CatalogConfig::try_parse_from(["catalog"]).unwrap();
-        let state = catalog::AppState::new(&config, platform.clone()).await.unwrap();
-        let catalog = TestServer::start(platform, catalog::app(state)).await.unwrap();
-
-        let platform = Platform::new(Settings::for_tests("cart")).unwrap();
-        let config =
-            cart::CartConfig::try_parse_from(["cart", "--catalog-service-url", &catalog.url("")]).unwrap();
-        let state = cart::AppState::new(&config, platform.clone()).await.unwrap();
-        let cart = TestServer::start(platform, cart::app(state)).await.unwrap();
+        let catalog = services::catalog().start().await;
+        let cart = services::cart(&catalog.url("")).start().await;
         Shop { catalog, cart }
     }
 
@@ -53,36 +44,16 @@ impl Shop {
 /// The orders service on a fresh SQLite file, in front of `shop`.
 struct Orders {
     server: TestServer,
-    dir: std::path::PathBuf,
+    _db: TestDb,
 }
 
 impl Orders {
     async fn start(shop: &Shop) -> Orders {
-        let dir = std::env::temp_dir().join(format!(
-            "shopstack-gateway-orders-{}",
-            uuid::Uuid::new_v4().simple()
-        ));
-        let database = format!("sqlite://{}/orders.db", dir.display());
-        let platform = Platform::new(Settings::for_tests("orders")).unwrap();
-        let config = orders::OrdersConfig::try_parse_from([
-            "orders",
-            "--database-url",
-            &database,
-            "--catalog-service-url",
-            &shop.catalog_url(),
-            "--cart-service-url",
-            &shop.cart_url(),
-        ])
-        .unwrap();
-        let state = orders::AppState::new(&config, platform.clone()).await.unwrap();
-        let server = TestServer::start(platform, orders::app(state)).await.unwrap();
-        Orders { server, dir }
-    }
-}
-
-impl Drop for Orders {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+        let db = TestDb::sqlite();
+        let server = services::orders(&db.url, &shop.catalog_url(), &shop.cart_url())
+            .start()
+            .await;
+        Orders { server, _db: db }
     }
 }
 

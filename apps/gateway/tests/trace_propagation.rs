@@ -30,7 +30,7 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
-use shopstack_common::testing::ServiceProcess;
+use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 
 /// A span as received, with the `service.name` of the resource that sent it.
 #[derive(Debug, Clone)]
@@ -147,11 +147,6 @@ impl Receiver {
     }
 }
 
-/// A binary built next to this test's gateway binary.
-fn sibling_binary(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_gateway")).with_file_name(name)
-}
-
 /// A trace id no one else uses: the clock and the process id.
 fn fresh_trace_id() -> [u8; 16] {
     let nanos = std::time::SystemTime::now()
@@ -195,7 +190,7 @@ async fn on_one_cpu_the_last_spans_are_flushed_at_shutdown() {
     let receiver = Receiver::default();
     let endpoint = receiver.start().await;
     let catalog = tokio::task::spawn_blocking(|| {
-        ServiceProcess::spawn(&sibling_binary("catalog"), &[("SIMULATION", "off")]).unwrap()
+        ServiceProcess::spawn(&workspace_binary("catalog"), &[("SIMULATION", "off")]).unwrap()
     })
     .await
     .unwrap();
@@ -213,7 +208,7 @@ async fn on_one_cpu_the_last_spans_are_flushed_at_shutdown() {
     .await
     .unwrap();
     let trace_id = fresh_trace_id();
-    let client = reqwest::Client::new();
+    let client = shopstack_testkit::http::client();
     for request in 0..20u8 {
         let traceparent = format!(
             "00-{}-{}-01",
@@ -259,7 +254,7 @@ async fn one_request_is_one_trace_across_gateway_cart_and_catalog() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_the_redis_commands_are_child_spans_of_the_request() {
-    let redis = shopstack_common::testing::RedisServer::start().unwrap();
+    let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
     trace_one_request(Some(redis.url())).await;
 }
 
@@ -290,9 +285,9 @@ async fn trace_one_request(redis_url: Option<String>) {
             .unwrap()
         }
     };
-    let catalog = start(sibling_binary("catalog"), vec![]).await;
+    let catalog = start(workspace_binary("catalog"), vec![]).await;
     let cart = start(
-        sibling_binary("cart"),
+        workspace_binary("cart"),
         vec![("CATALOG_SERVICE_URL", catalog.url(""))],
     )
     .await;
@@ -309,7 +304,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     let trace_id = fresh_trace_id();
     let caller_span_id = [0x5a, 0x17, 0x00, 0x00, 0x00, 0x00, 0x00, 0x01];
     let traceparent = format!("00-{}-{}-01", hex(&trace_id), hex(&caller_span_id));
-    let client = reqwest::Client::new();
+    let client = shopstack_testkit::http::client();
     let response = client
         .post(gateway.url("/v1/cart/trace-user"))
         .header("traceparent", &traceparent)

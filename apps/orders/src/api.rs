@@ -5,11 +5,12 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use shopstack_common::extract::{Json, Path, Query};
-use shopstack_common::observe::REQUEST_ID;
-use shopstack_common::pagination::{PageParams, Pagination};
-use shopstack_common::platform::set_schema_keywords;
-use shopstack_common::{ApiInfo, Problem};
+use shopstack_base::Problem;
+use shopstack_base::extract::{Json, Path, Query};
+use shopstack_base::pagination::{PageParams, Pagination};
+use shopstack_platform::ApiInfo;
+use shopstack_platform::observe::REQUEST_ID;
+use shopstack_platform::service::set_schema_keywords;
 use tracing::Instrument as _;
 use utoipa::openapi::OpenApi;
 use utoipa::{IntoParams, ToSchema};
@@ -55,10 +56,7 @@ pub struct OrderItemRequest {
     pub product_id: Option<String>,
     /// At least 1, at most MAX_ITEM_QUANTITY (the document states the configured value).
     #[schema(value_type = i64, required = true, example = 2, minimum = 1)]
-    #[serde(
-        default,
-        deserialize_with = "shopstack_common::extract::optional_whole_number"
-    )]
+    #[serde(default, deserialize_with = "shopstack_base::extract::optional_whole_number")]
     pub quantity: Option<i64>,
 }
 

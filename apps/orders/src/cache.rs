@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use prometheus::IntCounterVec;
-use shopstack_common::redis::Redis;
+use shopstack_redis::redis::Redis;
 use uuid::Uuid;
 
 use crate::model::Order;

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use shopstack_common::config::{CommonConfig, UrlList, parse_duration};
+use shopstack_base::config::{CommonConfig, UrlList, parse_duration};
 
 /// The orders service: the orders API and checkout, on SQLite or PostgreSQL.
 #[derive(Debug, Clone, clap::Parser)]

@@ -23,10 +23,10 @@ pub mod upstream;
 use std::sync::Arc;
 
 use axum::Router;
-use shopstack_common::Platform;
-use shopstack_common::config::ServiceDefaults;
-use shopstack_common::events::EventBus;
-use shopstack_common::simulation::SimulationProfile;
+use shopstack_base::config::ServiceDefaults;
+use shopstack_base::simulation::SimulationProfile;
+use shopstack_events::events::EventBus;
+use shopstack_platform::Platform;
 
 use cache::OrderCache;
 pub use config::OrdersConfig;

@@ -2,10 +2,10 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use orders::{AppState, DEFAULTS, OrdersConfig, app};
-use shopstack_common::server;
+use shopstack_platform::server;
 
 fn main() -> ExitCode {
-    if let Some(code) = shopstack_common::probe::healthcheck_from_args(DEFAULTS.port) {
+    if let Some(code) = shopstack_platform::probe::healthcheck_from_args(DEFAULTS.port) {
         return code;
     }
     let config = OrdersConfig::parse();

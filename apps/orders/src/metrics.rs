@@ -2,7 +2,7 @@
 //! `common`).
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
-use shopstack_common::metrics::register;
+use shopstack_telemetry::metrics::register;
 
 use crate::model::OrderStatus;
 

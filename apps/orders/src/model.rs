@@ -5,7 +5,7 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use shopstack_common::money::Money;
+use shopstack_base::money::Money;
 use utoipa::ToSchema;
 
 /// The orders API's statuses. pending → confirmed → shipped → delivered; cancelled only from pending

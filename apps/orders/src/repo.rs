@@ -4,9 +4,9 @@
 //! the `outbox` table in the same transaction, so the change and its event commit together.
 
 use chrono::{DateTime, Utc};
-use shopstack_common::events::Event;
-use shopstack_common::money::Money;
-use shopstack_common::pagination::Page;
+use shopstack_base::money::Money;
+use shopstack_base::pagination::Page;
+use shopstack_events::events::Event;
 use sqlx::Row as _;
 use uuid::Uuid;
 

@@ -23,10 +23,10 @@ use chrono::Utc;
 use futures::future::join_all;
 use serde::Serialize;
 use serde_json::{Value, json};
-use shopstack_common::events::{Event, EventBus};
-use shopstack_common::ids;
-use shopstack_common::money::Money;
-use shopstack_common::pagination::{Page, Pagination};
+use shopstack_base::ids;
+use shopstack_base::money::Money;
+use shopstack_base::pagination::{Page, Pagination};
+use shopstack_events::events::{Event, EventBus};
 use tokio::sync::Notify;
 use uuid::Uuid;
 

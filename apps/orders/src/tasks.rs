@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use shopstack_common::events::Event;
+use shopstack_events::events::Event;
 use tokio::task::JoinHandle;
 
 use crate::repo;

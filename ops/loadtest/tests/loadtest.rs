@@ -8,40 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use clap::Parser;
 use serde_json::Value;
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::simulation::{AppliesTo, SimulationProfile};
-use shopstack_common::testing::TestServer;
+use shopstack_base::simulation::{AppliesTo, SimulationProfile};
+use shopstack_testkit::ports::closed_port;
+use shopstack_testkit::settings::ADMIN_TOKEN;
+use shopstack_testkit::stack::Stack;
 
-const ADMIN_TOKEN: &str = "test-admin-token";
 /// No run may take longer than this, whatever happens.
 const RUN_LIMIT: Duration = Duration::from_secs(180);
-
-struct Stack {
-    gateway: TestServer,
-    cart_platform: Platform,
-    _catalog: TestServer,
-    _cart: TestServer,
-    _orders: TestServer,
-    _orders_db: TempDir,
-}
-
-/// A directory removed when dropped (the orders service's SQLite file).
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn settings(name: &str, simulation: SimulationProfile) -> Settings {
-    let mut settings = Settings::for_tests(name);
-    settings.simulation = simulation;
-    settings
-}
 
 /// Catalog reads take 20-40 ms, as in the default simulation profile (so a 1 ms p95 is impossible).
 fn catalog_latency() -> SimulationProfile {
@@ -63,74 +37,13 @@ fn cart_quiet() -> SimulationProfile {
     }
 }
 
+/// Gateway, catalog, cart and orders, the catalog and the cart with these simulation profiles.
 async fn stack(catalog_simulation: SimulationProfile, cart_simulation: SimulationProfile) -> Stack {
-    let catalog_platform = Platform::new(settings("catalog", catalog_simulation)).unwrap();
-    let catalog_config = catalog::CatalogConfig::parse_from(["catalog"]);
-    let catalog_state = catalog::AppState::new(&catalog_config, catalog_platform.clone())
+    Stack::builder()
+        .catalog(|catalog| catalog.settings(|settings| settings.simulation = catalog_simulation))
+        .cart(|cart| cart.settings(|settings| settings.simulation = cart_simulation))
+        .start()
         .await
-        .unwrap();
-    let catalog_server = TestServer::start(catalog_platform, catalog::app(catalog_state))
-        .await
-        .unwrap();
-    let catalog_url = catalog_server.url("");
-
-    let cart_platform = Platform::new(settings("cart", cart_simulation)).unwrap();
-    let cart_config = cart::CartConfig::parse_from(["cart", "--catalog-service-url", &catalog_url]);
-    let cart_state = cart::AppState::new(&cart_config, cart_platform.clone())
-        .await
-        .unwrap();
-    let cart_server = TestServer::start(cart_platform.clone(), cart::app(cart_state))
-        .await
-        .unwrap();
-
-    let orders_db = TempDir(std::env::temp_dir().join(format!(
-        "shopstack-loadtest-orders-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos()
-    )));
-    let orders_url = format!("sqlite://{}/orders.db", orders_db.0.display());
-    let orders_platform = Platform::new(settings("orders", SimulationProfile::OFF)).unwrap();
-    let orders_config = orders::OrdersConfig::parse_from([
-        "orders",
-        "--database-url",
-        &orders_url,
-        "--catalog-service-url",
-        &catalog_url,
-        "--cart-service-url",
-        &cart_server.url(""),
-    ]);
-    let orders_state = orders::AppState::new(&orders_config, orders_platform.clone())
-        .await
-        .unwrap();
-    let orders_server = TestServer::start(orders_platform, orders::app(orders_state))
-        .await
-        .unwrap();
-
-    let gateway_platform = Platform::new(settings("gateway", SimulationProfile::OFF)).unwrap();
-    let gateway_config = gateway::GatewayConfig::parse_from([
-        "gateway",
-        "--catalog-service-url",
-        &catalog_url,
-        "--cart-service-url",
-        &cart_server.url(""),
-        "--orders-service-url",
-        &orders_server.url(""),
-    ]);
-    let gateway_state = gateway::GatewayState::new(&gateway_config, gateway_platform.clone()).unwrap();
-    let gateway_server = TestServer::start(gateway_platform, gateway::app(gateway_state))
-        .await
-        .unwrap();
-    Stack {
-        gateway: gateway_server,
-        cart_platform,
-        _catalog: catalog_server,
-        _cart: cart_server,
-        _orders: orders_server,
-        _orders_db: orders_db,
-    }
 }
 
 struct Outcome {
@@ -445,7 +358,7 @@ async fn a_fault_step_changes_the_error_rate_and_is_undone() {
 
     // The run put the cart's simulation back as it found it.
     assert_eq!(summary["faults_restored"], serde_json::json!(["cart"]));
-    assert_eq!(stack.cart_platform.simulation().profile(), cart_quiet());
+    assert_eq!(stack.cart_state.platform.simulation().profile(), cart_quiet());
     let html = std::fs::read_to_string(run.report("html")).unwrap();
     assert!(html.contains("2s:cart.failure_rate=0.6"));
     cleanup(&run.dir);
@@ -453,10 +366,7 @@ async fn a_fault_step_changes_the_error_rate_and_is_undone() {
 
 #[tokio::test]
 async fn a_stack_that_is_not_running_is_named_as_such() {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    drop(listener);
-    let run = loadtest(&format!("http://127.0.0.1:{port}"), "down", &["--run-time", "1s"]).await;
+    let run = loadtest(&closed_port().await, "down", &["--run-time", "1s"]).await;
     assert_eq!(run.code, 3, "stdout:\n{}\nstderr:\n{}", run.stdout, run.stderr);
     assert!(
         run.stderr.contains("ShopStack is not reachable"),

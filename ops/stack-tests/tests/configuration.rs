@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use clap::{Arg, Args, Command, CommandFactory};
-use shopstack_common::config::{CommonConfig, ServiceDefaults};
+use shopstack_base::config::{CommonConfig, ServiceDefaults};
 use stack_tests::repo_root;
 
 const UPDATE_COMMAND: &str = "UPDATE_DOCS=1 cargo test -p stack-tests --test configuration";
@@ -363,8 +363,8 @@ fn source_files() -> Vec<PathBuf> {
         }
     }
     let root = repo_root();
-    let mut crates = vec![root.join("common")];
-    for group in ["apps", "ops"] {
+    let mut crates = Vec::new();
+    for group in ["common", "apps", "ops"] {
         for entry in std::fs::read_dir(root.join(group)).unwrap().flatten() {
             if entry.path().join("Cargo.toml").is_file() {
                 crates.push(entry.path());

@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use reqwest::Client;
 use serde_json::{Value, json};
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::testing::TestServer;
+use shopstack_testkit::http::client_with_timeout;
+use shopstack_testkit::server::TestServer;
+use shopstack_testkit::settings::ADMIN_TOKEN;
+use shopstack_testkit::stack::Stack;
 use stack_tests::dashboards::{self, Query};
 use stack_tests::observability_path;
 use stack_tests::prometheus::{self, Prometheus};
@@ -31,67 +31,11 @@ const PENDING: &[(&str, &str, &str)] = &[
     // labels are known up front — saga recoveries, consumed order events — start at 0.)
 ];
 
-const ADMIN_TOKEN: &str = "test-admin-token";
-
 fn pending_reason(query: &Query) -> Option<&'static str> {
     PENDING
         .iter()
         .find(|(dashboard, panel, _)| *dashboard == query.dashboard && *panel == query.panel)
         .map(|(_, _, reason)| *reason)
-}
-
-async fn start_catalog() -> TestServer {
-    let config = catalog::CatalogConfig::try_parse_from(["catalog"]).unwrap();
-    let platform = Platform::new(Settings::for_tests("catalog")).unwrap();
-    let state = catalog::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, catalog::app(state)).await.unwrap()
-}
-
-async fn start_cart(catalog: &TestServer) -> TestServer {
-    let config =
-        cart::CartConfig::try_parse_from(["cart", "--catalog-service-url", &catalog.url("")]).unwrap();
-    let platform = Platform::new(Settings::for_tests("cart")).unwrap();
-    let state = cart::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, cart::app(state)).await.unwrap()
-}
-
-/// The orders service on a SQLite file in `dir`.
-async fn start_orders(catalog: &TestServer, cart: &TestServer, dir: &std::path::Path) -> TestServer {
-    let database_url = format!("sqlite://{}/orders.db", dir.display());
-    let config = orders::OrdersConfig::try_parse_from([
-        "orders",
-        "--database-url",
-        &database_url,
-        "--catalog-service-url",
-        &catalog.url(""),
-        "--cart-service-url",
-        &cart.url(""),
-        "--maintenance-interval",
-        "500ms",
-    ])
-    .unwrap();
-    let platform = Platform::new(Settings::for_tests("orders")).unwrap();
-    let state = orders::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, orders::app(state)).await.unwrap()
-}
-
-async fn start_gateway(catalog: &TestServer, cart: &TestServer, orders: &TestServer) -> TestServer {
-    let config = gateway::GatewayConfig::try_parse_from([
-        "gateway",
-        "--catalog-service-url",
-        &catalog.url(""),
-        "--cart-service-url",
-        &cart.url(""),
-        "--orders-service-url",
-        &orders.url(""),
-        // Short, so an injected 1 s catalog delay becomes a gateway timeout (504).
-        "--upstream-timeout",
-        "300ms",
-    ])
-    .unwrap();
-    let platform = Platform::new(Settings::for_tests("gateway")).unwrap();
-    let state = gateway::GatewayState::new(&config, platform.clone()).unwrap();
-    TestServer::start(platform, gateway::app(state)).await.unwrap()
 }
 
 /// Turn the simulation on: the catalog fails 10 % of reads with 503 and honours
@@ -275,14 +219,16 @@ fn recording_rule_names() -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_dashboard_query_returns_data_from_the_real_services() {
-    shopstack_common::telemetry::init_for_tests();
+    shopstack_testkit::init_telemetry();
     let binary = prometheus::find_binary().unwrap();
 
-    let catalog = start_catalog().await;
-    let cart = start_cart(&catalog).await;
-    let orders_dir = std::env::temp_dir().join(format!("shopstack-dashboards-orders-{}", std::process::id()));
-    let orders = start_orders(&catalog, &cart, &orders_dir).await;
-    let gateway = start_gateway(&catalog, &cart, &orders).await;
+    let stack = Stack::builder()
+        .orders(|orders| orders.flags(&["--maintenance-interval", "500ms"]))
+        // Short, so an injected 1 s catalog delay becomes a gateway timeout (504).
+        .gateway(|gateway| gateway.flags(&["--upstream-timeout", "300ms"]))
+        .start()
+        .await;
+    let (catalog, cart, orders, gateway) = (&stack.catalog, &stack.cart, &stack.orders, &stack.gateway);
 
     let port = prometheus::free_port().unwrap();
     let self_addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -301,12 +247,8 @@ async fn every_dashboard_query_returns_data_from_the_real_services() {
     .unwrap();
     let prometheus = Prometheus::start(&binary, &config, self_addr).await.unwrap();
 
-    let client = Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    inject_faults(&client, &gateway).await;
+    let client = client_with_timeout(Duration::from_secs(5));
+    inject_faults(&client, gateway).await;
 
     // Traffic until the checks are done (at most two minutes).
     let stop = Arc::new(AtomicBool::new(false));
@@ -441,9 +383,5 @@ async fn every_dashboard_query_returns_data_from_the_real_services() {
     );
 
     drop(prometheus);
-    gateway.stop().await.unwrap();
-    orders.stop().await.unwrap();
-    cart.stop().await.unwrap();
-    catalog.stop().await.unwrap();
-    let _ = std::fs::remove_dir_all(&orders_dir);
+    stack.stop().await.unwrap();
 }

@@ -9,24 +9,14 @@
 //! (`SIM_FAILURE_RATE=0` on the cart), since the default profile fails 1 % of them at random.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use shopstack_common::testing::ServiceProcess;
+use shopstack_testkit::db::TestDb;
+use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use stack_tests::repo_root;
 
 /// The make-run-all admin token (the Makefile exports it for `make run-all`).
 const ADMIN_TOKEN: &str = "shopstack-local-admin";
-
-/// `target/debug/<name>`: `cargo test --workspace` builds every binary of the workspace
-/// beside this test's own executable (which lives in `target/debug/deps/`).
-fn workspace_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    exe.parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join(name))
-        .unwrap()
-}
 
 /// The shell block of the README's tour.
 fn tour_block() -> String {
@@ -70,8 +60,7 @@ fn the_tour_block_uses_checked_commands_only() {
 
 #[test]
 fn the_readme_tour_runs_in_order_against_the_stack() {
-    let data = tempdir("shopstack-tour");
-    let database = format!("sqlite://{}/orders.db", data.display());
+    let database = TestDb::sqlite();
     let common = [("ADMIN_TOKEN", ADMIN_TOKEN), ("STRESS_ENABLED", "true")];
 
     let catalog = ServiceProcess::spawn(&workspace_binary("catalog"), &common).unwrap();
@@ -87,7 +76,7 @@ fn the_readme_tour_runs_in_order_against_the_stack() {
     orders_env.extend([
         ("CATALOG_SERVICE_URL", catalog_url.as_str()),
         ("CART_SERVICE_URL", cart_url.as_str()),
-        ("DATABASE_URL", database.as_str()),
+        ("DATABASE_URL", database.url.as_str()),
     ]);
     let orders = ServiceProcess::spawn(&workspace_binary("orders"), &orders_env).unwrap();
     let orders_url = orders.url("");
@@ -108,7 +97,6 @@ fn the_readme_tour_runs_in_order_against_the_stack() {
         .env("ADMIN_TOKEN", ADMIN_TOKEN)
         .output()
         .expect("bash runs");
-    let _ = std::fs::remove_dir_all(&data);
     assert!(
         output.status.success(),
         "the README's tour failed ({}):\n--- stdout\n{}\n--- stderr\n{}\n--- gateway log (last lines)\n{}",
@@ -126,10 +114,4 @@ fn the_readme_tour_runs_in_order_against_the_stack() {
             .join("\n"),
     );
     drop((gateway, orders, cart, catalog));
-}
-
-fn tempdir(prefix: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

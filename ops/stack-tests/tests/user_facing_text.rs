@@ -7,11 +7,10 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use serde_json::Value;
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::testing::TestServer;
+use shopstack_testkit::http::client;
+use shopstack_testkit::stack::Stack;
 use stack_tests::repo_root;
 
 /// Where `text` names a planning document: the byte offsets of every match of
@@ -81,54 +80,6 @@ fn the_matcher_finds_what_the_pattern_says() {
 
 // ---- Served OpenAPI documents ----------------------------------------------------------------
 
-async fn start_catalog() -> TestServer {
-    let config = catalog::CatalogConfig::try_parse_from(["catalog"]).unwrap();
-    let platform = Platform::new(Settings::for_tests("catalog")).unwrap();
-    let state = catalog::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, catalog::app(state)).await.unwrap()
-}
-
-async fn start_cart(catalog: &TestServer) -> TestServer {
-    let config =
-        cart::CartConfig::try_parse_from(["cart", "--catalog-service-url", &catalog.url("")]).unwrap();
-    let platform = Platform::new(Settings::for_tests("cart")).unwrap();
-    let state = cart::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, cart::app(state)).await.unwrap()
-}
-
-async fn start_orders(catalog: &TestServer, cart: &TestServer, dir: &Path) -> TestServer {
-    let database_url = format!("sqlite://{}/orders.db", dir.display());
-    let config = orders::OrdersConfig::try_parse_from([
-        "orders",
-        "--database-url",
-        &database_url,
-        "--catalog-service-url",
-        &catalog.url(""),
-        "--cart-service-url",
-        &cart.url(""),
-    ])
-    .unwrap();
-    let platform = Platform::new(Settings::for_tests("orders")).unwrap();
-    let state = orders::AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, orders::app(state)).await.unwrap()
-}
-
-async fn start_gateway(catalog: &TestServer, cart: &TestServer, orders: &TestServer) -> TestServer {
-    let config = gateway::GatewayConfig::try_parse_from([
-        "gateway",
-        "--catalog-service-url",
-        &catalog.url(""),
-        "--cart-service-url",
-        &cart.url(""),
-        "--orders-service-url",
-        &orders.url(""),
-    ])
-    .unwrap();
-    let platform = Platform::new(Settings::for_tests("gateway")).unwrap();
-    let state = gateway::GatewayState::new(&config, platform.clone()).unwrap();
-    TestServer::start(platform, gateway::app(state)).await.unwrap()
-}
-
 /// Everything wrong with one served document's `info` and text.
 fn document_problems(service: &str, doc: &Value) -> Vec<String> {
     let mut problems = Vec::new();
@@ -161,14 +112,10 @@ fn document_problems(service: &str, doc: &Value) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn served_openapi_documents_are_shopstacks_and_name_no_planning_document() {
-    let dir = std::env::temp_dir().join(format!("shopstack-user-facing-text-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let catalog = start_catalog().await;
-    let cart = start_cart(&catalog).await;
-    let orders = start_orders(&catalog, &cart, &dir).await;
-    let gateway = start_gateway(&catalog, &cart, &orders).await;
+    let stack = Stack::start().await;
+    let (catalog, cart, orders, gateway) = (&stack.catalog, &stack.cart, &stack.orders, &stack.gateway);
 
-    let client = reqwest::Client::new();
+    let client = client();
     let mut problems = Vec::new();
     for (service, server) in [
         ("catalog", &catalog),
@@ -201,7 +148,6 @@ async fn served_openapi_documents_are_shopstacks_and_name_no_planning_document()
             .is_some_and(|summary| !summary.starts_with("Proxied to")),
         "the gateway's document did not take the cart's description of POST /cart/add"
     );
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         problems.is_empty(),
         "served OpenAPI documents:\n{}",

@@ -2,7 +2,7 @@
 
 use reqwest::StatusCode;
 use serde_json::json;
-use shopstack_common::testing::RedisServer;
+use shopstack_testkit::redis::RedisServer;
 
 use crate::helpers::{
     Stack, black_hole, client, json_of, spawn_cart, spawn_redis_stack, spawn_stack, stock_of,

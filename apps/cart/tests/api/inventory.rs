@@ -4,7 +4,8 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use shopstack_common::testing::RedisServer;
+use shopstack_testkit::redis::RedisServer;
+use shopstack_testkit::services;
 
 use crate::helpers::{
     Stack, client, eventually, json_of, set_stock, spawn_redis_stack, spawn_stack, stock_of,
@@ -157,15 +158,11 @@ async fn two_hundred_clients_race_for_ten_units_across_replicas_on_redis() {
     let redis = RedisServer::start().unwrap();
     let stack = spawn_redis_stack(&redis.url(), &[]).await;
     // A second catalog and a second cart on the same Redis: replicas share stock and carts.
-    let catalog_2 =
-        crate::helpers::spawn_catalog_with(crate::helpers::settings("catalog", Some(&redis.url())), &[])
-            .await;
-    let cart_2 = crate::helpers::spawn_cart_with(
-        crate::helpers::settings("cart", Some(&redis.url())),
-        &catalog_2.url(""),
-        &[],
-    )
-    .await;
+    let catalog_2 = crate::helpers::catalog().redis(Some(&redis.url())).start().await;
+    let cart_2 = services::cart(&catalog_2.url(""))
+        .redis(Some(&redis.url()))
+        .start()
+        .await;
     let carts = vec![stack.cart.url(""), cart_2.url("")];
     last_units_race(&stack, &carts).await;
 }

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use reqwest::StatusCode;
 use serde_json::json;
-use shopstack_common::testing::RedisServer;
+use shopstack_testkit::redis::RedisServer;
 
-use crate::helpers::{
-    client, eventually, json_of, settings, spawn_cart_with, spawn_catalog, spawn_redis_stack,
-};
+use shopstack_testkit::services;
+
+use crate::helpers::{client, eventually, json_of, spawn_catalog, spawn_redis_stack};
 
 async fn raw(url: &str) -> redis::aio::MultiplexedConnection {
     redis::Client::open(url)
@@ -61,7 +61,10 @@ async fn starts_without_redis_and_recovers_by_itself() {
     let mut redis = RedisServer::start().unwrap();
     redis.kill();
     let catalog = spawn_catalog().await;
-    let cart = spawn_cart_with(settings("cart", Some(&redis.url())), &catalog.url(""), &[]).await;
+    let cart = services::cart(&catalog.url(""))
+        .redis(Some(&redis.url()))
+        .start()
+        .await;
 
     let health = client().get(cart.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), StatusCode::SERVICE_UNAVAILABLE);

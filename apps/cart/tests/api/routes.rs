@@ -1,5 +1,6 @@
 use reqwest::StatusCode;
 use serde_json::json;
+use shopstack_testkit::metrics::{metric_sum, scrape};
 
 use crate::helpers::{black_hole, client, closed_port, json_of, spawn_cart, spawn_stack};
 
@@ -145,7 +146,7 @@ async fn document_states_the_shared_id_rule() {
     )
     .await;
     // User and product ids in every path and body.
-    assert!(shopstack_common::testing::assert_id_patterns(&doc) >= 10);
+    assert!(shopstack_testkit::openapi::assert_id_patterns(&doc) >= 10);
 }
 
 /// `.` and `..` are dot segments: inside the catalog call's URL they would be resolved away
@@ -380,16 +381,7 @@ async fn cart_operations_are_counted_by_op_and_result() {
         .await
         .unwrap();
     client().get(&url).send().await.unwrap();
-    let text = client()
-        .get(stack.cart.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = shopstack_common::testing::parse_metrics(&text).unwrap();
-    use shopstack_common::testing::metric_sum;
+    let (text, samples) = scrape(&stack.cart.url("/metrics")).await;
     assert_eq!(
         metric_sum(
             &samples,

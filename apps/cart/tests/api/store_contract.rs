@@ -70,8 +70,8 @@ async fn memory_store_expires_idle_carts() {
 
 #[tokio::test]
 async fn redis_store_meets_the_contract() {
-    let redis = shopstack_common::testing::RedisServer::start().unwrap();
-    let connection = shopstack_common::redis::Redis::connect(&redis.url())
+    let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&redis.url())
         .await
         .unwrap();
     let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));

@@ -6,8 +6,7 @@ use std::time::Duration;
 use catalog::inventory::{InventoryError, InventoryStore, Line, MemoryInventory, RedisInventory};
 use reqwest::StatusCode;
 use serde_json::json;
-use shopstack_common::config::Settings;
-use shopstack_common::testing::RedisServer;
+use shopstack_testkit::redis::RedisServer;
 
 use crate::routes::{ADMIN, client, json_of, spawn, spawn_with};
 
@@ -145,7 +144,7 @@ async fn memory_inventory_meets_the_contract() {
 #[tokio::test]
 async fn redis_inventory_meets_the_contract() {
     let redis = RedisServer::start().unwrap();
-    let connection = shopstack_common::redis::Redis::connect(&redis.url())
+    let connection = shopstack_redis::redis::Redis::connect(&redis.url())
         .await
         .unwrap();
     inventory_contract(Arc::new(RedisInventory::new(connection))).await;
@@ -347,9 +346,7 @@ async fn reservation_routes_over_http() {
 #[tokio::test]
 async fn catalog_without_redis_answers_503_and_recovers() {
     let mut redis = RedisServer::start().unwrap();
-    let mut settings = Settings::for_tests("catalog");
-    settings.redis_url = Some(redis.url());
-    let server = spawn_with(settings).await;
+    let server = spawn_with(|settings| settings.redis_url = Some(redis.url())).await;
     assert_eq!(
         client()
             .get(server.url("/catalog/prod-123"))

@@ -5,35 +5,28 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use catalog::{AppState, CatalogConfig, app};
-use clap::Parser;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::telemetry;
-use shopstack_common::testing::{TestServer, metric_sum, parse_metrics};
+use shopstack_base::config::Settings;
+use shopstack_testkit::metrics::{metric_sum, scrape};
+use shopstack_testkit::server::TestServer;
+use shopstack_testkit::services;
+
+pub use shopstack_testkit::http::{client, json_of};
 
 pub const ADMIN: &str = "Bearer test-admin-token";
 
-pub async fn spawn_with(settings: Settings) -> TestServer {
-    telemetry::init_for_tests();
-    let platform = Platform::new(settings).unwrap();
-    let config = CatalogConfig::parse_from(["catalog", "--reservation-reap-interval", "200ms"]);
-    let state = AppState::new(&config, platform.clone()).await.unwrap();
-    TestServer::start(platform, app(state)).await.unwrap()
+/// The catalog, its expired reservations reaped every 200 ms, with `tweak`ed settings.
+pub async fn spawn_with(tweak: impl FnOnce(&mut Settings)) -> TestServer {
+    services::catalog()
+        .flags(&["--reservation-reap-interval", "200ms"])
+        .settings(tweak)
+        .start()
+        .await
 }
 
 pub async fn spawn() -> TestServer {
-    spawn_with(Settings::for_tests("catalog")).await
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-pub async fn json_of(response: reqwest::Response) -> Value {
-    response.json().await.unwrap()
+    spawn_with(|_| {}).await
 }
 
 #[tokio::test]
@@ -206,15 +199,7 @@ async fn metrics_parse_and_label_routes_by_template() {
         .send()
         .await
         .unwrap();
-    let text = client()
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let samples = parse_metrics(&text).unwrap();
+    let (text, samples) = scrape(&server.url("/metrics")).await;
     let labels = [
         ("service", "catalog"),
         ("method", "GET"),
@@ -267,7 +252,7 @@ async fn openapi_document_and_offline_docs_page() {
     let doc = json_of(client().get(server.url("/openapi.json")).send().await.unwrap()).await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     // Owner, product and order ids in the inventory routes and bodies.
-    assert!(shopstack_common::testing::assert_id_patterns(&doc) >= 8);
+    assert!(shopstack_testkit::openapi::assert_id_patterns(&doc) >= 8);
     for path in [
         "/catalog",
         "/catalog/{id}",
@@ -367,9 +352,10 @@ async fn admin_simulation_needs_the_token_and_validates() {
 
 #[tokio::test]
 async fn admin_is_closed_when_no_token_is_configured() {
-    let mut settings = Settings::for_tests("catalog");
-    settings.admin_token = None;
-    let server = spawn_with(settings).await;
+    let server = spawn_with(|settings| {
+        settings.admin_token = None;
+    })
+    .await;
     let response = client()
         .get(server.url("/admin/simulation"))
         .header("authorization", ADMIN)
@@ -427,17 +413,7 @@ async fn injected_failures_follow_the_rate_and_are_labelled() {
             StatusCode::OK
         );
     }
-    let samples = parse_metrics(
-        &client()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (_, samples) = scrape(&server.url("/metrics")).await;
     let counted = metric_sum(
         &samples,
         "simulation_faults_injected_total",
@@ -450,7 +426,7 @@ async fn injected_failures_follow_the_rate_and_are_labelled() {
     );
 
     // The request log line says the failure was injected.
-    let logs = telemetry::init_for_tests().json_lines();
+    let logs = shopstack_testkit::init_telemetry().json_lines();
     assert!(
         logs.iter()
             .any(|line| line["service"] == "catalog" && line["injected"] == true && line["status"] == 503)
@@ -480,17 +456,7 @@ async fn injected_latency_is_applied_and_off_means_off() {
             .await
             .unwrap();
     }
-    let samples = parse_metrics(
-        &client()
-            .get(server.url("/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap(),
-    )
-    .unwrap();
+    let (_, samples) = scrape(&server.url("/metrics")).await;
     // Ten delays injected while on, none while off.
     assert_eq!(
         metric_sum(
@@ -537,20 +503,22 @@ async fn stress_is_capped_and_one_at_a_time() {
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query}");
     }
 
-    let mut settings = Settings::for_tests("catalog");
-    settings.stress_enabled = false;
-    let disabled = spawn_with(settings).await;
+    let disabled = spawn_with(|settings| {
+        settings.stress_enabled = false;
+    })
+    .await;
     let response = client().post(disabled.url("/stress")).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
 }
 
 #[tokio::test]
 async fn readiness_fails_first_and_in_flight_requests_finish_on_shutdown() {
-    let mut settings = Settings::for_tests("catalog");
-    settings.shutdown_drain = Duration::from_millis(800);
-    settings.simulation.enabled = true;
-    settings.simulation.header_faults = true;
-    let mut server = spawn_with(settings).await;
+    let mut server = spawn_with(|settings| {
+        settings.shutdown_drain = Duration::from_millis(800);
+        settings.simulation.enabled = true;
+        settings.simulation.header_faults = true;
+    })
+    .await;
     let slow = tokio::spawn({
         let url = server.url("/catalog/prod-123");
         async move { client().get(url).header("x-fault-delay-ms", "1500").send().await }
@@ -600,10 +568,11 @@ async fn idle_keep_alive_connections_are_closed_at_shutdown() {
 #[tokio::test]
 async fn a_client_that_shuts_its_sending_side_still_gets_its_answer() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut settings = Settings::for_tests("catalog");
-    settings.simulation.enabled = true;
-    settings.simulation.header_faults = true;
-    let server = spawn_with(settings).await;
+    let server = spawn_with(|settings| {
+        settings.simulation.enabled = true;
+        settings.simulation.header_faults = true;
+    })
+    .await;
     let mut stream = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     stream
         .write_all(b"GET /catalog/prod-123 HTTP/1.1\r\nhost: catalog\r\nx-fault-delay-ms: 300\r\n\r\n")

@@ -11,12 +11,12 @@ use axum::Router;
 use axum::extract::Request;
 use axum::middleware::Next;
 use axum::routing::get;
-use clap::Parser;
-use gateway::{GatewayConfig, GatewayState, app};
+use gateway::GatewayState;
 use prometheus::{Encoder, TextEncoder};
-use shopstack_common::Platform;
-use shopstack_common::config::Settings;
-use shopstack_common::testing::{TestServer, metric_sum, parse_metrics};
+use shopstack_base::config::Settings;
+use shopstack_testkit::metrics::{metric_sum, parse_metrics};
+use shopstack_testkit::server::TestServer;
+use shopstack_testkit::services;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -100,38 +100,26 @@ impl Dead {
     }
 }
 
-pub const ADMIN_TOKEN: &str = "test-admin-token";
+pub use shopstack_testkit::http::client;
+pub use shopstack_testkit::settings::ADMIN_TOKEN;
 
 /// A gateway on port 0 in front of `catalog` and `cart`, with extra flags.
 pub async fn gateway(catalog: &str, cart: &str, extra: &[&str]) -> (TestServer, GatewayState) {
     gateway_with(catalog, cart, extra, |_| {}).await
 }
 
+/// [`gateway`] with `tweak`ed settings.
 pub async fn gateway_with(
     catalog: &str,
     cart: &str,
     extra: &[&str],
     tweak: impl FnOnce(&mut Settings),
 ) -> (TestServer, GatewayState) {
-    let mut args = vec![
-        "gateway",
-        "--catalog-service-url",
-        catalog,
-        "--cart-service-url",
-        cart,
-    ];
-    if !extra.contains(&"--orders-service-url") {
-        // No orders here unless a test brings one: point it at the cart, never at :8003.
-        args.extend(["--orders-service-url", cart]);
-    }
-    args.extend_from_slice(extra);
-    let config = GatewayConfig::try_parse_from(args).expect("gateway flags");
-    let mut settings = Settings::for_tests("gateway");
-    tweak(&mut settings);
-    let platform = Platform::new(settings).unwrap();
-    let state = GatewayState::new(&config, platform.clone()).expect("gateway state");
-    let server = TestServer::start(platform, app(state.clone())).await.unwrap();
-    (server, state)
+    services::gateway(catalog, cart)
+        .flags(extra)
+        .settings(tweak)
+        .start_with_state()
+        .await
 }
 
 /// Sum of a metric's samples whose labels include every `(name, value)` in `labels`, read from
@@ -143,10 +131,6 @@ pub fn metric(state: &GatewayState, name: &str, labels: &[(&str, &str)]) -> f64 
         .unwrap();
     let samples = parse_metrics(&String::from_utf8(text).unwrap()).unwrap();
     metric_sum(&samples, name, labels)
-}
-
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 /// The `type` URI's last segment of a problem response, and its Retry-After.
@@ -164,20 +148,4 @@ pub async fn problem_kind(response: reqwest::Response) -> (u16, String, Option<S
         .unwrap_or_default()
         .to_owned();
     (status, kind, retry_after)
-}
-
-/// Poll `check` every 20 ms until it holds, for at most `limit`.
-pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if check().await {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    false
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use shopstack_common::testing::RedisServer;
+use shopstack_testkit::redis::RedisServer;
 
 use crate::helpers::*;
 use crate::on_both_engines;

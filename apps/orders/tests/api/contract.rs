@@ -616,5 +616,5 @@ async fn document_states_what_the_server_checks(engine: Engine) {
     assert_eq!(status["$ref"], "#/components/schemas/OrderStatus");
     let get_order = &doc["paths"]["/api/orders/{id}"]["get"]["parameters"][0]["schema"];
     assert_eq!(get_order["format"], "uuid");
-    assert!(shopstack_common::testing::assert_id_patterns(&doc) >= 5);
+    assert!(shopstack_testkit::openapi::assert_id_patterns(&doc) >= 5);
 }

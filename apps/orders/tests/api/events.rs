@@ -18,7 +18,7 @@ const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_receives_the_events_of_a_checkout() {
-    let nats = NatsServer::start().await;
+    let nats = NatsServer::start().await.unwrap();
     let db = TestDb::sqlite();
     let stack = spawn_stack(&db, Some(&nats.url()), &[]).await;
     let subscriber = async_nats::connect(nats.url()).await.unwrap();
@@ -121,7 +121,7 @@ async fn a_subscriber_receives_the_events_of_a_checkout() {
 }
 
 async fn every_order_event_arrives_exactly_once_across_a_nats_outage(engine: Engine) {
-    let mut nats = NatsServer::start().await;
+    let mut nats = NatsServer::start().await.unwrap();
     let db = TestDb::of(engine).await;
     let stack = Arc::new(spawn_stack(&db, Some(&nats.url()), &[]).await);
     const ORDERS: usize = 24;
@@ -182,7 +182,7 @@ async fn every_order_event_arrives_exactly_once_across_a_nats_outage(engine: Eng
         })
         .await
     );
-    nats.restart().await;
+    nats.restart().await.unwrap();
     let ids = tokio::time::timeout(Duration::from_secs(120), shopper)
         .await
         .unwrap()
@@ -217,7 +217,7 @@ async fn every_order_event_arrives_exactly_once_across_a_nats_outage(engine: Eng
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cart_publishes_its_changes() {
-    let nats = NatsServer::start().await;
+    let nats = NatsServer::start().await.unwrap();
     let db = TestDb::sqlite();
     let stack = spawn_stack(&db, Some(&nats.url()), &[]).await;
     let subscriber = async_nats::connect(nats.url()).await.unwrap();
@@ -291,13 +291,13 @@ async fn the_cart_publishes_its_changes() {
 /// The cart cleans up after an order only while the cart is exactly as it was checked out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_cart_consumes_order_created_idempotently() {
-    let nats = NatsServer::start().await;
+    let nats = NatsServer::start().await.unwrap();
     let db = TestDb::sqlite();
     let stack = spawn_stack(&db, Some(&nats.url()), &[]).await;
     add_to_cart(&stack, "leftover", "prod-112", 2).await;
     let cart = get_cart(&stack, "leftover").await;
     let order_created = |version: &Value, quantity: i64| {
-        shopstack_common::events::Event::new(
+        shopstack_events::events::Event::new(
             "order.created",
             "orders",
             None,
@@ -311,7 +311,7 @@ async fn the_cart_consumes_order_created_idempotently() {
         )
     };
     let publisher = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let publish = |event: shopstack_common::events::Event| {
+    let publish = |event: shopstack_events::events::Event| {
         let publisher = publisher.clone();
         async move {
             // The cart's consumer created the stream when it started.

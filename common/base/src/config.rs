@@ -1,0 +1,617 @@
+//! Settings every service shares, read from the environment or the same-named `--flags`.
+//!
+//! Each service's own config struct flattens [`CommonConfig`] into its clap parser and calls
+//! [`CommonConfig::resolve`] with its defaults. Everything is validated here, before any port is
+//! bound; a bad value ends the process with exit code 2 and a message naming the variable.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::builder::BoolishValueParser;
+use opentelemetry_sdk::trace::Sampler;
+use reqwest::Url;
+
+use crate::simulation::{AppliesTo, SimulationProfile};
+
+/// Options shared by every ShopStack binary.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CommonConfig {
+    /// Listen port [default: the service's own, 8000-8003].
+    #[arg(long, env = "PORT")]
+    pub port: Option<u16>,
+
+    /// Address to bind.
+    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    pub bind_addr: IpAddr,
+
+    /// Service name in logs, traces, metrics and /healthz [default: the binary's name].
+    #[arg(long, env = "SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// Service version in traces and /healthz.
+    #[arg(long, env = "SERVICE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
+    pub service_version: String,
+
+    /// Deployment environment (development, staging, production).
+    #[arg(long, env = "ENVIRONMENT", default_value = "development")]
+    pub environment: String,
+
+    /// Pod name (injected by Kubernetes).
+    #[arg(long, env = "POD_NAME", default_value = "local-dev")]
+    pub pod_name: String,
+
+    /// Node name (injected by Kubernetes).
+    #[arg(long, env = "NODE_NAME", default_value = "local-dev")]
+    pub node_name: String,
+
+    /// Log level or tracing filter directive (e.g. `info`, `debug,hyper=info`).
+    #[arg(long, env = "LOG_LEVEL", default_value = "info")]
+    pub log_level: String,
+
+    /// Also append JSON logs to this file (for a log-shipper sidecar to tail).
+    #[arg(long, env = "LOG_FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// OTLP/gRPC endpoint for traces, e.g. http://localhost:4317. `OTLP_ENDPOINT` is accepted too.
+    /// Unset: spans are still created (trace ids appear in logs) but not exported.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
+    /// Headers sent with each OTLP export (an API key, say): `key=value` pairs separated by
+    /// commas, values percent-encoded where needed.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true)]
+    pub otlp_headers: Option<String>,
+
+    /// Longest an OTLP export may take, retries included, in ms.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000)]
+    pub otlp_timeout_ms: u64,
+
+    /// The trace sampler: always_on, always_off, traceidratio, parentbased_always_on (default),
+    /// parentbased_always_off or parentbased_traceidratio.
+    #[arg(long, env = "OTEL_TRACES_SAMPLER")]
+    pub traces_sampler: Option<String>,
+
+    /// The ratio of the `traceidratio` samplers, 0..=1 [default: 1].
+    #[arg(long, env = "OTEL_TRACES_SAMPLER_ARG")]
+    pub traces_sampler_arg: Option<String>,
+
+    /// Longest a span waits before its batch is sent, in ms (exporting services).
+    #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5_000)]
+    pub bsp_schedule_delay_ms: u64,
+
+    /// Spans that may wait to be exported; past it new spans are dropped and counted.
+    #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2_048)]
+    pub bsp_max_queue_size: usize,
+
+    /// Spans per export request (at most OTEL_BSP_MAX_QUEUE_SIZE).
+    #[arg(long, env = "OTEL_BSP_MAX_EXPORT_BATCH_SIZE", default_value_t = 512)]
+    pub bsp_max_export_batch_size: usize,
+
+    /// `off` disables every injected latency and failure (benchmarks); `on` uses the profile below.
+    #[arg(long, env = "SIMULATION", default_value = "on", value_parser = BoolishValueParser::new())]
+    pub simulation: bool,
+
+    /// Injected latency range in ms, `MIN-MAX` or `N` [default: the service's default simulation profile].
+    #[arg(long, env = "SIM_LATENCY_MS")]
+    pub sim_latency_ms: Option<String>,
+
+    /// Share of requests (0..=1) that get the injected latency.
+    #[arg(long, env = "SIM_LATENCY_RATE")]
+    pub sim_latency_rate: Option<f64>,
+
+    /// Share of requests (0..=1) answered with an injected failure.
+    #[arg(long, env = "SIM_FAILURE_RATE")]
+    pub sim_failure_rate: Option<f64>,
+
+    /// HTTP status of an injected failure.
+    #[arg(long, env = "SIM_FAILURE_STATUS")]
+    pub sim_failure_status: Option<u16>,
+
+    /// Which business routes the simulation applies to: reads, writes, all or none.
+    #[arg(long, env = "SIM_APPLIES_TO")]
+    pub sim_applies_to: Option<AppliesTo>,
+
+    /// Honour per-request `x-fault-delay-ms` / `x-fault-abort` headers (Envoy-style).
+    #[arg(long, env = "SIM_HEADER_FAULTS", value_parser = BoolishValueParser::new())]
+    pub sim_header_faults: Option<bool>,
+
+    /// Redis, e.g. redis://127.0.0.1:6379/0. Unset: the service keeps its state in memory.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Redis address as `host:port`, accepted for compatibility; used when REDIS_URL is unset.
+    #[arg(long, env = "REDIS_ADDR")]
+    pub redis_addr: Option<String>,
+
+    /// Bearer token for `/admin/*`. Unset: the admin API answers 401 to everyone.
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Enable the `POST /stress` CPU/memory load generator (autoscaling demos).
+    #[arg(long, env = "STRESS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub stress_enabled: bool,
+
+    /// `POST /stress` also needs `Authorization: Bearer $ADMIN_TOKEN` (the gateway turns this on
+    /// whenever its edge auth is on).
+    #[arg(long, env = "STRESS_REQUIRE_ADMIN", default_value = "false", value_parser = BoolishValueParser::new())]
+    pub stress_require_admin: bool,
+
+    /// Largest accepted request body, in bytes (413 beyond).
+    #[arg(long, env = "MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+
+    /// On SIGTERM, keep serving (with /readyz failing) this long so load balancers notice, in ms.
+    #[arg(long, env = "SHUTDOWN_DRAIN_MS", default_value_t = 1000)]
+    pub shutdown_drain_ms: u64,
+
+    /// Then wait at most this long for in-flight requests to finish, in ms.
+    #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
+    pub shutdown_grace_ms: u64,
+}
+
+/// What differs between services when resolving [`CommonConfig`].
+#[derive(Debug, Clone)]
+pub struct ServiceDefaults {
+    pub name: &'static str,
+    pub port: u16,
+    pub simulation: SimulationProfile,
+}
+
+/// Who this process is: in every log line, span resource and `/healthz`.
+#[derive(Debug, Clone)]
+pub struct ServiceIdentity {
+    pub name: String,
+    pub version: String,
+    pub environment: String,
+    pub pod_name: String,
+    pub node_name: String,
+}
+
+/// [`CommonConfig`] after defaults and validation.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub identity: ServiceIdentity,
+    pub bind_addr: IpAddr,
+    pub port: u16,
+    pub log_level: String,
+    pub log_file: Option<PathBuf>,
+    pub otlp_endpoint: Option<Url>,
+    /// Sent with each OTLP export: lowercase names, decoded values.
+    pub otlp_headers: Vec<(String, String)>,
+    pub otlp_timeout: Duration,
+    /// Decides which spans are recorded and exported (`OTEL_TRACES_SAMPLER`).
+    pub sampler: Sampler,
+    pub span_queue: QueueSettings,
+    /// `redis://…` when Redis is configured (REDIS_URL, or REDIS_ADDR as `host:port`).
+    pub redis_url: Option<String>,
+    pub simulation: SimulationProfile,
+    pub admin_token: Option<String>,
+    pub stress_enabled: bool,
+    pub stress_require_admin: bool,
+    pub max_body_bytes: usize,
+    pub shutdown_drain: Duration,
+    pub shutdown_grace: Duration,
+}
+
+impl CommonConfig {
+    /// Apply the service's defaults and the aliases accepted for compatibility, then validate
+    /// everything.
+    pub fn resolve(self, defaults: ServiceDefaults) -> anyhow::Result<Settings> {
+        let name = self.service_name.unwrap_or_else(|| defaults.name.to_string());
+        if name.trim().is_empty() {
+            bail!("SERVICE_NAME must not be empty");
+        }
+        tracing_subscriber::EnvFilter::try_new(&self.log_level)
+            .with_context(|| format!("LOG_LEVEL={:?} is not a valid level or filter", self.log_level))?;
+
+        // OTLP_ENDPOINT is accepted for compatibility; the standard name wins when both are set.
+        let otlp_endpoint = self
+            .otlp_endpoint
+            .or_else(|| std::env::var("OTLP_ENDPOINT").ok())
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| parse_http_url(&value).context("OTEL_EXPORTER_OTLP_ENDPOINT"))
+            .transpose()?;
+        if otlp_endpoint.as_ref().is_some_and(|url| url.scheme() == "https") {
+            bail!(
+                "OTEL_EXPORTER_OTLP_ENDPOINT: https:// is not supported (the services carry no TLS client); export to a collector over http://"
+            );
+        }
+        let otlp_headers = self
+            .otlp_headers
+            .as_deref()
+            .map(parse_otlp_headers)
+            .transpose()
+            .context("OTEL_EXPORTER_OTLP_HEADERS")?
+            .unwrap_or_default();
+        if self.otlp_timeout_ms == 0 {
+            bail!("OTEL_EXPORTER_OTLP_TIMEOUT must be more than 0 ms");
+        }
+        let sampler = parse_sampler(self.traces_sampler.as_deref(), self.traces_sampler_arg.as_deref())?;
+        let span_queue = QueueSettings {
+            schedule_delay: Duration::from_millis(self.bsp_schedule_delay_ms),
+            max_queue_size: self.bsp_max_queue_size,
+            max_export_batch_size: self.bsp_max_export_batch_size,
+        };
+        if span_queue.schedule_delay.is_zero() {
+            bail!("OTEL_BSP_SCHEDULE_DELAY must be more than 0 ms");
+        }
+        if span_queue.max_export_batch_size == 0
+            || span_queue.max_export_batch_size > span_queue.max_queue_size
+        {
+            bail!(
+                "OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be between 1 and OTEL_BSP_MAX_QUEUE_SIZE ({})",
+                span_queue.max_queue_size
+            );
+        }
+
+        let mut simulation = defaults.simulation;
+        simulation.enabled = self.simulation;
+        if let Some(range) = self.sim_latency_ms {
+            let (min, max) = parse_latency_range(&range).context("SIM_LATENCY_MS")?;
+            simulation.latency_min_ms = min;
+            simulation.latency_max_ms = max;
+        }
+        if let Some(rate) = self.sim_latency_rate {
+            simulation.latency_rate = rate;
+        }
+        if let Some(rate) = self.sim_failure_rate {
+            simulation.failure_rate = rate;
+        }
+        if let Some(status) = self.sim_failure_status {
+            simulation.failure_status = status;
+        }
+        if let Some(applies_to) = self.sim_applies_to {
+            simulation.applies_to = applies_to;
+        }
+        if let Some(header_faults) = self.sim_header_faults {
+            simulation.header_faults = header_faults;
+        }
+        simulation
+            .validate()
+            .map_err(|problem| anyhow::anyhow!("simulation settings (SIM_*): {problem}"))?;
+
+        let redis_url = self
+            .redis_url
+            .or(self.redis_addr)
+            .filter(|value| !value.trim().is_empty())
+            .map(|value| normalise_redis_url(&value));
+        if let Some(url) = &redis_url {
+            ::redis::parse_redis_url(url)
+                .with_context(|| format!("REDIS_URL {url:?} is not a redis:// URL"))?;
+        }
+
+        let admin_token = self.admin_token.filter(|token| !token.is_empty());
+        if let Some(token) = &admin_token
+            && token.len() < 8
+        {
+            bail!("ADMIN_TOKEN must be at least 8 characters");
+        }
+        if self.max_body_bytes < 1024 {
+            bail!("MAX_BODY_BYTES must be at least 1024");
+        }
+
+        Ok(Settings {
+            identity: ServiceIdentity {
+                name,
+                version: self.service_version,
+                environment: self.environment,
+                pod_name: self.pod_name,
+                node_name: self.node_name,
+            },
+            bind_addr: self.bind_addr,
+            port: self.port.unwrap_or(defaults.port),
+            log_level: self.log_level,
+            log_file: self.log_file,
+            otlp_endpoint,
+            otlp_headers,
+            otlp_timeout: Duration::from_millis(self.otlp_timeout_ms),
+            sampler,
+            span_queue,
+            redis_url,
+            simulation,
+            admin_token,
+            stress_enabled: self.stress_enabled,
+            stress_require_admin: self.stress_require_admin,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_drain: Duration::from_millis(self.shutdown_drain_ms),
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+        })
+    }
+}
+
+/// The sampler when `OTEL_TRACES_SAMPLER` is unset: parent-based, always on.
+pub fn default_sampler() -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+}
+
+/// `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG`, as the OpenTelemetry specification names
+/// them (the remote samplers are not built in). Unset: [`default_sampler`].
+pub fn parse_sampler(name: Option<&str>, arg: Option<&str>) -> anyhow::Result<Sampler> {
+    let ratio = || -> anyhow::Result<f64> {
+        let Some(arg) = arg.map(str::trim).filter(|arg| !arg.is_empty()) else {
+            return Ok(1.0);
+        };
+        match arg.parse::<f64>() {
+            Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(ratio),
+            _ => bail!("OTEL_TRACES_SAMPLER_ARG={arg:?} is not a ratio between 0 and 1"),
+        }
+    };
+    let Some(name) = name.map(str::trim).filter(|name| !name.is_empty()) else {
+        return Ok(default_sampler());
+    };
+    Ok(match name {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatioBased(ratio()?),
+        "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+        "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+        "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(ratio()?))),
+        other => bail!(
+            "OTEL_TRACES_SAMPLER={other:?} is not one of always_on, always_off, traceidratio, \
+             parentbased_always_on, parentbased_always_off, parentbased_traceidratio"
+        ),
+    })
+}
+
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value` pairs separated by commas, keys case-insensitive
+/// (lowercased), values percent-decoded; each must make a valid header.
+pub fn parse_otlp_headers(value: &str) -> anyhow::Result<Vec<(String, String)>> {
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (name, value) = pair
+                .split_once('=')
+                .with_context(|| format!("{pair:?} is not key=value"))?;
+            let name = name.trim().to_ascii_lowercase();
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .with_context(|| format!("the value of {name:?} is not UTF-8 once decoded"))?
+                .into_owned();
+            axum::http::HeaderName::from_bytes(name.as_bytes())
+                .with_context(|| format!("{name:?} is not a header name"))?;
+            axum::http::HeaderValue::from_str(&value)
+                .with_context(|| format!("the value of {name:?} is not a header value"))?;
+            Ok((name, value))
+        })
+        .collect()
+}
+
+/// A `http://` or `https://` URL with a host.
+pub fn parse_http_url(value: &str) -> anyhow::Result<Url> {
+    let url = Url::parse(value.trim()).with_context(|| format!("{value:?} is not a URL"))?;
+    if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+        bail!("{value:?} must be an http:// or https:// URL with a host");
+    }
+    Ok(url)
+}
+
+/// Upstream base URLs from a comma-separated list (several means replicas).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UrlList(pub Vec<Url>);
+
+impl std::str::FromStr for UrlList {
+    type Err = anyhow::Error;
+
+    fn from_str(value: &str) -> anyhow::Result<Self> {
+        parse_url_list(value).map(UrlList)
+    }
+}
+
+/// A comma-separated list of upstream base URLs (several means replicas).
+pub fn parse_url_list(value: &str) -> anyhow::Result<Vec<Url>> {
+    let urls = value
+        .split(',')
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .map(parse_http_url)
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if urls.is_empty() {
+        bail!("at least one URL is required");
+    }
+    Ok(urls)
+}
+
+/// `20-60` → (20, 60); `50` → (50, 50).
+fn parse_latency_range(value: &str) -> anyhow::Result<(u64, u64)> {
+    let parse = |part: &str| {
+        part.trim()
+            .parse::<u64>()
+            .with_context(|| format!("{value:?}: expected MIN-MAX or N milliseconds"))
+    };
+    match value.split_once('-') {
+        Some((min, max)) => Ok((parse(min)?, parse(max)?)),
+        None => {
+            let both = parse(value)?;
+            Ok((both, both))
+        }
+    }
+}
+
+/// Duration written as `30d`, `12h`, `15m`, `45s` or `250ms`.
+pub fn parse_duration(value: &str) -> anyhow::Result<Duration> {
+    let value = value.trim();
+    let split = value
+        .find(|c: char| !c.is_ascii_digit())
+        .with_context(|| format!("{value:?}: a unit is required (ms, s, m, h, d)"))?;
+    let (number, unit) = value.split_at(split);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{value:?}: expected a number followed by a unit"))?;
+    let seconds = match unit {
+        "ms" => return Ok(Duration::from_millis(number)),
+        "s" => number,
+        "m" => number * 60,
+        "h" => number * 3600,
+        "d" => number * 86_400,
+        other => bail!("{value:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
+    };
+    Ok(Duration::from_secs(seconds))
+}
+
+/// When batches are sent, and how many spans may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// The batch being filled is sent at least this often (`OTEL_BSP_SCHEDULE_DELAY`).
+    pub schedule_delay: Duration,
+    /// Spans waiting beyond this are dropped (`OTEL_BSP_MAX_QUEUE_SIZE`).
+    pub max_queue_size: usize,
+    /// Spans per request to the endpoint (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`).
+    pub max_export_batch_size: usize,
+}
+
+impl Default for QueueSettings {
+    /// The OpenTelemetry specification's defaults.
+    fn default() -> Self {
+        Self {
+            schedule_delay: Duration::from_millis(5_000),
+            max_queue_size: 2_048,
+            max_export_batch_size: 512,
+        }
+    }
+}
+
+/// `redis://host:port/db` as given, or the `host:port` form of `REDIS_ADDR` (accepted for
+/// compatibility).
+pub fn normalise_redis_url(value: &str) -> String {
+    let value = value.trim();
+    if value.contains("://") {
+        value.to_owned()
+    } else {
+        format!("redis://{value}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_range_forms() {
+        assert_eq!(parse_latency_range("20-60").ok(), Some((20, 60)));
+        assert_eq!(parse_latency_range("5").ok(), Some((5, 5)));
+        assert!(parse_latency_range("fast").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("30d").ok(), Some(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_duration("250ms").ok(), Some(Duration::from_millis(250)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("10y").is_err());
+    }
+
+    #[test]
+    fn otlp_headers_are_pairs_with_lowercased_names_and_decoded_values() {
+        let headers = parse_otlp_headers("Api-Key=secret%20one, x-tenant = blue ,").unwrap_or_default();
+        assert_eq!(
+            headers,
+            [
+                ("api-key".to_owned(), "secret one".to_owned()),
+                ("x-tenant".to_owned(), "blue".to_owned())
+            ]
+        );
+        assert!(parse_otlp_headers("no-equals-sign").is_err());
+        assert!(parse_otlp_headers("bad name=1").is_err());
+        assert!(
+            parse_otlp_headers("key=line%0Abreak").is_err(),
+            "a decoded value must still be a header value"
+        );
+    }
+
+    /// `CommonConfig` from these flags, resolved (an error message when refused).
+    fn resolve_flags(flags: &[&str]) -> Result<Settings, String> {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            common: CommonConfig,
+        }
+        let defaults = ServiceDefaults {
+            name: "test",
+            port: 1,
+            simulation: SimulationProfile::OFF,
+        };
+        Flags::parse_from(std::iter::once("test").chain(flags.iter().copied()))
+            .common
+            .resolve(defaults)
+            .map_err(|error| format!("{error:#}"))
+    }
+
+    #[test]
+    fn an_https_otlp_endpoint_is_refused_at_startup() {
+        let error = resolve_flags(&["--otlp-endpoint", "https://collector:4317"])
+            .err()
+            .unwrap_or_default();
+        assert!(error.contains("https"), "{error}");
+        assert!(resolve_flags(&["--otlp-endpoint", "http://collector:4317"]).is_ok());
+    }
+
+    #[test]
+    fn the_span_queue_settings_are_checked_at_startup() {
+        let settings = resolve_flags(&[
+            "--bsp-schedule-delay-ms",
+            "250",
+            "--bsp-max-queue-size",
+            "100",
+            "--bsp-max-export-batch-size",
+            "100",
+        ])
+        .map(|settings| settings.span_queue);
+        assert_eq!(
+            settings,
+            Ok(QueueSettings {
+                schedule_delay: Duration::from_millis(250),
+                max_queue_size: 100,
+                max_export_batch_size: 100,
+            })
+        );
+        for refused in [
+            &["--bsp-schedule-delay-ms", "0"][..],
+            &["--bsp-max-export-batch-size", "0"],
+            &["--bsp-max-queue-size", "10", "--bsp-max-export-batch-size", "11"],
+        ] {
+            let error = resolve_flags(refused).err().unwrap_or_default();
+            assert!(error.contains("OTEL_BSP_"), "{refused:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn samplers_are_the_specifications_and_anything_else_is_refused() {
+        let parsed = |name: Option<&str>, arg: Option<&str>| {
+            parse_sampler(name, arg)
+                .map(|sampler| format!("{sampler:?}"))
+                .ok()
+        };
+        let expected = |sampler: Sampler| Some(format!("{sampler:?}"));
+        assert_eq!(
+            parsed(None, None),
+            expected(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)))
+        );
+        assert_eq!(
+            parsed(Some("always_on"), Some("0.5")),
+            expected(Sampler::AlwaysOn)
+        );
+        assert_eq!(
+            parsed(Some("parentbased_traceidratio"), Some("0.1")),
+            expected(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(0.1))))
+        );
+        assert_eq!(
+            parsed(Some("traceidratio"), None),
+            expected(Sampler::TraceIdRatioBased(1.0))
+        );
+        assert!(parsed(Some("traceidratio"), Some("1.5")).is_none());
+        assert!(parsed(Some("traceidratio"), Some("half")).is_none());
+        assert!(parsed(Some("jaeger_remote"), None).is_none());
+    }
+
+    #[test]
+    fn url_lists() {
+        let urls = parse_url_list("http://a:1, http://b:2").unwrap_or_default();
+        assert_eq!(urls.len(), 2);
+        assert!(parse_url_list("ftp://a").is_err());
+        assert!(parse_url_list(" , ").is_err());
+    }
+}

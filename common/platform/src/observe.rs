@@ -1,0 +1,885 @@
+//! The request middleware every service wears outermost: a server span continuing the caller's
+//! trace, `x-request-id`, the request metrics and one JSON log line per request.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+};
+use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
+use prometheus::IntGauge;
+use tracing::Instrument;
+use tracing::field::Empty;
+
+use crate::platform::Platform;
+use shopstack_base::simulation::InjectedFault;
+use shopstack_telemetry::metrics::RouteMetrics;
+use shopstack_telemetry::otlp;
+use shopstack_telemetry::propagation;
+use shopstack_telemetry::telemetry;
+use shopstack_telemetry::telemetry::SpanExport;
+
+pub use crate::request_id::{REQUEST_ID, X_REQUEST_ID};
+pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
+
+pub use shopstack_base::labels::UNMATCHED_ROUTE;
+
+/// Probe and scrape routes log at DEBUG: a scrape every 5 s is not news.
+fn is_quiet_route(route: &str) -> bool {
+    matches!(
+        route,
+        "/metrics" | "/livez" | "/health" | "/readyz" | "/ready" | "/healthz"
+    )
+}
+
+/// The caller's `x-request-id` if it is short and printable; otherwise a new one. Kept as a
+/// header value: it goes to the backends and back to the caller.
+fn request_id_from(headers: &HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|id| acceptable_request_id(id.as_bytes()))
+        .cloned()
+        .unwrap_or_else(|| {
+            HeaderValue::from_str(mint_request_id(&mut [0; uuid::fmt::Hyphenated::LENGTH]))
+                .unwrap_or_else(|_| HeaderValue::from_static(""))
+        })
+}
+
+/// Short and printable: a caller's request id worth keeping.
+fn acceptable_request_id(id: &[u8]) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.iter().all(u8::is_ascii_graphic)
+}
+
+/// A fresh request id, written into `text`: a UUIDv7 (time-ordered) whose random bits come from
+/// the thread's RNG, so minting one costs no system call (`Uuid::now_v7` asks the kernel for
+/// randomness every time), formatted without the formatting machinery.
+fn mint_request_id(text: &mut [u8; uuid::fmt::Hyphenated::LENGTH]) -> &str {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.as_millis() as u64);
+    let random: [u8; 10] = rand::random();
+    uuid::Builder::from_unix_timestamp_millis(millis, &random)
+        .into_uuid()
+        .hyphenated()
+        .encode_lower(text)
+}
+
+/// A request's duration in whole microseconds: logged as `duration_ms` (a number) and as
+/// `duration` (`"12.345ms"`), written without formatting a float.
+#[derive(Clone, Copy)]
+struct Micros(u64);
+
+impl Micros {
+    fn of(elapsed: std::time::Duration) -> Self {
+        Self(u64::try_from((elapsed.as_nanos() + 500) / 1000).unwrap_or(u64::MAX))
+    }
+
+    fn as_millis_f64(self) -> f64 {
+        self.0 as f64 / 1000.0
+    }
+}
+
+impl std::fmt::Display for Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:03}ms", self.0 / 1000, self.0 % 1000)
+    }
+}
+
+/// A [`RouteObserver`] request line's own members — what `observe_request`'s line takes from
+/// its span — written as JSON only when the line is written ([`telemetry::JSON_MEMBERS`]).
+struct RequestLine<'a> {
+    /// Service, pod, method and route, already written as JSON members.
+    prefix: &'a str,
+    path: &'a str,
+    request_id: &'a str,
+    trace_id: &'a str,
+    span_id: &'a str,
+    status: u16,
+    micros: Micros,
+}
+
+impl RequestLine<'_> {
+    /// The members, written into this thread's buffer (given back when the result is dropped).
+    /// As bytes, they go into the line as they are: no formatting pass, no UTF-8 check.
+    fn members(&self) -> MembersBuffer {
+        // `try_with`: a line logged while the thread's locals are torn down gets a buffer of its own.
+        let mut buffer = MembersBuffer(MEMBERS.try_with(std::cell::Cell::take).unwrap_or_default());
+        buffer.0.clear();
+        self.write(&mut buffer.0);
+        buffer
+    }
+
+    /// Assembled by hand, as bytes: a formatting call per member cost more than the rest of
+    /// the line.
+    fn write(&self, line: &mut Vec<u8>) {
+        line.extend_from_slice(self.prefix.as_bytes());
+        for (name, text) in [
+            (&b",\"path\":"[..], self.path),
+            (b",\"request_id\":", self.request_id),
+        ] {
+            line.extend_from_slice(name);
+            telemetry::write_json_string(line, text);
+        }
+        line.extend_from_slice(b",\"trace_id\":\"");
+        line.extend_from_slice(self.trace_id.as_bytes());
+        line.extend_from_slice(b"\",\"span_id\":\"");
+        line.extend_from_slice(self.span_id.as_bytes());
+        line.extend_from_slice(b"\",\"status\":");
+        let _ = serde_json::to_writer(&mut *line, &self.status);
+        line.extend_from_slice(b",\"duration_ms\":");
+        let (whole, fraction) = (self.micros.0 / 1000, self.micros.0 % 1000);
+        let _ = serde_json::to_writer(&mut *line, &whole);
+        let digits = [fraction / 100, fraction / 10 % 10, fraction % 10].map(|digit| b'0' + digit as u8);
+        // JSON's shortest form of the float: `12.3`, `12.0`.
+        let keep = digits
+            .iter()
+            .rposition(|&digit| digit != b'0')
+            .map_or(1, |last| last + 1);
+        line.push(b'.');
+        line.extend_from_slice(&digits[..keep]);
+        line.extend_from_slice(b",\"duration\":\"");
+        let _ = serde_json::to_writer(&mut *line, &whole);
+        line.push(b'.');
+        line.extend_from_slice(&digits);
+        line.extend_from_slice(b"ms\"");
+    }
+}
+
+thread_local! {
+    /// Reused from request line to request line (a line logged while one is being written
+    /// finds it taken and starts an empty one).
+    static MEMBERS: std::cell::Cell<Vec<u8>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// A request line's members in this thread's buffer, which dropping gives back.
+struct MembersBuffer(Vec<u8>);
+
+impl std::ops::Deref for MembersBuffer {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for MembersBuffer {
+    fn drop(&mut self) {
+        let buffer = std::mem::take(&mut self.0);
+        let _ = MEMBERS.try_with(|members| members.set(buffer));
+    }
+}
+
+struct InFlight(IntGauge);
+
+impl InFlight {
+    fn enter(gauge: &IntGauge) -> Self {
+        gauge.inc();
+        Self(gauge.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+pub async fn observe_request(State(platform): State<Platform>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|path| path.as_str().to_owned())
+        .unwrap_or_else(|| UNMATCHED_ROUTE.to_owned());
+    let request_id_value = request_id_from(request.headers());
+    let request_id = request_id_value.to_str().unwrap_or_default().to_owned();
+    request.headers_mut().insert(X_REQUEST_ID, request_id_value);
+
+    // Log lines show `http.request.method`, `http.route` and `url.path` as `method`, `route`
+    // and `path` (telemetry::log_name); `service` and `pod_name` are here for in-process tests,
+    // where several services share one log layer.
+    let span = tracing::info_span!(
+        telemetry::SERVER_SPAN,
+        otel.name = %format_args!("{method} {route}"),
+        otel.kind = "server",
+        otel.status_code = Empty,
+        http.request.method = %method,
+        http.route = %route,
+        url.path = %request.uri().path(),
+        http.response.status_code = Empty,
+        service = %platform.identity().name,
+        pod_name = %platform.identity().pod_name,
+        request_id = %request_id,
+    );
+    telemetry::set_parent(&span, propagation::extract(request.headers()));
+    let trace_id = telemetry::record_trace_ids(&span);
+
+    let metrics = platform.metrics();
+    let in_flight = InFlight::enter(&metrics.in_flight);
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), next.run(request))
+        .instrument(span.clone())
+        .await;
+    drop(in_flight);
+
+    let status = response.status();
+    let elapsed = started.elapsed();
+    metrics
+        .requests
+        .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[method.as_str(), route.as_str()])
+        .observe(elapsed.as_secs_f64());
+
+    span.record("http.response.status_code", status.as_u16());
+    if status.is_server_error() {
+        span.record("otel.status_code", "ERROR");
+    }
+    let injected = response.extensions().get::<InjectedFault>().is_some();
+    let micros = Micros::of(elapsed);
+    let duration_ms = micros.as_millis_f64();
+    let duration = tracing::field::display(micros);
+    let status_code = status.as_u16();
+    span.in_scope(|| {
+        if injected {
+            tracing::warn!(
+                status = status_code,
+                duration_ms,
+                duration,
+                injected = true,
+                "request failed by injected fault"
+            );
+        } else if status.is_server_error() {
+            tracing::error!(status = status_code, duration_ms, duration, "request failed");
+        } else if is_quiet_route(&route) {
+            tracing::debug!(status = status_code, duration_ms, duration, "request completed");
+        } else {
+            tracing::info!(status = status_code, duration_ms, duration, "request completed");
+        }
+    });
+
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        headers.insert(X_REQUEST_ID, value);
+    }
+    if let Some(value) = trace_id.and_then(|id| HeaderValue::from_str(&id).ok()) {
+        headers.insert(X_TRACE_ID, value);
+    }
+    response
+}
+
+// ---- Requests observed without a `tracing` span --------------------------------------------
+
+/// Observes the requests of one route and method without a `tracing` span per request: the
+/// same metrics, `x-request-id` and `x-trace-id`, log line and (when spans are exported) server
+/// span as [`observe_request`], for a path that serves thousands of requests a second per core
+/// and where creating, entering and closing spans cost more than the rest of the request (the
+/// gateway's proxied routes; docs/performance.md). Built once per route at start-up. Log lines
+/// written while serving such a request don't inherit its fields: that code names what it logs.
+pub struct RouteObserver {
+    route: &'static str,
+    /// The span name and the attributes every request of the route has.
+    span: Arc<RouteSpan>,
+    /// The request line's members that never change — service, pod, method, route — as JSON.
+    line_prefix: String,
+    metrics: RouteMetrics,
+}
+
+/// One request being observed by a [`RouteObserver`]; hand it back to [`RouteObserver::finish`].
+pub struct ObservedRequest {
+    started: Instant,
+    /// Made into a header value once: it goes to the backend and back to the caller.
+    request_id: HeaderValue,
+    trace: RequestTrace,
+    _in_flight: InFlight,
+}
+
+impl ObservedRequest {
+    /// The caller's `x-request-id` when it was acceptable, else a new one.
+    pub fn request_id(&self) -> &HeaderValue {
+        &self.request_id
+    }
+
+    /// When the request started (the clock is read once for it).
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn trace(&self) -> &RequestTrace {
+        &self.trace
+    }
+}
+
+impl RouteObserver {
+    pub fn new(platform: &Platform, method: Method, route: &'static str) -> Self {
+        Self::with_attributes(platform, method, route, Vec::new())
+    }
+
+    /// With `attributes` on every span of the route besides the HTTP ones (for the gateway, the
+    /// backend it goes to).
+    pub fn with_attributes(
+        platform: &Platform,
+        method: Method,
+        route: &'static str,
+        attributes: Vec<KeyValue>,
+    ) -> Self {
+        let identity = platform.identity();
+        let mut line_prefix = Vec::new();
+        for (name, text) in [
+            (&b"\"service\":"[..], identity.name.as_str()),
+            (b",\"pod_name\":", identity.pod_name.as_str()),
+            (b",\"method\":", method.as_str()),
+            (b",\"route\":", route),
+        ] {
+            line_prefix.extend_from_slice(name);
+            telemetry::write_json_string(&mut line_prefix, text);
+        }
+        let mut span_attributes = vec![
+            KeyValue::new("http.request.method", method.as_str().to_owned()),
+            KeyValue::new("http.route", route),
+        ];
+        span_attributes.extend(attributes);
+        Self {
+            span: Arc::new(RouteSpan {
+                name: format!("{method} {route}"),
+                attributes: otlp::encode_attributes(&span_attributes),
+            }),
+            line_prefix: String::from_utf8(line_prefix).unwrap_or_default(),
+            metrics: platform.metrics().for_route(method.as_str(), route),
+            route,
+        }
+    }
+
+    pub fn route(&self) -> &'static str {
+        self.route
+    }
+
+    /// Start observing a request with these headers (its `traceparent` continued, its
+    /// `x-request-id` kept when acceptable) for `path`.
+    pub fn start(&self, headers: &HeaderMap, path: &str) -> ObservedRequest {
+        let started = Instant::now();
+        let request_id = request_id_from(headers);
+        let trace = RequestTrace::start(propagation::parse_traceparent(headers), &self.span, path);
+        ObservedRequest {
+            started,
+            request_id,
+            trace,
+            _in_flight: InFlight::enter(&self.metrics.in_flight),
+        }
+    }
+
+    /// Record the request's metrics, end its span, write its log line and put `x-request-id`
+    /// and `x-trace-id` on the response.
+    pub fn finish(&self, request: ObservedRequest, path: &str, response: &mut Response) {
+        let ObservedRequest {
+            started,
+            request_id,
+            trace,
+            _in_flight,
+        } = request;
+        let status = response.status();
+        let elapsed = started.elapsed();
+        self.metrics.requests.inc(status.as_str());
+        self.metrics.duration.observe(elapsed.as_secs_f64());
+        drop(_in_flight);
+
+        let mut trace_hex = [0u8; 32];
+        propagation::write_hex(&mut trace_hex, &trace.trace_id.to_bytes());
+        let mut span_hex = [0u8; 16];
+        propagation::write_hex(&mut span_hex, &trace.span_id.to_bytes());
+        let trace_id = std::str::from_utf8(&trace_hex).unwrap_or_default();
+        let span_id = std::str::from_utf8(&span_hex).unwrap_or_default();
+        trace.end(Some(status));
+
+        // The same line as `observe_request` writes, with the span's fields written here.
+        let line = RequestLine {
+            prefix: &self.line_prefix,
+            path,
+            request_id: request_id.to_str().unwrap_or_default(),
+            trace_id,
+            span_id,
+            status: status.as_u16(),
+            micros: Micros::of(elapsed),
+        };
+        // `service` and `pod_name` are written among the members (the layer's own defaults
+        // name the process, which in a test may hold several services). The message is a
+        // plain `&str` field, first as a format string would be: written as it is, rather
+        // than formatted through `fmt::Arguments` and escaped character by character.
+        macro_rules! request_line {
+            ($level:ident, $message:literal $(, $($rest:tt)*)?) => {
+                tracing::$level!(
+                    message = $message,
+                    service = tracing::field::Empty,
+                    pod_name = tracing::field::Empty,
+                    json_members = &*line.members()
+                    $(, $($rest)*)?
+                )
+            };
+        }
+        if response.extensions().get::<InjectedFault>().is_some() {
+            request_line!(warn, "request failed by injected fault", injected = true);
+        } else if status.is_server_error() {
+            request_line!(error, "request failed");
+        } else if is_quiet_route(self.route) {
+            request_line!(debug, "request completed");
+        } else {
+            request_line!(info, "request completed");
+        }
+
+        let headers = response.headers_mut();
+        headers.insert(X_REQUEST_ID, request_id);
+        if let Ok(value) = HeaderValue::from_bytes(&trace_hex) {
+            headers.insert(X_TRACE_ID, value);
+        }
+    }
+}
+
+/// What every span of a route has: its name, and its attributes written once as OTLP fields.
+#[derive(Debug)]
+struct RouteSpan {
+    /// `"GET /catalog/{id}"`.
+    name: String,
+    attributes: Vec<u8>,
+}
+
+/// The trace ids of a request observed without a `tracing` span, and its server span when this
+/// process exports spans and the sampler keeps it. Without an exporter no span is recorded, only
+/// its ids (`telemetry::new_span_context`).
+///
+/// The span is not an SDK span: its ids come from `new_span_context`, the provider's sampler
+/// decides, and it is written as OTLP straight into the span queue's batch when it ends (with
+/// the route's attributes copied as written once). As an SDK span — a `SpanBuilder`, the
+/// attributes cloned in and dropped, `SpanData` built and encoded — it would cost half of what
+/// exporting adds to a proxied request (docs/performance.md). What is exported is
+/// the same message; the trace tests read it from a real receiver.
+pub struct RequestTrace {
+    trace_id: TraceId,
+    span_id: SpanId,
+    sampled: bool,
+    /// Boxed: this lives in request futures that are moved.
+    span: Option<Box<RecordedSpan>>,
+}
+
+/// A sampled server span being recorded.
+struct RecordedSpan {
+    export: &'static SpanExport,
+    route: Arc<RouteSpan>,
+    path: String,
+    context: SpanContext,
+    /// `SpanId::INVALID` when the request started the trace.
+    parent_span_id: SpanId,
+    start_time: SystemTime,
+    /// Whatever the sampler adds (the built-in samplers add none).
+    sampler_attributes: Vec<KeyValue>,
+}
+
+/// How a recorded span ended.
+enum SpanEnd {
+    Answered(StatusCode),
+    /// No answer was made (the request failed before one).
+    NoAnswer,
+    /// The request's future was dropped (the caller went away): exported as the SDK exports a
+    /// span dropped unended — no status.
+    Abandoned,
+}
+
+impl RequestTrace {
+    /// A server span of `route` for `path`, under `parent` (the caller's) or starting a trace.
+    fn start(parent: Option<SpanContext>, route: &Arc<RouteSpan>, path: &str) -> Self {
+        Self::start_exporting_to(telemetry::span_export(), parent, route, path)
+    }
+
+    fn start_exporting_to(
+        export: Option<&'static SpanExport>,
+        parent: Option<SpanContext>,
+        route: &Arc<RouteSpan>,
+        path: &str,
+    ) -> Self {
+        let context = telemetry::new_span_context(parent.as_ref());
+        let Some(export) = export else {
+            return Self {
+                trace_id: context.trace_id(),
+                span_id: context.span_id(),
+                sampled: context.is_sampled(),
+                span: None,
+            };
+        };
+        let parent = parent.filter(SpanContext::is_valid);
+        let parent_context = parent
+            .as_ref()
+            .map(|parent| opentelemetry::Context::new().with_remote_span_context(parent.clone()));
+        let decision = export.sampler.should_sample(
+            parent_context.as_ref(),
+            context.trace_id(),
+            &route.name,
+            &SpanKind::Server,
+            &[],
+            &[],
+        );
+        let sampled = decision.decision == SamplingDecision::RecordAndSample;
+        let flags = parent
+            .as_ref()
+            .map_or(TraceFlags::default(), SpanContext::trace_flags)
+            .with_sampled(sampled);
+        let context = SpanContext::new(
+            context.trace_id(),
+            context.span_id(),
+            flags,
+            false,
+            decision.trace_state,
+        );
+        Self {
+            trace_id: context.trace_id(),
+            span_id: context.span_id(),
+            sampled,
+            // Spans the sampler records without sampling are exported by no processor: not kept.
+            span: sampled.then(|| {
+                Box::new(RecordedSpan {
+                    export,
+                    route: Arc::clone(route),
+                    path: path.to_owned(),
+                    parent_span_id: parent.as_ref().map_or(SpanId::INVALID, SpanContext::span_id),
+                    context,
+                    start_time: SystemTime::now(),
+                    sampler_attributes: decision.attributes,
+                })
+            }),
+        }
+    }
+
+    pub fn trace_id(&self) -> TraceId {
+        self.trace_id
+    }
+
+    pub fn span_id(&self) -> SpanId {
+        self.span_id
+    }
+
+    /// The `traceparent` that makes this span the callee's parent.
+    pub fn traceparent(&self) -> HeaderValue {
+        propagation::traceparent(self.trace_id, self.span_id, self.sampled)
+    }
+
+    /// [`RequestTrace::traceparent`]'s text, for a request written by hand.
+    pub fn traceparent_text(&self) -> [u8; 55] {
+        propagation::traceparent_text(self.trace_id, self.span_id, self.sampled)
+    }
+
+    /// End the span (exporting it, when spans are exported) with the answer's status, or as
+    /// failed when there was no answer (`None`).
+    pub fn end(mut self, status: Option<StatusCode>) {
+        if let Some(span) = self.span.take() {
+            span.record(status.map_or(SpanEnd::NoAnswer, SpanEnd::Answered));
+        }
+    }
+}
+
+impl Drop for RequestTrace {
+    fn drop(&mut self) {
+        if let Some(span) = self.span.take() {
+            span.record(SpanEnd::Abandoned);
+        }
+    }
+}
+
+impl RecordedSpan {
+    /// Write the span into the span queue's batch.
+    fn record(self, end: SpanEnd) {
+        let end_time = SystemTime::now();
+        let export = self.export;
+        let status = match end {
+            SpanEnd::Answered(status) if status.is_server_error() => Status::error(""),
+            SpanEnd::NoAnswer => Status::error(""),
+            SpanEnd::Answered(_) | SpanEnd::Abandoned => Status::Unset,
+        };
+        export.recorder.record(&export.scope, |out| {
+            otlp::write_span_head(
+                out,
+                &otlp::SpanHead {
+                    context: &self.context,
+                    parent_span_id: self.parent_span_id,
+                    parent_is_remote: self.parent_span_id != SpanId::INVALID,
+                    name: &self.route.name,
+                    kind: &SpanKind::Server,
+                    start_time: self.start_time,
+                    end_time,
+                },
+            );
+            out.extend_from_slice(&self.route.attributes);
+            otlp::write_string_attribute(out, "url.path", &self.path);
+            for attribute in &self.sampler_attributes {
+                otlp::write_attribute(out, attribute.key.as_str(), &attribute.value);
+            }
+            if let SpanEnd::Answered(status) = end {
+                let code = opentelemetry::Value::I64(i64::from(status.as_u16()));
+                otlp::write_attribute(out, "http.response.status_code", &code);
+            }
+            otlp::write_span_tail(
+                out,
+                &status,
+                &self.context,
+                self.parent_span_id != SpanId::INVALID,
+            );
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::{Micros, RequestLine, mint_request_id};
+
+    #[test]
+    fn the_request_line_members_are_json_and_duration_ms_is_written_as_json_writes_the_float() {
+        let samples = (0..20_000u64).chain([999_999, 1_000_000, 86_400_000_123, 123_456_789_012]);
+        for micros in samples {
+            let micros = Micros(micros);
+            let line = RequestLine {
+                prefix: "\"service\":\"gateway\",\"route\":\"/catalog/{id}\"",
+                path: "/catalog/a\"b",
+                request_id: "r-1",
+                trace_id: "4bf92f3577b34da6a3ce929d0e0e4736",
+                span_id: "00f067aa0ba902b7",
+                status: 200,
+                micros,
+            };
+            let members = format!("{{{}}}", std::str::from_utf8(&line.members()).unwrap());
+            let members: serde_json::Value = serde_json::from_str(&members).unwrap();
+            assert_eq!(
+                members["duration_ms"].to_string(),
+                serde_json::to_string(&micros.as_millis_f64()).unwrap(),
+                "{}",
+                micros.0
+            );
+            assert_eq!(members["duration"], micros.to_string());
+            if micros.0 == 0 {
+                assert_eq!(members["path"], "/catalog/a\"b");
+                assert_eq!(members["service"], "gateway");
+                assert_eq!(members["route"], "/catalog/{id}");
+                assert_eq!(members["status"], 200);
+                assert_eq!(members["span_id"], "00f067aa0ba902b7");
+            }
+        }
+        assert_eq!(Micros(12_345).to_string(), "12.345ms");
+        assert_eq!(Micros(7).to_string(), "0.007ms");
+    }
+
+    #[test]
+    fn minted_request_ids_are_distinct_time_ordered_uuid_v7s() {
+        let ids: Vec<uuid::Uuid> = (0..1000)
+            .map(|_| uuid::Uuid::parse_str(mint_request_id(&mut [0; 36])).unwrap())
+            .collect();
+        for id in &ids {
+            assert_eq!(id.get_version_num(), 7, "{id}");
+            assert_eq!(id.get_variant(), uuid::Variant::RFC4122, "{id}");
+        }
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len());
+        let millis = |id: &uuid::Uuid| id.get_timestamp().unwrap().to_unix();
+        assert!(
+            ids.windows(2).all(|pair| millis(&pair[0]) <= millis(&pair[1])),
+            "time-ordered to the millisecond"
+        );
+    }
+
+    mod recorded_spans {
+        use std::sync::{Arc, Mutex};
+        use std::time::Duration;
+
+        use axum::http::{Method, StatusCode};
+        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
+        use opentelemetry::{InstrumentationScope, KeyValue};
+        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+        use opentelemetry_proto::tonic::common::v1::any_value;
+        use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
+        use opentelemetry_sdk::trace::{Sampler, SpanProcessor as _};
+        use prost::Message as _;
+
+        use super::super::{RequestTrace, RouteSpan};
+        use shopstack_telemetry::otlp;
+        use shopstack_telemetry::span_queue::{QueueSettings, SpanQueue};
+        use shopstack_telemetry::telemetry::SpanExport;
+
+        /// A span queue whose requests are kept, and the export a `RequestTrace` records into.
+        fn exporting(sampler: Sampler) -> (SpanQueue, &'static SpanExport, Arc<Mutex<Vec<bytes::Bytes>>>) {
+            let sent = Arc::new(Mutex::new(Vec::new()));
+            let keep = Arc::clone(&sent);
+            let send = move |request| {
+                keep.lock().unwrap().push(request);
+                Ok(())
+            };
+            let settings = QueueSettings {
+                schedule_delay: Duration::from_secs(3_600),
+                ..QueueSettings::default()
+            };
+            let queue = SpanQueue::new(send, settings).unwrap();
+            let export = Box::leak(Box::new(SpanExport {
+                sampler,
+                scope: InstrumentationScope::builder("shopstack").build(),
+                recorder: queue.recorder(),
+            }));
+            (queue, export, sent)
+        }
+
+        fn spans(queue: &SpanQueue, sent: &Mutex<Vec<bytes::Bytes>>) -> Vec<Span> {
+            queue.force_flush().unwrap();
+            sent.lock()
+                .unwrap()
+                .iter()
+                .flat_map(|request| {
+                    ExportTraceServiceRequest::decode(request.clone())
+                        .unwrap()
+                        .resource_spans
+                })
+                .flat_map(|resource| resource.scope_spans)
+                .inspect(|scope| assert_eq!(scope.scope.as_ref().unwrap().name, "shopstack"))
+                .flat_map(|scope| scope.spans)
+                .collect()
+        }
+
+        fn route() -> Arc<RouteSpan> {
+            Arc::new(RouteSpan {
+                name: format!("{} /catalog/{{id}}", Method::GET),
+                attributes: otlp::encode_attributes(&[
+                    KeyValue::new("http.request.method", "GET"),
+                    KeyValue::new("http.route", "/catalog/{id}"),
+                    KeyValue::new("peer.service", "catalog"),
+                ]),
+            })
+        }
+
+        fn caller(flags: TraceFlags) -> SpanContext {
+            SpanContext::new(
+                TraceId::from(0xabc),
+                SpanId::from(0x123),
+                flags,
+                true,
+                TraceState::default(),
+            )
+        }
+
+        fn attributes(span: &Span) -> Vec<(String, String)> {
+            span.attributes
+                .iter()
+                .map(|attribute| {
+                    let value = match attribute.value.as_ref().and_then(|value| value.value.as_ref()) {
+                        Some(any_value::Value::StringValue(text)) => text.clone(),
+                        Some(any_value::Value::IntValue(number)) => number.to_string(),
+                        other => format!("{other:?}"),
+                    };
+                    (attribute.key.clone(), value)
+                })
+                .collect()
+        }
+
+        fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+            list.iter()
+                .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+                .collect()
+        }
+
+        #[test]
+        fn a_server_span_is_exported_with_the_callers_trace_and_the_routes_attributes() {
+            let (queue, export, sent) = exporting(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let trace = RequestTrace::start_exporting_to(
+                Some(export),
+                Some(caller(TraceFlags::SAMPLED)),
+                &route(),
+                "/catalog/p-1",
+            );
+            assert_eq!(trace.trace_id(), TraceId::from(0xabc));
+            let span_id = trace.span_id();
+            assert!(trace.traceparent_text().ends_with(b"-01"));
+            trace.end(Some(StatusCode::SERVICE_UNAVAILABLE));
+
+            let spans = spans(&queue, &sent);
+            assert_eq!(spans.len(), 1);
+            let span = &spans[0];
+            assert_eq!(span.name, "GET /catalog/{id}");
+            assert_eq!(span.kind, span::SpanKind::Server as i32);
+            assert_eq!(span.trace_id, TraceId::from(0xabc).to_bytes());
+            assert_eq!(span.span_id, span_id.to_bytes());
+            assert_eq!(span.parent_span_id, SpanId::from(0x123).to_bytes());
+            assert!(span.start_time_unix_nano > 0 && span.end_time_unix_nano >= span.start_time_unix_nano);
+            assert_eq!(
+                attributes(span),
+                pairs(&[
+                    ("http.request.method", "GET"),
+                    ("http.route", "/catalog/{id}"),
+                    ("peer.service", "catalog"),
+                    ("url.path", "/catalog/p-1"),
+                    ("http.response.status_code", "503"),
+                ])
+            );
+            assert_eq!(
+                span.status.as_ref().unwrap().code,
+                status::StatusCode::Error as i32
+            );
+            assert_eq!(span.flags, 0x301, "sampled, and the parent is known to be remote");
+        }
+
+        #[test]
+        fn a_root_span_without_an_answer_fails_and_an_abandoned_one_has_no_status() {
+            let (queue, export, sent) = exporting(Sampler::AlwaysOn);
+            RequestTrace::start_exporting_to(Some(export), None, &route(), "/a").end(None);
+            drop(RequestTrace::start_exporting_to(
+                Some(export),
+                None,
+                &route(),
+                "/b",
+            ));
+            let spans = spans(&queue, &sent);
+            assert_eq!(spans.len(), 2);
+            assert!(
+                spans
+                    .iter()
+                    .all(|span| span.parent_span_id.is_empty() && span.flags == 0x101)
+            );
+            assert_eq!(
+                spans[0].status.as_ref().unwrap().code,
+                status::StatusCode::Error as i32
+            );
+            assert_eq!(
+                spans[1].status.as_ref().unwrap().code,
+                status::StatusCode::Unset as i32
+            );
+            assert_eq!(
+                attributes(&spans[1]).last().map(|(key, _)| key.as_str()),
+                Some("url.path")
+            );
+        }
+
+        #[test]
+        fn the_sampler_decides_and_its_decision_goes_to_the_next_hop() {
+            let (queue, export, sent) = exporting(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let unsampled = RequestTrace::start_exporting_to(
+                Some(export),
+                Some(caller(TraceFlags::default())),
+                &route(),
+                "/",
+            );
+            assert!(unsampled.traceparent_text().ends_with(b"-00"));
+            unsampled.end(Some(StatusCode::OK));
+
+            let (never_queue, never, never_sent) = exporting(Sampler::AlwaysOff);
+            let dropped = RequestTrace::start_exporting_to(Some(never), None, &route(), "/");
+            assert!(dropped.traceparent_text().ends_with(b"-00"));
+            dropped.end(Some(StatusCode::OK));
+
+            assert!(spans(&queue, &sent).is_empty());
+            assert!(spans(&never_queue, &never_sent).is_empty());
+        }
+    }
+}

@@ -1,0 +1,286 @@
+//! Binding, serving and stopping gracefully; and [`run`], the whole life of a service binary.
+//!
+//! Shutdown order on SIGTERM/SIGINT: readiness fails at once; the server keeps serving for
+//! `SHUTDOWN_DRAIN_MS` so load balancers stop sending; then it stops accepting and waits up to
+//! `SHUTDOWN_GRACE_MS` for in-flight requests; finally telemetry is flushed.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tower::Service;
+
+use crate::platform::Platform;
+use shopstack_base::config::{CommonConfig, ServiceDefaults};
+use shopstack_telemetry::telemetry;
+
+/// What a service serves: its axum [`Router`], or a front service of its own (the gateway's
+/// edge) that is handed each connection's peer address.
+pub trait Front: Clone + Send + Sync + 'static {
+    type Service: Service<Request, Response = Response, Error = Infallible, Future: Send>
+        + Clone
+        + Send
+        + 'static;
+
+    /// The service for one accepted connection from `peer`.
+    fn for_connection(&self, peer: SocketAddr) -> Self::Service;
+}
+
+impl Front for Router {
+    type Service = Router;
+
+    fn for_connection(&self, _peer: SocketAddr) -> Router {
+        self.clone()
+    }
+}
+
+/// One connection's service as hyper calls it: a clone per request (an `Arc` or two), the body
+/// as axum's. `Front` services are always ready, so readiness is not awaited.
+struct PerRequest<S>(S);
+
+impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for PerRequest<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = S::Future;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        self.0.clone().call(request.map(Body::new))
+    }
+}
+
+/// After a failed `accept`: a connection that broke before it was accepted is nothing; anything
+/// else (out of file descriptors, say) is logged, and accepting pauses a moment, as axum does.
+async fn accept_failed(error: std::io::Error) {
+    use std::io::ErrorKind;
+    if matches!(
+        error.kind(),
+        ErrorKind::ConnectionRefused | ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(%error, "accepting a connection failed");
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+}
+
+/// A bound, not yet running service (bind first so tests can learn the port).
+pub struct Server<F = Router> {
+    listener: TcpListener,
+    router: F,
+    platform: Platform,
+}
+
+impl<F: Front> Server<F> {
+    /// Bind the address and port from the platform's settings (port 0: any free port).
+    pub async fn bind(platform: Platform, router: F) -> anyhow::Result<Self> {
+        let settings = platform.settings();
+        let addr = SocketAddr::new(settings.bind_addr, settings.port);
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("Failed to bind {addr}"))?;
+        Ok(Self {
+            listener,
+            router,
+            platform,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// Serve until `shutdown` completes, then drain and stop (see the module docs).
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            router,
+            platform,
+        } = self;
+        platform.start_background_tasks();
+        let settings = platform.settings().clone();
+        let health = platform.health().clone();
+        let drain = settings.shutdown_drain;
+        let graceful = async move {
+            shutdown.await;
+            health.begin_draining();
+            tracing::info!(
+                drain_ms = drain.as_millis() as u64,
+                "shutdown requested: readiness now fails, still serving while load balancers notice"
+            );
+            tokio::time::sleep(drain).await;
+            tracing::info!(
+                grace_ms = settings.shutdown_grace.as_millis() as u64,
+                "no longer accepting connections; waiting for in-flight requests"
+            );
+        };
+        let connections = GracefulShutdown::new();
+        // HTTP/1.1 only (no service speaks HTTP/2; nothing upgrades connections).
+        let mut http = hyper::server::conn::http1::Builder::new();
+        // An answer's head and body copied into one buffer and sent with one `write`, rather
+        // than queued apart for a `writev`: our bodies are small JSON (docs/performance.md).
+        http.writev(false);
+        // While a request is in flight hyper otherwise reads the socket to notice the client
+        // leaving; that read finds the request still holding the read buffer and allocates a new
+        // 8 KB one, once per request. Instead a request runs to its end (bounded by its own
+        // timeouts) and a client that only shut its sending side still gets its answer.
+        http.half_close(true);
+        tokio::pin!(graceful);
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        accept_failed(error).await;
+                        continue;
+                    }
+                },
+                () = &mut graceful => break,
+            };
+            // Answers go out at once, not held back for more to send.
+            let _ = stream.set_nodelay(true);
+            let connection =
+                http.serve_connection(TokioIo::new(stream), PerRequest(router.for_connection(peer)));
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        let grace = settings.shutdown_grace;
+        tokio::select! {
+            () = connections.shutdown() => {}
+            () = tokio::time::sleep(grace) => tracing::warn!("grace period over with requests still in flight; closing them"),
+        }
+        tracing::info!("server stopped");
+        Ok(())
+    }
+}
+
+/// The Tokio runtime a service binary runs on: a worker thread per CPU it may use; on a single
+/// CPU (a container limited to one, a process pinned to one) the current-thread scheduler,
+/// which does the same work without the synchronization between workers that a multi-thread
+/// scheduler keeps paying for with one worker (docs/performance.md).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    let mut builder = if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    builder.enable_all().build()
+}
+
+/// Run `main`, a service binary's whole life, on its `runtime`.
+pub fn block_on(main: impl Future<Output = ExitCode>) -> ExitCode {
+    match runtime() {
+        Ok(runtime) => runtime.block_on(main),
+        Err(error) => {
+            eprintln!("error: cannot start the Tokio runtime: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(error) = tokio::signal::ctrl_c().await {
+            tracing::error!(%error, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}
+
+/// The whole life of a service binary: settings → telemetry → build → bind → serve → flush.
+/// Bad settings exit with code 2 before anything is bound.
+pub async fn run<B, Fut, F>(common: CommonConfig, defaults: ServiceDefaults, build: B) -> ExitCode
+where
+    B: FnOnce(Platform) -> Fut,
+    Fut: Future<Output = anyhow::Result<F>>,
+    F: Front,
+{
+    let settings = match common.resolve(defaults) {
+        Ok(settings) => settings,
+        Err(error) => {
+            eprintln!("error: invalid configuration: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let telemetry = match telemetry::init(&settings) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = async {
+        let platform = Platform::new(settings).context("Failed to set up the service platform")?;
+        let router = build(platform.clone())
+            .await
+            .context("Failed to build the service")?;
+        let server = Server::bind(platform.clone(), router).await?;
+        let identity = platform.identity();
+        tracing::info!(
+            addr = %server.local_addr(),
+            version = %identity.version,
+            environment = %identity.environment,
+            simulation = platform.simulation().profile().enabled,
+            "{} listening",
+            identity.name
+        );
+        server.run_until_stopped(shutdown_signal()).await
+    }
+    .await;
+    let code = match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "service failed");
+            ExitCode::FAILURE
+        }
+    };
+    // Flushing waits for the span exporter, whose connection this runtime drives: wait on a
+    // blocking thread so the runtime (a single thread on one CPU) keeps running meanwhile.
+    if tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .is_err()
+    {
+        eprintln!("error: flushing telemetry at shutdown failed");
+    }
+    code
+}

@@ -1,0 +1,203 @@
+//! A Redis connection that never makes a request hang.
+//!
+//! One multiplexed, auto-reconnecting connection per service. A background probe pings Redis;
+//! while it is down the probe retries with backoff (100 ms doubling to 2 s, ±10 % jitter) and every command fails at once with [`RedisUnavailable`] — the caller answers a
+//! fast 503 — and everything recovers by itself when Redis is back. Each command runs in a
+//! client span (`redis <op>`), so Redis shows up in traces under the request that used it.
+
+use shopstack_base::config::normalise_redis_url;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rand::Rng;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tracing::Instrument;
+
+/// Longest a single command may take before it counts as a failure.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
+const PROBE_INTERVAL: Duration = Duration::from_secs(1);
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// Redis could not serve the command; nothing is known to have changed.
+#[derive(Debug, thiserror::Error)]
+#[error("redis unavailable: {0}")]
+pub struct RedisUnavailable(pub String);
+
+#[derive(Clone)]
+pub struct Redis {
+    manager: ConnectionManager,
+    healthy: Arc<AtomicBool>,
+    /// Wakes the probe as soon as a command sees Redis fail.
+    failed: Arc<tokio::sync::Notify>,
+    endpoint: String,
+}
+
+impl Redis {
+    /// Set up the connection without waiting for Redis: the service starts even when it's down.
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let url = normalise_redis_url(url);
+        let client =
+            redis::Client::open(url.as_str()).with_context(|| format!("REDIS_URL {url:?} is not valid"))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_millis(500)))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            .set_min_delay(BACKOFF_START)
+            .set_max_delay(BACKOFF_MAX)
+            .set_exponent_base(2.0)
+            .set_number_of_retries(2);
+        let manager = ConnectionManager::new_lazy_with_config(client, config)
+            .context("Failed to set up the Redis connection")?;
+        let redis = Self {
+            manager,
+            healthy: Arc::new(AtomicBool::new(false)),
+            failed: Arc::new(tokio::sync::Notify::new()),
+            endpoint: redacted(&url),
+        };
+        if redis.ping().await {
+            redis.healthy.store(true, Ordering::SeqCst);
+            tracing::info!(endpoint = %redis.endpoint, "connected to redis");
+        } else {
+            tracing::warn!(endpoint = %redis.endpoint, "redis is not reachable yet; serving 503s for what needs it until it is");
+        }
+        redis.spawn_probe();
+        Ok(redis)
+    }
+
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::SeqCst)
+    }
+
+    /// One PING, bounded by [`COMMAND_TIMEOUT`].
+    pub async fn ping(&self) -> bool {
+        let mut connection = self.manager.clone();
+        matches!(
+            tokio::time::timeout(
+                COMMAND_TIMEOUT,
+                redis::cmd("PING").query_async::<String>(&mut connection)
+            )
+            .await,
+            Ok(Ok(_))
+        )
+    }
+
+    /// Ping every second while healthy; while down, retry with backoff and jitter.
+    fn spawn_probe(&self) {
+        let redis = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = BACKOFF_START;
+            loop {
+                let wait = if redis.is_healthy() {
+                    PROBE_INTERVAL
+                } else {
+                    jittered(backoff)
+                };
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    () = redis.failed.notified() => {}
+                }
+                let up = redis.ping().await;
+                let was_up = redis.healthy.swap(up, Ordering::SeqCst);
+                match (was_up, up) {
+                    (false, true) => {
+                        backoff = BACKOFF_START;
+                        tracing::info!(endpoint = %redis.endpoint, "redis is reachable again");
+                    }
+                    (true, false) => tracing::warn!(endpoint = %redis.endpoint, "redis is down"),
+                    (false, false) => backoff = (backoff * 2).min(BACKOFF_MAX),
+                    (true, true) => {}
+                }
+            }
+        });
+    }
+
+    /// Run one command (or script) against Redis in a client span. Fails at once while Redis
+    /// is known to be down, and after [`COMMAND_TIMEOUT`] at most otherwise.
+    pub async fn run<T, F, Fut>(&self, operation: &'static str, command: F) -> Result<T, RedisUnavailable>
+    where
+        F: FnOnce(ConnectionManager) -> Fut,
+        Fut: Future<Output = redis::RedisResult<T>>,
+    {
+        if !self.is_healthy() {
+            return Err(RedisUnavailable("redis is down".into()));
+        }
+        let span = tracing::info_span!(
+            "redis",
+            otel.name = %format_args!("redis {operation}"),
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            db.system.name = "redis",
+            db.operation.name = operation,
+            server.address = %self.endpoint,
+        );
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, command(self.manager.clone()))
+            .instrument(span.clone())
+            .await;
+        let error = match result {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(error)) if !is_connection_error(&error) => {
+                // A script or type error is a bug, not an outage: don't mark Redis down.
+                span.record("otel.status_code", "ERROR");
+                tracing::error!(parent: &span, %error, operation, "redis command failed");
+                return Err(RedisUnavailable(error.to_string()));
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {COMMAND_TIMEOUT:?}"),
+        };
+        span.record("otel.status_code", "ERROR");
+        if self.healthy.swap(false, Ordering::SeqCst) {
+            tracing::warn!(endpoint = %self.endpoint, %error, "redis is down");
+        }
+        self.failed.notify_one();
+        Err(RedisUnavailable(error))
+    }
+}
+
+fn is_connection_error(error: &redis::RedisError) -> bool {
+    error.is_io_error()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_timeout()
+}
+
+/// `delay` ± 10 %.
+fn jittered(delay: Duration) -> Duration {
+    delay.mul_f64(rand::rng().random_range(0.9..=1.1))
+}
+
+/// The URL without its password, for logs.
+fn redacted(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_redis_addr_addresses() {
+        assert_eq!(normalise_redis_url("localhost:6379"), "redis://localhost:6379");
+        assert_eq!(normalise_redis_url("redis://r:6379/2"), "redis://r:6379/2");
+    }
+
+    #[test]
+    fn hides_passwords() {
+        assert_eq!(redacted("redis://:hunter2@r:6379"), "redis://:***@r:6379");
+    }
+
+    #[test]
+    fn jitter_stays_within_ten_percent() {
+        for _ in 0..1000 {
+            let delay = jittered(Duration::from_millis(1000));
+            assert!(delay >= Duration::from_millis(900) && delay <= Duration::from_millis(1100));
+        }
+    }
+}

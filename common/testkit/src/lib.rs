@@ -1,0 +1,42 @@
+//! The test kit: one way to start each ShopStack service and the servers it needs (Redis, NATS, PostgreSQL) for a test, plus the helpers tests share. A dev-dependency only; never linked into a service binary.
+//!
+//! | module | what it holds |
+//! | --- | --- |
+//! | [`services`] | each service in-process on port 0 (`services::cart(&catalog_url).start().await`) |
+//! | [`stack`] | all four in-process, wired to each other |
+//! | [`server`] | [`server::TestServer`]: a router or front served on a free loopback port |
+//! | [`process`] | a service binary as a child process |
+//! | [`probe`] | the container probe's tests (`healthcheck_tests!`) |
+//! | [`redis`], [`nats`], [`postgres`] | private servers on free ports, stopped by PID |
+//! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
+//! | [`http`] | the HTTP client and JSON helpers |
+//! | [`ports`] | free, closed and never-answering loopback addresses |
+//! | [`wait`] | `eventually`: wait, within a bound, for what should happen soon |
+//! | [`metrics`] | Prometheus text parsed strictly, and sums over it |
+//! | [`openapi`] | checks on served OpenAPI documents |
+//! | [`settings`], [`logs`] | a service's test settings, and its log lines captured |
+#![forbid(unsafe_code)]
+
+pub mod db;
+pub mod http;
+pub mod logs;
+pub mod metrics;
+pub mod nats;
+pub mod openapi;
+pub mod ports;
+pub mod postgres;
+pub mod probe;
+pub mod process;
+pub mod redis;
+pub mod server;
+pub mod services;
+pub mod settings;
+pub mod stack;
+pub mod wait;
+
+pub use logs::init_telemetry;
+pub use settings::settings;
+
+/// For [`healthcheck_tests!`]'s expansion in a test crate.
+#[doc(hidden)]
+pub use anyhow;
