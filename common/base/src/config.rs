@@ -22,9 +22,30 @@ pub struct CommonConfig {
     #[arg(long, env = "PORT")]
     pub port: Option<u16>,
 
-    /// Address to bind.
-    #[arg(long, env = "BIND_ADDR", default_value = "0.0.0.0")]
+    /// Address to bind. The loopback default keeps a service reachable from this machine only;
+    /// the container image sets 0.0.0.0.
+    #[arg(long, env = "BIND_ADDR", default_value = "127.0.0.1")]
     pub bind_addr: IpAddr,
+
+    /// Longest a client may take to send a request's head (request line and headers); past it
+    /// the connection gets 408 and is closed (closed without an answer if nothing came).
+    #[arg(long, env = "HEADER_READ_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A keep-alive connection with no request for this long is closed. Longer than the 60 s of
+    /// common load balancers, so that they close first.
+    #[arg(long, env = "IDLE_TIMEOUT", default_value = "75s", value_parser = parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Longest a client may take to send a request's whole body, counted from when the service
+    /// starts reading it (right after the head); past it 408 and the connection is closed.
+    #[arg(long, env = "BODY_READ_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// Connections served at once; at the limit new ones wait in the listen queue until one
+    /// closes [default: half the file-descriptor limit, less 64].
+    #[arg(long, env = "MAX_CONNECTIONS")]
+    pub max_connections: Option<usize>,
 
     /// Service name in logs, traces, metrics and /healthz [default: the binary's name].
     #[arg(long, env = "SERVICE_NAME")]
@@ -175,6 +196,11 @@ pub struct Settings {
     pub identity: ServiceIdentity,
     pub bind_addr: IpAddr,
     pub port: u16,
+    /// The timeouts of each connection (`HEADER_READ_TIMEOUT`, `IDLE_TIMEOUT`,
+    /// `BODY_READ_TIMEOUT`).
+    pub connection_timeouts: ConnectionTimeouts,
+    /// `MAX_CONNECTIONS`; `None`: sized from the file-descriptor limit when serving.
+    pub max_connections: Option<usize>,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
     pub otlp_endpoint: Option<Url>,
@@ -291,6 +317,17 @@ impl CommonConfig {
         if self.max_body_bytes < 1024 {
             bail!("MAX_BODY_BYTES must be at least 1024");
         }
+        let connection_timeouts = ConnectionTimeouts {
+            header_read: self.header_read_timeout,
+            idle: self.idle_timeout,
+            body_read: self.body_read_timeout,
+        };
+        connection_timeouts.validate()?;
+        if let Some(max) = self.max_connections
+            && !(1..=MAX_CONNECTIONS_CEILING).contains(&max)
+        {
+            bail!("MAX_CONNECTIONS must be between 1 and {MAX_CONNECTIONS_CEILING}");
+        }
 
         Ok(Settings {
             identity: ServiceIdentity {
@@ -302,6 +339,8 @@ impl CommonConfig {
             },
             bind_addr: self.bind_addr,
             port: self.port.unwrap_or(defaults.port),
+            connection_timeouts,
+            max_connections: self.max_connections,
             log_level: self.log_level,
             log_file: self.log_file,
             otlp_endpoint,
@@ -449,6 +488,48 @@ pub fn parse_duration(value: &str) -> anyhow::Result<Duration> {
         other => bail!("{value:?}: unknown unit {other:?} (use ms, s, m, h or d)"),
     };
     Ok(Duration::from_secs(seconds))
+}
+
+/// The largest `MAX_CONNECTIONS` accepted (far beyond any file-descriptor limit in practice).
+pub const MAX_CONNECTIONS_CEILING: usize = 10_000_000;
+
+/// How long a connection may take over each part of a request, and wait between requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionTimeouts {
+    /// The whole request head, from the connection's start or the first byte after an idle wait
+    /// (`HEADER_READ_TIMEOUT`).
+    pub header_read: Duration,
+    /// Waiting for the next request on a keep-alive connection (`IDLE_TIMEOUT`).
+    pub idle: Duration,
+    /// The whole request body, from when the service starts reading it (`BODY_READ_TIMEOUT`).
+    pub body_read: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            idle: Duration::from_secs(75),
+            body_read: Duration::from_secs(30),
+        }
+    }
+}
+
+impl ConnectionTimeouts {
+    /// Each between 1 ms and a day.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let range = Duration::from_millis(1)..=Duration::from_secs(86_400);
+        for (name, value) in [
+            ("HEADER_READ_TIMEOUT", self.header_read),
+            ("IDLE_TIMEOUT", self.idle),
+            ("BODY_READ_TIMEOUT", self.body_read),
+        ] {
+            if !range.contains(&value) {
+                bail!("{name} must be between 1ms and 1d, not {value:?}");
+            }
+        }
+        Ok(())
+    }
 }
 
 /// When batches are sent, and how many spans may wait.
@@ -605,6 +686,52 @@ mod tests {
         assert!(parsed(Some("traceidratio"), Some("1.5")).is_none());
         assert!(parsed(Some("traceidratio"), Some("half")).is_none());
         assert!(parsed(Some("jaeger_remote"), None).is_none());
+    }
+
+    #[test]
+    fn connection_limits_are_checked_at_startup() {
+        let defaults = resolve_flags(&[]).map(|settings| {
+            (
+                settings.bind_addr,
+                settings.connection_timeouts,
+                settings.max_connections,
+            )
+        });
+        assert_eq!(
+            defaults,
+            Ok((IpAddr::from([127, 0, 0, 1]), ConnectionTimeouts::default(), None))
+        );
+        let set = resolve_flags(&[
+            "--header-read-timeout",
+            "250ms",
+            "--idle-timeout",
+            "2s",
+            "--body-read-timeout",
+            "1m",
+            "--max-connections",
+            "500",
+        ])
+        .map(|settings| (settings.connection_timeouts, settings.max_connections));
+        assert_eq!(
+            set,
+            Ok((
+                ConnectionTimeouts {
+                    header_read: Duration::from_millis(250),
+                    idle: Duration::from_secs(2),
+                    body_read: Duration::from_secs(60),
+                },
+                Some(500)
+            ))
+        );
+        for (refused, named) in [
+            (&["--header-read-timeout", "0ms"][..], "HEADER_READ_TIMEOUT"),
+            (&["--idle-timeout", "2d"], "IDLE_TIMEOUT"),
+            (&["--body-read-timeout", "0s"], "BODY_READ_TIMEOUT"),
+            (&["--max-connections", "0"], "MAX_CONNECTIONS"),
+        ] {
+            let error = resolve_flags(refused).err().unwrap_or_default();
+            assert!(error.contains(named), "{refused:?}: {error}");
+        }
     }
 
     #[test]

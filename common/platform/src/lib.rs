@@ -13,11 +13,13 @@
 //! - [`observe`]: the request middleware (span, `x-request-id`, metrics, one log line);
 //!   [`request_id`]: the request id kept per request.
 //! - [`client`]: the outbound HTTP client that continues traces.
-//! - [`server`]: bind, serve, drain and stop; [`probe`]: `<binary> healthcheck`, the container
+//! - [`server`]: bind, serve (each connection's socket under its timeouts: `connection`),
+//!   drain and stop; [`probe`]: `<binary> healthcheck`, the container
 //!   probe.
 #![forbid(unsafe_code)]
 
 pub mod client;
+mod connection;
 pub mod observe;
 pub mod platform;
 pub mod probe;

@@ -3,25 +3,46 @@
 //! Shutdown order on SIGTERM/SIGINT: readiness fails at once; the server keeps serving for
 //! `SHUTDOWN_DRAIN_MS` so load balancers stop sending; then it stops accepting and waits up to
 //! `SHUTDOWN_GRACE_MS` for in-flight requests; finally telemetry is flushed.
+//!
+//! Slow and greedy clients: each connection's socket keeps the deadline of what is being read
+//! (the head within `HEADER_READ_TIMEOUT`, the body within `BODY_READ_TIMEOUT`, the next request
+//! within `IDLE_TIMEOUT`; see [`crate::connection`]); a request head over [`MAX_HEAD_BYTES`]
+//! gets 431; at start the soft limit on open files is raised to the hard one, and at most
+//! `MAX_CONNECTIONS` connections are served at once — beyond it, accepting waits (new clients
+//! queue in the listen backlog) instead of failing for want of file descriptors.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
 
 use anyhow::Context as _;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::Request;
-use axum::response::Response;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tower::Service;
 
+use crate::connection::{GuardedStream, Tracker, head_timeout_answer};
 use crate::platform::Platform;
-use shopstack_base::config::{CommonConfig, ServiceDefaults};
+use shopstack_base::config::{CommonConfig, MAX_CONNECTIONS_CEILING, ServiceDefaults};
+use shopstack_base::problem::Problem;
 use shopstack_telemetry::telemetry;
+
+/// The largest request head (request line and headers) accepted; a larger one gets 431.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// File descriptors kept for everything but inbound connections beyond their half (see
+/// [`default_max_connections`]): listeners, logs, Redis and database connections.
+const FD_HEADROOM: u64 = 64;
 
 /// What a service serves: its axum [`Router`], or a front service of its own (the gateway's
 /// edge) that is handed each connection's peer address.
@@ -44,8 +65,13 @@ impl Front for Router {
 }
 
 /// One connection's service as hyper calls it: a clone per request (an `Arc` or two), the body
-/// as axum's. `Front` services are always ready, so readiness is not awaited.
-struct PerRequest<S>(S);
+/// as axum's. `Front` services are always ready, so readiness is not awaited. It tells the
+/// connection's socket when a head has been read and when the answer is ready.
+struct PerRequest<S> {
+    service: S,
+    tracker: Arc<Tracker>,
+    body_timeout_ms: u64,
+}
 
 impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for PerRequest<S>
 where
@@ -53,11 +79,79 @@ where
 {
     type Response = Response;
     type Error = Infallible;
-    type Future = S::Future;
+    type Future = Answer<S::Future>;
 
     fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
-        self.0.clone().call(request.map(Body::new))
+        self.tracker.head_read();
+        Answer {
+            inner: self.service.clone().call(request.map(Body::new)),
+            tracker: self.tracker.clone(),
+            body_timeout_ms: self.body_timeout_ms,
+        }
     }
+}
+
+pin_project_lite::pin_project! {
+    /// The service's answer, or 408 when the request's body did not arrive in time (the
+    /// service saw a broken body and answered something else).
+    struct Answer<F> {
+        #[pin]
+        inner: F,
+        tracker: Arc<Tracker>,
+        body_timeout_ms: u64,
+    }
+}
+
+impl<F: Future<Output = Result<Response, Infallible>>> Future for Answer<F> {
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = ready!(this.inner.poll(cx));
+        this.tracker.answered();
+        if !this.tracker.body_timed_out() {
+            return Poll::Ready(Ok(response));
+        }
+        tracing::debug!("request body not read within BODY_READ_TIMEOUT: 408");
+        let mut response = Problem::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "request-timeout",
+            format!(
+                "The request body did not arrive within {} ms.",
+                this.body_timeout_ms
+            ),
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        Poll::Ready(Ok(response))
+    }
+}
+
+/// Raise the soft limit on open files to the hard one (a no-op where there is none); the soft
+/// limit then in force, if it can be read.
+pub fn raise_fd_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::warn!(%error, "cannot raise the limit on open files");
+            rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .ok()
+                .map(|(soft, _)| soft)
+        }
+    }
+}
+
+/// `MAX_CONNECTIONS` when unset: half the file descriptors (a proxied request may hold a second
+/// one, to its backend) less a little headroom; 1024 when the limit is unknown.
+pub fn default_max_connections(fd_limit: Option<u64>) -> usize {
+    fd_limit.map_or(1024, |limit| {
+        let half = limit.saturating_sub(FD_HEADROOM) / 2;
+        usize::try_from(half)
+            .unwrap_or(MAX_CONNECTIONS_CEILING)
+            .clamp(1, MAX_CONNECTIONS_CEILING)
+    })
 }
 
 /// After a failed `accept`: a connection that broke before it was accepted is nothing; anything
@@ -79,12 +173,27 @@ pub struct Server<F = Router> {
     listener: TcpListener,
     router: F,
     platform: Platform,
+    max_connections: usize,
 }
 
 impl<F: Front> Server<F> {
-    /// Bind the address and port from the platform's settings (port 0: any free port).
+    /// Raise the limit on open files, then bind the address and port from the platform's
+    /// settings (port 0: any free port).
     pub async fn bind(platform: Platform, router: F) -> anyhow::Result<Self> {
         let settings = platform.settings();
+        let fd_limit = raise_fd_limit();
+        let max_connections = settings
+            .max_connections
+            .unwrap_or_else(|| default_max_connections(fd_limit));
+        if let Some(limit) = fd_limit
+            && u64::try_from(max_connections).unwrap_or(u64::MAX) > limit.saturating_sub(FD_HEADROOM)
+        {
+            tracing::warn!(
+                max_connections,
+                fd_limit = limit,
+                "MAX_CONNECTIONS is beyond what the limit on open files allows; accepting may fail for want of file descriptors"
+            );
+        }
         let addr = SocketAddr::new(settings.bind_addr, settings.port);
         let listener = TcpListener::bind(addr)
             .await
@@ -93,7 +202,13 @@ impl<F: Front> Server<F> {
             listener,
             router,
             platform,
+            max_connections,
         })
+    }
+
+    /// The connections served at once (`MAX_CONNECTIONS`, or its default).
+    pub fn max_connections(&self) -> usize {
+        self.max_connections
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -111,6 +226,7 @@ impl<F: Front> Server<F> {
             listener,
             router,
             platform,
+            max_connections,
         } = self;
         platform.start_background_tasks();
         let settings = platform.settings().clone();
@@ -138,10 +254,33 @@ impl<F: Front> Server<F> {
         // While a request is in flight hyper otherwise reads the socket to notice the client
         // leaving; that read finds the request still holding the read buffer and allocates a new
         // 8 KB one, once per request. Instead a request runs to its end (bounded by its own
-        // timeouts) and a client that only shut its sending side still gets its answer.
+        // timeouts) and a client that only shut its sending side still gets its answer. The
+        // body timeout relies on it too: a read while a request is served is a read of its body.
         http.half_close(true);
+        // A head beyond it gets 431 (hyper answers, then closes).
+        http.max_header_size(MAX_HEAD_BYTES);
+        let timeouts = settings.connection_timeouts;
+        let head_timeout_answer = head_timeout_answer(timeouts.header_read);
+        let body_timeout_ms = u64::try_from(timeouts.body_read.as_millis()).unwrap_or(u64::MAX);
+        let limit = Arc::new(Semaphore::new(max_connections));
+        let mut at_limit = false;
         tokio::pin!(graceful);
         loop {
+            // A permit per connection: at the limit, wait for one to close before accepting.
+            if limit.available_permits() == 0 && !at_limit {
+                tracing::warn!(
+                    max_connections,
+                    "serving MAX_CONNECTIONS connections: new ones wait until one closes"
+                );
+            }
+            at_limit = limit.available_permits() == 0;
+            let permit = tokio::select! {
+                permit = limit.clone().acquire_owned() => match permit {
+                    Ok(permit) => permit,
+                    Err(_) => break,
+                },
+                () = &mut graceful => break,
+            };
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
@@ -154,13 +293,20 @@ impl<F: Front> Server<F> {
             };
             // Answers go out at once, not held back for more to send.
             let _ = stream.set_nodelay(true);
-            let connection =
-                http.serve_connection(TokioIo::new(stream), PerRequest(router.for_connection(peer)));
+            let tracker = Arc::new(Tracker::default());
+            let stream = GuardedStream::new(stream, tracker.clone(), timeouts, head_timeout_answer.clone());
+            let service = PerRequest {
+                service: router.for_connection(peer),
+                tracker,
+                body_timeout_ms,
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
             let connection = connections.watch(connection);
             tokio::spawn(async move {
                 if let Err(error) = connection.await {
                     tracing::debug!(%error, "connection ended with an error");
                 }
+                drop(permit);
             });
         }
         drop(listener);
@@ -283,4 +429,27 @@ where
         eprintln!("error: flushing telemetry at shutdown failed");
     }
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_soft_fd_limit_is_raised_to_the_hard_one() {
+        let raised = raise_fd_limit();
+        let (soft, hard) = rlimit::getrlimit(rlimit::Resource::NOFILE).unwrap_or((0, 0));
+        assert_eq!(raised, Some(soft));
+        #[cfg(target_os = "linux")]
+        assert_eq!(soft, hard);
+    }
+
+    #[test]
+    fn max_connections_defaults_to_half_the_fds_less_headroom() {
+        assert_eq!(default_max_connections(Some(1024)), 480);
+        assert_eq!(default_max_connections(Some(1_048_576)), 524_256);
+        assert_eq!(default_max_connections(Some(10)), 1);
+        assert_eq!(default_max_connections(None), 1024);
+        assert_eq!(default_max_connections(Some(u64::MAX)), MAX_CONNECTIONS_CEILING);
+    }
 }

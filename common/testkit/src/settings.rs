@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use shopstack_base::config::{QueueSettings, ServiceIdentity, Settings, default_sampler};
+use shopstack_base::config::{ConnectionTimeouts, QueueSettings, ServiceIdentity, Settings, default_sampler};
 use shopstack_base::simulation::SimulationProfile;
 
 /// The admin token of every service started with [`settings`]: `Authorization: Bearer` it on
@@ -23,6 +23,8 @@ pub fn settings(name: &str) -> Settings {
         },
         bind_addr: IpAddr::from([127, 0, 0, 1]),
         port: 0,
+        connection_timeouts: ConnectionTimeouts::default(),
+        max_connections: None,
         log_level: "info".into(),
         log_file: None,
         otlp_endpoint: None,
