@@ -9,6 +9,7 @@ use shopstack_base::Problem;
 use shopstack_base::extract::{Json, Path};
 use shopstack_platform::ApiInfo;
 use shopstack_platform::service::set_schema_keywords;
+use shopstack_redis::idempotency::{KeyStore, announce_key_store};
 use utoipa::ToSchema;
 use utoipa::openapi::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -36,6 +37,14 @@ pub fn router(state: AppState) -> OpenApiRouter {
         .layer(axum::middleware::from_fn_with_state(
             state.idempotency.clone(),
             shopstack_redis::idempotency::enforce,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            if state.idempotency.shares_keys() {
+                KeyStore::Shared
+            } else {
+                KeyStore::Local
+            },
+            announce_key_store,
         ))
         .with_state(state)
 }

@@ -25,6 +25,11 @@ pub struct CartConfig {
     #[arg(long, env = "CART_TTL", default_value = "30d", value_parser = parse_duration)]
     pub cart_ttl: Duration,
 
+    /// Most Idempotency-Key answers kept in memory (without Redis); past it the oldest are
+    /// forgotten first, and a retry of a forgotten key runs again.
+    #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    pub idempotency_max_keys: u32,
+
     /// Publish cart events to (and consume order events from) NATS JetStream at this URL, e.g.
     /// nats://127.0.0.1:4222. Unset: cart events are logged.
     #[arg(long, env = "NATS_URL")]

@@ -76,6 +76,7 @@ impl AppState {
             redis,
             registry,
             platform.settings().max_body_bytes,
+            config.idempotency_max_keys as usize,
         )?;
         let catalog = CatalogClient::new(
             platform.client().clone(),

@@ -301,7 +301,7 @@ async fn forward(
         return Err(GatewayError::Timeout { upstream: name });
     }
     let timeout = upstream.settings.timeout.min(remaining);
-    let (index, in_flight) = upstream.pick(None);
+    let (index, in_flight) = upstream.pick(gateway::upstream::Placement::Any);
     upstream.budget.deposit();
     let (Some(replica), Some(authority)) = (upstream.replicas.get(index), route.authorities.get(index))
     else {

@@ -1,9 +1,12 @@
 //! Edge auth: bearer JWTs verified at the gateway.
 //!
 //! Off unless `JWT_SECRET` (HS256) or `JWT_PUBLIC_KEY`/`JWT_PUBLIC_KEY_FILE` (RS256 or ES256,
-//! PEM) is set. Tokens must be signed with an allowed algorithm (the key's own by default;
-//! `none` is never accepted, nor an HMAC token against a public key), carry `exp` and `sub`,
-//! and match `JWT_ISSUER`/`JWT_AUDIENCE` when those are set. The route table says which routes
+//! PEM) is set; one of them set but empty is a configuration error, never "auth off", so a
+//! secret lost in templating cannot open the edge. Tokens must be signed with an allowed
+//! algorithm (the key's own by default; `none` is never accepted, nor an HMAC token against a
+//! public key), carry `exp` and `sub`, match `JWT_ISSUER`/`JWT_AUDIENCE` when those are set, and
+//! mark no header parameter critical (`crit`): this gateway implements no JWS extension, so
+//! RFC 7515 §4.1.11 has it refuse any token that needs one. The route table says which routes
 //! need a token and whose resource each one touches.
 
 use std::str::FromStr;
@@ -64,31 +67,43 @@ pub enum Caller {
     Refused(AuthFailure),
 }
 
+/// A key variable that is present but blank: an error rather than "auth off", since an empty
+/// value is far more often a secret that failed to render than a wish to run without auth.
+fn set_but_empty(variable: &str) -> anyhow::Error {
+    anyhow::anyhow!("{variable} is set but empty; unset it to run without edge auth, or give it a value")
+}
+
 fn public_key_pem(config: &GatewayConfig) -> anyhow::Result<Option<String>> {
-    if let Some(pem) = config
-        .jwt_public_key
-        .as_deref()
-        .filter(|pem| !pem.trim().is_empty())
-    {
+    if let Some(pem) = config.jwt_public_key.as_deref() {
+        if pem.trim().is_empty() {
+            return Err(set_but_empty("JWT_PUBLIC_KEY"));
+        }
         if config.jwt_public_key_file.is_some() {
             bail!("set JWT_PUBLIC_KEY or JWT_PUBLIC_KEY_FILE, not both");
         }
         return Ok(Some(pem.to_owned()));
     }
-    config
-        .jwt_public_key_file
-        .as_ref()
-        .map(|path| {
-            std::fs::read_to_string(path)
-                .with_context(|| format!("JWT_PUBLIC_KEY_FILE: cannot read {}", path.display()))
-        })
-        .transpose()
+    let Some(path) = &config.jwt_public_key_file else {
+        return Ok(None);
+    };
+    if path.as_os_str().is_empty() {
+        return Err(set_but_empty("JWT_PUBLIC_KEY_FILE"));
+    }
+    let pem = std::fs::read_to_string(path)
+        .with_context(|| format!("JWT_PUBLIC_KEY_FILE: cannot read {}", path.display()))?;
+    if pem.trim().is_empty() {
+        bail!("JWT_PUBLIC_KEY_FILE: {} is empty", path.display());
+    }
+    Ok(Some(pem))
 }
 
 impl Auth {
     /// `None` when no key is configured (auth off).
     pub fn from_config(config: &GatewayConfig) -> anyhow::Result<Option<Arc<Self>>> {
-        let secret = config.jwt_secret.as_deref().filter(|secret| !secret.is_empty());
+        let secret = config.jwt_secret.as_deref();
+        if secret.is_some_and(|secret| secret.trim().is_empty()) {
+            return Err(set_but_empty("JWT_SECRET"));
+        }
         let public_key = public_key_pem(config)?;
         let (key, family) = match (secret, public_key) {
             (None, None) => return Ok(None),
@@ -150,20 +165,29 @@ impl Auth {
                 description: "The Authorization header must be `Bearer <token>`.",
             });
         };
-        if let Some(algorithm) = header_algorithm(token)
-            && !self
-                .validation
-                .algorithms
-                .iter()
-                .any(|allowed| Algorithm::from_str(&algorithm).is_ok_and(|named| named == *allowed))
-        {
-            // `none`, an HMAC token against a public key, or anything else off the list.
-            return Caller::Refused(AuthFailure {
-                reason: "algorithm",
-                description: "The token is signed with an algorithm this gateway does not accept.",
-            });
+        if let Some(header) = token_header(token) {
+            if let Some(algorithm) = header.get("alg").and_then(serde_json::Value::as_str)
+                && !self
+                    .validation
+                    .algorithms
+                    .iter()
+                    .any(|allowed| Algorithm::from_str(algorithm).is_ok_and(|named| named == *allowed))
+            {
+                // `none`, an HMAC token against a public key, or anything else off the list.
+                return Caller::Refused(AuthFailure {
+                    reason: "algorithm",
+                    description: "The token is signed with an algorithm this gateway does not accept.",
+                });
+            }
+            // Checked before the signature (no work spent on a token that can't pass), and
+            // again on the header the library decodes, below.
+            if header.contains_key("crit") {
+                return Caller::Refused(CRITICAL_EXTENSION);
+            }
         }
         match jsonwebtoken::decode::<Verified>(token, &self.key, &self.validation) {
+            // jsonwebtoken parses `crit` but acts on none of it: the check is ours.
+            Ok(data) if data.header.crit.is_some() => Caller::Refused(CRITICAL_EXTENSION),
             Ok(data) if !data.claims.sub.is_empty() => Caller::User(data.claims.sub),
             Ok(_) => Caller::Refused(AuthFailure {
                 reason: "missing_claim",
@@ -174,15 +198,22 @@ impl Auth {
     }
 }
 
-/// The `alg` a token's header names, if the header is readable at all.
-fn header_algorithm(token: &str) -> Option<String> {
+/// A token whose header lists parameters in `crit`. Any list (an empty one too, which RFC 7515
+/// forbids producers to send) names an extension this gateway does not implement.
+const CRITICAL_EXTENSION: AuthFailure = AuthFailure {
+    reason: "malformed",
+    description: "The token's header marks an extension critical (crit) that this gateway does not understand.",
+};
+
+/// A token's header as JSON members, if it is readable at all (to name a refusal before the
+/// signature is checked; the library decodes it again).
+fn token_header(token: &str) -> Option<serde_json::Map<String, serde_json::Value>> {
     use base64::Engine as _;
     let header = token.split('.').next()?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(header.trim_end_matches('='))
         .ok()?;
-    let header: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    header.get("alg")?.as_str().map(str::to_owned)
+    serde_json::from_slice(&bytes).ok()
 }
 
 fn classify(kind: &ErrorKind) -> AuthFailure {
@@ -332,6 +363,70 @@ mod tests {
         for reason in ["missing_token", "not_owner", "admin_token"] {
             assert!(proxy.contains(&format!("\"{reason}\"")), "{reason}");
             assert!(AUTH_FAILURE_REASONS.contains(&reason), "{reason}");
+        }
+    }
+
+    fn config(args: &[&str]) -> GatewayConfig {
+        use clap::Parser as _;
+        let args = std::iter::once("gateway").chain(args.iter().copied());
+        GatewayConfig::try_parse_from(args).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    #[test]
+    fn a_key_variable_set_but_empty_is_an_error_not_auth_off() {
+        for (args, variable) in [
+            (&["--jwt-secret", ""][..], "JWT_SECRET"),
+            (&["--jwt-secret", "   "][..], "JWT_SECRET"),
+            (&["--jwt-public-key", ""][..], "JWT_PUBLIC_KEY"),
+            (&["--jwt-public-key", " \n"][..], "JWT_PUBLIC_KEY"),
+        ] {
+            let error = Auth::from_config(&config(args))
+                .err()
+                .map(|error| error.to_string())
+                .unwrap_or_default();
+            assert!(
+                error.contains(&format!("{variable} is set but empty")),
+                "{args:?}: {error}"
+            );
+        }
+        assert!(matches!(Auth::from_config(&config(&[])), Ok(None)));
+    }
+
+    #[test]
+    fn a_critical_header_parameter_is_refused_and_its_absence_is_not() {
+        let secret = "0123456789abcdef0123456789abcdef";
+        let auth = Auth::from_config(&config(&["--jwt-secret", secret]))
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| panic!("auth on"));
+        let key = EncodingKey::from_secret(secret.as_bytes());
+        let claims = Claims {
+            sub: "alice".into(),
+            exp: now_secs() + 600,
+            iat: None,
+            iss: None,
+            aud: None,
+        };
+        let identify = |header: &Header| {
+            let token = jsonwebtoken::encode(header, &claims, &key).unwrap_or_else(|e| panic!("{e}"));
+            let mut headers = HeaderMap::new();
+            let value = format!("Bearer {token}")
+                .parse()
+                .unwrap_or_else(|_| panic!("header"));
+            headers.insert(header::AUTHORIZATION, value);
+            auth.identify(&headers)
+        };
+        let mut plain = Header::new(Algorithm::HS256);
+        plain.extras.insert("x-note", "not critical, so ignored");
+        assert!(matches!(identify(&plain), Caller::User(user) if user == "alice"));
+        for crit in [vec!["x-unknown".to_owned()], vec!["b64".to_owned()], vec![]] {
+            let mut marked = Header::new(Algorithm::HS256);
+            marked.crit = Some(crit.clone());
+            marked.extras.insert("x-unknown", true);
+            assert!(
+                matches!(identify(&marked), Caller::Refused(failure) if failure.reason == "malformed"),
+                "{crit:?}"
+            );
         }
     }
 }

@@ -42,8 +42,8 @@ pub struct GatewayConfig {
     #[arg(long, env = "REQUEST_DEADLINE", default_value = "10s", value_parser = parse_duration)]
     pub request_deadline: Duration,
 
-    /// Attempts per request (1-3) for requests that are safe to retry: idempotent methods, or
-    /// any method carrying `Idempotency-Key`. 1 turns retries off.
+    /// Attempts per request (1-3) for requests that are safe to retry: idempotent methods, or a
+    /// POST/PATCH carrying `Idempotency-Key` on a route whose backend honours it. 1 turns retries off.
     #[arg(long, env = "RETRY_MAX_ATTEMPTS", default_value_t = 3)]
     pub retry_max_attempts: u32,
 
@@ -86,6 +86,12 @@ pub struct GatewayConfig {
     /// ... then is probed (`GET /livez`) at this interval until it answers, and comes back.
     #[arg(long, env = "OUTLIER_PROBE_INTERVAL", default_value = "1s", value_parser = parse_duration)]
     pub outlier_probe_interval: Duration,
+
+    /// How long a keep-alive connection to a backend may sit idle and still be reused; older ones
+    /// are closed. Keep it below the backends' own idle timeout (75 s for ShopStack's services),
+    /// so the gateway closes first and never sends on a connection the backend is closing.
+    #[arg(long, env = "UPSTREAM_IDLE_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub upstream_idle_timeout: Duration,
 
     /// Load shedding: requests in flight to one backend beyond which the gateway answers a fast 503.
     #[arg(long, env = "UPSTREAM_MAX_CONCURRENCY", default_value_t = 512)]
@@ -204,6 +210,9 @@ impl GatewayConfig {
         if self.outlier_probe_interval.is_zero() {
             bail!("OUTLIER_PROBE_INTERVAL must be above zero");
         }
+        if self.upstream_idle_timeout.is_zero() {
+            bail!("UPSTREAM_IDLE_TIMEOUT must be above zero");
+        }
         if self.upstream_max_concurrency == 0 {
             bail!("UPSTREAM_MAX_CONCURRENCY must be at least 1");
         }
@@ -312,6 +321,19 @@ mod tests {
         let unknown: TimeoutTable = "basket=1s".parse().unwrap_or_else(|_| unreachable!());
         assert!(unknown.validate().is_err());
         assert!("cart=soon".parse::<TimeoutTable>().is_err());
+    }
+
+    #[test]
+    fn the_pool_idle_timeout_defaults_below_backend_keep_alive_and_is_set_by_env() {
+        let default = GatewayConfig::try_parse_from(["gateway"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(default.upstream_idle_timeout, crate::pool::IDLE_TIMEOUT);
+        assert!(default.upstream_idle_timeout < Duration::from_secs(60));
+        let set = GatewayConfig::try_parse_from(["gateway", "--upstream-idle-timeout", "10s"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(set.upstream_idle_timeout, Duration::from_secs(10));
+        let zero = GatewayConfig::try_parse_from(["gateway", "--upstream-idle-timeout", "0s"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(zero.validate().is_err());
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub enum GatewayError {
     /// 400: the request body could not be read (the client broke off mid-body).
     #[error("The request body could not be read.")]
     BadRequestBody,
+    /// 400: a body the gateway refuses to forward (it says why).
+    #[error("{0}")]
+    InvalidBody(&'static str),
     /// 413: the request body is above the limit.
     #[error("The request body is larger than {limit} bytes.")]
     BodyTooLarge { limit: usize },
@@ -66,7 +69,7 @@ impl GatewayError {
             GatewayError::Unauthorized { .. } | GatewayError::AdminOnly(_) => "unauthorized",
             GatewayError::NotYours => "not_found",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
-            GatewayError::BadRequestBody => "bad_request",
+            GatewayError::BadRequestBody | GatewayError::InvalidBody(_) => "bad_request",
         }
     }
 }
@@ -126,7 +129,7 @@ impl IntoResponse for GatewayError {
             }
             GatewayError::AdminOnly(problem) => *problem,
             GatewayError::NotYours => Problem::not_found(detail),
-            GatewayError::BadRequestBody => Problem::bad_request(detail),
+            GatewayError::BadRequestBody | GatewayError::InvalidBody(_) => Problem::bad_request(detail),
             GatewayError::BodyTooLarge { limit } => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", detail).with("limit", limit)
             }

@@ -9,12 +9,19 @@
 //! here the request's own task writes the request and reads the answer. The client side (the gateway's callers, who are not trusted) stays on
 //! hyper's server. What is read here comes from the configured backends; it is still checked:
 //! a malformed, oversized or ambiguous answer is an error (the caller answers 502) and the
-//! connection is dropped.
+//! connection is dropped. Lengths are added and multiplied with checks (a length near
+//! `usize::MAX` is an error, not a wrap or a panic); `Content-Length` is digits only (`+5`,
+//! `5,5` are refused, as `str::parse` alone would take the first); the only transfer coding read
+//! is plain `chunked`, since the gateway decodes no other and would pass on a body its client
+//! cannot tell is encoded; at most [`MAX_INFORMATIONAL`] 1xx answers precede the final one.
+//!
+//! The exchange is generic over the stream so that tests can feed an answer in pieces of any
+//! size; the gateway runs it on `TcpStream` only.
 
 use axum::body::Bytes;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, header};
 use bytes::{BufMut, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Longest answer head (status line and headers) accepted.
@@ -25,6 +32,11 @@ const MAX_HEADERS: usize = 100;
 pub const MAX_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// Reads ask for at least this much room.
 const READ_CHUNK: usize = 8 * 1024;
+/// Informational (1xx) answers read past before the final one; one more is an error, so a
+/// backend cannot keep a request busy with interim answers.
+pub const MAX_INFORMATIONAL: usize = 5;
+/// Longest chunk-size line (size and extensions).
+const MAX_CHUNK_LINE: usize = 1024;
 
 /// A request as the backend is to receive it.
 pub struct OutboundRequest<'a> {
@@ -70,24 +82,15 @@ pub enum ExchangeError {
 
 /// One keep-alive connection: the socket, what was read past the last answer, and buffers
 /// reused from request to request.
-pub struct Connection {
-    stream: TcpStream,
+pub struct Connection<S = TcpStream> {
+    stream: S,
     read: BytesMut,
     write: Vec<u8>,
     /// An answer's header names and where their values are in the head.
     names: Vec<(HeaderName, std::ops::Range<usize>)>,
 }
 
-impl Connection {
-    pub fn new(stream: TcpStream) -> Self {
-        Self {
-            stream,
-            read: BytesMut::with_capacity(READ_CHUNK),
-            write: Vec::with_capacity(1024),
-            names: Vec::new(),
-        }
-    }
-
+impl Connection<TcpStream> {
     /// Whether the connection can carry another request: nothing arrived since the last answer
     /// (not even the end of the connection). Costs no system call unless the socket was
     /// reported readable.
@@ -97,6 +100,17 @@ impl Connection {
         }
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(error) if error.kind() == std::io::ErrorKind::WouldBlock)
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(stream: S) -> Self {
+        Self {
+            stream,
+            read: BytesMut::with_capacity(READ_CHUNK),
+            write: Vec::with_capacity(1024),
+            names: Vec::new(),
+        }
     }
 
     /// Send `request` and read its answer. `Ok((answer, reusable))`: `reusable` says whether
@@ -182,6 +196,7 @@ impl Connection {
     /// The head of the final answer (informational 1xx answers are read past).
     async fn read_head(&mut self, replaced: &[HeaderName]) -> Result<Head, ExchangeError> {
         let mut received_any = false;
+        let mut informational = 0usize;
         loop {
             if !self.read.is_empty()
                 && let Some(head) = self.parse_head(replaced)?
@@ -192,12 +207,16 @@ impl Connection {
                             "101 Switching Protocols without an upgrade asked",
                         ));
                     }
+                    informational += 1;
+                    if informational > MAX_INFORMATIONAL {
+                        return Err(ExchangeError::Invalid("too many informational answers"));
+                    }
                     received_any = true;
                     continue;
                 }
                 return Ok(head);
             }
-            if self.read.len() > MAX_HEAD_BYTES {
+            if self.read.len() >= MAX_HEAD_BYTES {
                 return Err(ExchangeError::Invalid("answer head too large"));
             }
             match self.fill().await {
@@ -223,7 +242,9 @@ impl Connection {
         let mut response = httparse::Response::new(&mut []);
         let length = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
             &mut response,
-            read,
+            // Only the first MAX_HEAD_BYTES are looked at: the verdict on a head that is too
+            // long is then the same however much of it had arrived.
+            &read[..read.len().min(MAX_HEAD_BYTES)],
             &mut parsed,
         ) {
             Ok(httparse::Status::Complete(length)) => length,
@@ -254,7 +275,7 @@ impl Connection {
             close: false,
             keep_alive_asked: false,
             content_length: None,
-            transfer_encoding: None,
+            chunked: false,
         };
         let bytes = read.split_to(length).freeze();
         for (name, range) in names.drain(..) {
@@ -271,8 +292,9 @@ impl Connection {
             return Err(ExchangeError::Invalid("answer body too large"));
         }
         while self.read.len() < length {
-            if self.read.capacity() - self.read.len() < length - self.read.len() {
-                self.read.reserve(length - self.read.len());
+            let missing = length - self.read.len();
+            if self.read.capacity() - self.read.len() < missing {
+                self.read.reserve(missing);
             }
             if !self.fill().await? {
                 return Err(ExchangeError::Invalid("connection closed inside the answer body"));
@@ -285,14 +307,20 @@ impl Connection {
         let mut body = BytesMut::new();
         loop {
             let (line, size) = loop {
-                match httparse::parse_chunk_size(&self.read) {
+                // Only the first MAX_CHUNK_LINE bytes are looked at, so the verdict on a long
+                // line is the same however much of it had arrived.
+                let window = &self.read[..self.read.len().min(MAX_CHUNK_LINE)];
+                match httparse::parse_chunk_size(window) {
                     Ok(httparse::Status::Complete(found)) => break found,
-                    Ok(httparse::Status::Partial) if self.read.len() < 1024 => {
+                    Ok(httparse::Status::Partial) if window.len() < MAX_CHUNK_LINE => {
                         if !self.fill().await? {
                             return Err(ExchangeError::Invalid("connection closed inside a chunk size"));
                         }
                     }
-                    _ => return Err(ExchangeError::Invalid("malformed chunk size")),
+                    Ok(httparse::Status::Partial) => {
+                        return Err(ExchangeError::Invalid("chunk size line too long"));
+                    }
+                    Err(_) => return Err(ExchangeError::Invalid("malformed chunk size")),
                 }
             };
             let _ = self.read.split_to(line);
@@ -301,10 +329,17 @@ impl Connection {
                 self.skip_trailers().await?;
                 return Ok(body.freeze());
             }
-            if body.len() + size > MAX_BODY_BYTES {
+            if body
+                .len()
+                .checked_add(size)
+                .is_none_or(|total| total > MAX_BODY_BYTES)
+            {
                 return Err(ExchangeError::Invalid("answer body too large"));
             }
-            let chunk = self.read_exactly(size + 2).await?;
+            let with_crlf = size
+                .checked_add(2)
+                .ok_or(ExchangeError::Invalid("answer body too large"))?;
+            let chunk = self.read_exactly(with_crlf).await?;
             if !chunk.ends_with(b"\r\n") {
                 return Err(ExchangeError::Invalid("chunk not followed by CRLF"));
             }
@@ -319,10 +354,14 @@ impl Connection {
             // below, or every exchange future would carry it.
             let complete = {
                 let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-                match httparse::parse_headers(&self.read, &mut fields) {
+                let window = &self.read[..self.read.len().min(MAX_HEAD_BYTES)];
+                match httparse::parse_headers(window, &mut fields) {
                     Ok(httparse::Status::Complete((length, _))) => Some(length),
-                    Ok(httparse::Status::Partial) if self.read.len() <= MAX_HEAD_BYTES => None,
-                    _ => return Err(ExchangeError::Invalid("malformed trailers")),
+                    Ok(httparse::Status::Partial) if window.len() < MAX_HEAD_BYTES => None,
+                    Ok(httparse::Status::Partial) => {
+                        return Err(ExchangeError::Invalid("trailers too large"));
+                    }
+                    Err(_) => return Err(ExchangeError::Invalid("malformed trailers")),
                 }
             };
             match complete {
@@ -358,6 +397,20 @@ fn is_reset(error: &std::io::Error) -> bool {
     )
 }
 
+/// A `Content-Length` value: one or more ASCII digits and nothing else (no sign, no space, no
+/// list), within `usize`.
+fn content_length(digits: &[u8]) -> Option<usize> {
+    if digits.is_empty() {
+        return None;
+    }
+    digits.iter().try_fold(0usize, |total, &digit| {
+        if !digit.is_ascii_digit() {
+            return None;
+        }
+        total.checked_mul(10)?.checked_add(usize::from(digit - b'0'))
+    })
+}
+
 /// `value` in decimal, in `buffer`.
 fn itoa_usize(mut value: usize, buffer: &mut [u8; 20]) -> &[u8] {
     let mut start = buffer.len();
@@ -380,8 +433,8 @@ struct Head {
     /// `Connection: keep-alive` was sent (what an HTTP/1.0 answer needs to keep the connection).
     keep_alive_asked: bool,
     content_length: Option<usize>,
-    /// Whether the last transfer coding is `chunked`, when there is a `Transfer-Encoding`.
-    transfer_encoding: Option<bool>,
+    /// `Transfer-Encoding: chunked` was sent (the only coding accepted).
+    chunked: bool,
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3).
@@ -397,21 +450,19 @@ impl Head {
     /// Record what a header says about framing and keep-alive.
     fn note(&mut self, name: &HeaderName, value: &HeaderValue) -> Result<(), ExchangeError> {
         if name == header::CONTENT_LENGTH {
-            let length = std::str::from_utf8(value.as_bytes())
-                .ok()
-                .and_then(|text| text.trim().parse::<usize>().ok())
-                .ok_or(ExchangeError::Invalid("bad content-length"))?;
+            let length =
+                content_length(value.as_bytes()).ok_or(ExchangeError::Invalid("bad content-length"))?;
             if self.content_length.is_some_and(|earlier| earlier != length) {
                 return Err(ExchangeError::Invalid("conflicting content-length"));
             }
             self.content_length = Some(length);
         } else if name == header::TRANSFER_ENCODING {
-            let codings = value
-                .to_str()
-                .map_err(|_| ExchangeError::Invalid("bad transfer-encoding"))?;
-            // Only the last coding frames the message; a later header line adds codings after.
-            let last = codings.rsplit(',').next().unwrap_or_default().trim();
-            self.transfer_encoding = Some(last.eq_ignore_ascii_case("chunked"));
+            // Exactly one coding, `chunked`: `gzip, chunked` would be passed on gzipped with
+            // nothing saying so, and a second line adds codings after the first.
+            if self.chunked || !value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                return Err(ExchangeError::Invalid("transfer coding other than chunked"));
+            }
+            self.chunked = true;
         } else if name == header::CONNECTION {
             for option in value.to_str().unwrap_or_default().split(',') {
                 let option = option.trim();
@@ -426,11 +477,11 @@ impl Head {
         if *method == Method::HEAD || matches!(self.status.as_u16(), 204 | 304) {
             return Framing::Empty;
         }
-        match (self.transfer_encoding, self.content_length) {
-            (Some(true), _) => Framing::Chunked,
-            (Some(false), _) | (None, None) => Framing::UntilClose,
-            (None, Some(0)) => Framing::Empty,
-            (None, Some(length)) => Framing::Length(length),
+        match (self.chunked, self.content_length) {
+            (true, _) => Framing::Chunked,
+            (false, None) => Framing::UntilClose,
+            (false, Some(0)) => Framing::Empty,
+            (false, Some(length)) => Framing::Length(length),
         }
     }
 
@@ -439,7 +490,7 @@ impl Head {
     /// (RFC 9112 §6.3): its connection is not reused; nor one whose body ran to its end.
     fn keep_alive(&self, framing: Framing) -> bool {
         let version_allows = self.http_11 || self.keep_alive_asked;
-        let ambiguous = self.transfer_encoding.is_some() && self.content_length.is_some();
+        let ambiguous = self.chunked && self.content_length.is_some();
         version_allows && !self.close && !ambiguous && framing != Framing::UntilClose
     }
 }
@@ -798,6 +849,126 @@ mod tests {
         );
     }
 
+    /// The error an answer gets, or a panic naming the answer if it is accepted.
+    async fn refusal(bytes: &'static [u8]) -> &'static str {
+        let (outcome, _) = exchange(bytes, Sent::get()).await;
+        match outcome {
+            Err(ExchangeError::Invalid(reason)) => reason,
+            other => panic!("{}: {other:?}", String::from_utf8_lossy(bytes)),
+        }
+    }
+
+    #[tokio::test]
+    async fn content_length_is_digits_only() {
+        let cases: [&'static [u8]; 8] = [
+            b"HTTP/1.1 200 OK\r\ncontent-length: +5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: -1\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5,5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5 5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 0x5\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: 5.0\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length:\r\n\r\nhello",
+            b"HTTP/1.1 200 OK\r\ncontent-length: \xd9\xa5\r\n\r\nhello",
+        ];
+        for bytes in cases {
+            assert_eq!(
+                refusal(bytes).await,
+                "bad content-length",
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        // Whitespace around the value is the field's, not the value's (RFC 9110 §5.5).
+        let (outcome, _) = exchange(
+            b"HTTP/1.1 200 OK\r\ncontent-length:   5  \r\n\r\nhello",
+            Sent::get(),
+        )
+        .await;
+        assert_eq!(&outcome.unwrap().0.body[..], b"hello");
+    }
+
+    #[tokio::test]
+    async fn lengths_near_the_integer_limit_are_errors_not_overflows() {
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551616\r\n\r\n").await,
+            "bad content-length",
+            "one past u64::MAX"
+        );
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\ncontent-length: 18446744073709551615\r\n\r\n").await,
+            "answer body too large"
+        );
+        // A chunk of usize::MAX bytes: `size + 2` would overflow.
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nffffffffffffffff\r\nx\r\n").await,
+            "answer body too large"
+        );
+        // Chunks that add up past the limit: the sum is checked before anything is read.
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2\r\nok\r\nffffffffffffffff\r\n")
+                .await,
+            "answer body too large"
+        );
+        assert_eq!(
+            refusal(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n1ffffffffffffffff\r\n").await,
+            "malformed chunk size",
+            "more hex digits than 64 bits hold"
+        );
+    }
+
+    #[tokio::test]
+    async fn only_plain_chunked_is_accepted_as_a_transfer_coding() {
+        let cases: [&'static [u8]; 5] = [
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\ntransfer-encoding: identity\r\n\r\nhello",
+        ];
+        for bytes in cases {
+            assert_eq!(
+                refusal(bytes).await,
+                "transfer coding other than chunked",
+                "{}",
+                String::from_utf8_lossy(bytes)
+            );
+        }
+        let (outcome, _) = exchange(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+            Sent::get(),
+        )
+        .await;
+        assert_eq!(
+            &outcome.unwrap().0.body[..],
+            b"ok",
+            "the coding's name is case-insensitive"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_few_informational_answers_are_read_past_and_more_are_an_error() {
+        const FIVE: &[u8] =
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n\
+HTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        let (outcome, _) = exchange(FIVE, Sent::get()).await;
+        assert_eq!(&outcome.unwrap().0.body[..], b"ok");
+        const SIX: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\n\
+HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(refusal(SIX).await, "too many informational answers");
+    }
+
+    #[tokio::test]
+    async fn a_chunk_size_line_or_trailers_too_long_are_errors() {
+        let mut long_line = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n2;".to_vec();
+        long_line.extend(std::iter::repeat_n(b'x', MAX_CHUNK_LINE));
+        long_line.extend_from_slice(b"\r\nok\r\n0\r\n\r\n");
+        let (outcome, _) = exchange(long_line.leak(), Sent::get()).await;
+        assert!(
+            matches!(outcome, Err(ExchangeError::Invalid("chunk size line too long"))),
+            "{outcome:?}"
+        );
+    }
+
     #[tokio::test]
     async fn a_connection_closed_without_an_answer_says_so() {
         let backend = Scripted::start(vec![Step::Close]).await;
@@ -807,5 +978,186 @@ mod tests {
             matches!(outcome, Err(ExchangeError::ClosedBeforeAnswer)),
             "{outcome:?}"
         );
+    }
+
+    /// A stream that hands out an answer in the given pieces (each read gets at most one),
+    /// then ends; what is written to it is dropped.
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+
+    impl AsyncRead for Pieces {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buffer: &mut tokio::io::ReadBuf<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            if let Some(front) = self.0.front_mut() {
+                let taken = front.len().min(buffer.remaining());
+                buffer.put_slice(&front[..taken]);
+                front.drain(..taken);
+                if front.is_empty() {
+                    self.0.pop_front();
+                }
+            }
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Pieces {
+        fn poll_write(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+            buffer: &[u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            std::task::Poll::Ready(Ok(buffer.len()))
+        }
+
+        fn poll_flush(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(
+            self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<std::io::Result<()>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+    }
+
+    /// What parsing `bytes`, cut at `cuts`, yields for a GET: the answer (status, headers, body)
+    /// and whether the connection is reusable, or the error.
+    type Parsed = Result<(u16, Vec<(String, Vec<u8>)>, Vec<u8>, bool), String>;
+
+    async fn parse_in_pieces(bytes: &[u8], cuts: &[usize]) -> Parsed {
+        let mut cuts: Vec<usize> = cuts.iter().map(|cut| cut % (bytes.len() + 1)).collect();
+        cuts.extend([0, bytes.len()]);
+        cuts.sort_unstable();
+        cuts.dedup();
+        // Empty pieces are left out: an empty read is the end of the stream.
+        let pieces = cuts
+            .windows(2)
+            .map(|pair| bytes[pair[0]..pair[1]].to_vec())
+            .collect();
+        let sent = Sent::get();
+        let mut connection = Connection::new(Pieces(pieces));
+        match connection.exchange(&plain_get(&sent, &[])).await {
+            Ok((answer, reusable)) => Ok((
+                answer.status.as_u16(),
+                answer
+                    .headers
+                    .iter()
+                    .map(|(name, value)| (name.as_str().to_owned(), value.as_bytes().to_vec()))
+                    .collect(),
+                answer.body.to_vec(),
+                reusable,
+            )),
+            Err(error) => Err(format!("{error:?}")),
+        }
+    }
+
+    /// Answers built from parts (interim answers, a status line, header lines, body parts), so
+    /// that many are valid or nearly so: the framing paths get exercised, not only the
+    /// status-line parser.
+    fn answer() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        use proptest::sample::select;
+        let status: Vec<&'static [u8]> = vec![
+            b"HTTP/1.1 200 OK\r\n",
+            b"HTTP/1.0 200 OK\r\n",
+            b"HTTP/1.1 204 No Content\r\n",
+            b"HTTP/1.1 304 Not Modified\r\n",
+            b"HTTP/1.1 503 Service Unavailable\r\n",
+            b"HTTP/1.1 101 Switching Protocols\r\n",
+            b"HTTP/1.1 2000 OK\r\n",
+        ];
+        let fixed_headers: Vec<&'static [u8]> = vec![
+            b"transfer-encoding: chunked\r\n",
+            b"transfer-encoding: gzip, chunked\r\n",
+            b"connection: close\r\n",
+            b"connection: keep-alive\r\n",
+            b"content-length: 18446744073709551616\r\n",
+            b"content-length: +3\r\n",
+            b"content-length: 3,3\r\n",
+            b"content-type: application/json\r\n",
+            b"x-folded: a\r\n b\r\n",
+            b"x-bare-lf: 1\n",
+        ];
+        let header = prop_oneof![
+            4 => select(fixed_headers).prop_map(<[u8]>::to_vec),
+            4 => (0usize..24).prop_map(|length| format!("content-length: {length}\r\n").into_bytes()),
+            1 => proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        let body_part = prop_oneof![
+            4 => (0usize..12, any::<u8>()).prop_map(|(size, byte)| {
+                let mut chunk = format!("{size:x}\r\n").into_bytes();
+                chunk.extend(std::iter::repeat_n(byte, size));
+                chunk.extend_from_slice(b"\r\n");
+                chunk
+            }),
+            2 => select(vec![
+                &b"0\r\n\r\n"[..],
+                b"0\r\nx-trailer: 1\r\n\r\n",
+                b"ffffffffffffffff\r\n",
+                b"hello",
+                b"\r\n",
+            ])
+            .prop_map(<[u8]>::to_vec),
+            1 => proptest::collection::vec(any::<u8>(), 0..12),
+        ];
+        (
+            // Up to one more interim answer than accepted.
+            prop_oneof![3 => Just(0usize), 1 => 1usize..=MAX_INFORMATIONAL + 1],
+            select(status),
+            proptest::collection::vec(header, 0..5),
+            proptest::collection::vec(body_part, 0..5),
+        )
+            .prop_map(|(interim, status, headers, body)| {
+                let mut answer = b"HTTP/1.1 100 Continue\r\n\r\n".repeat(interim);
+                answer.extend_from_slice(status);
+                answer.extend(headers.concat());
+                answer.extend_from_slice(b"\r\n");
+                answer.extend(body.concat());
+                answer
+            })
+    }
+
+    #[test]
+    fn the_parser_never_panics_and_its_verdict_does_not_depend_on_the_split_points() {
+        use proptest::prelude::*;
+        use proptest::test_runner::{Config, TestRunner};
+
+        let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        // Modest, so the test runs in seconds; a failure is shrunk to a small case and printed.
+        let mut runner = TestRunner::new(Config {
+            cases: 2_000,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let answers = prop_oneof![
+            1 => proptest::collection::vec(any::<u8>(), 0..400),
+            3 => answer(),
+        ];
+        let cuts = proptest::collection::vec(any::<usize>(), 0..12);
+        runner
+            .run(&(answers, cuts), |(bytes, cuts)| {
+                let whole = runtime.block_on(parse_in_pieces(&bytes, &[]));
+                let split = runtime.block_on(parse_in_pieces(&bytes, &cuts));
+                // Whether the connection is reusable depends on whether bytes past the answer
+                // had arrived when it ended; the rest may not.
+                let without_reuse = |parsed: &Parsed| {
+                    parsed
+                        .as_ref()
+                        .map(|(status, headers, body, _)| (*status, headers.clone(), body.clone()))
+                        .map_err(Clone::clone)
+                };
+                prop_assert_eq!(without_reuse(&whole), without_reuse(&split));
+                if let (Ok((.., true)), Ok((.., reusable))) = (&whole, &split) {
+                    prop_assert!(*reusable, "reusable when whole, not when split");
+                }
+                Ok(())
+            })
+            .unwrap();
     }
 }

@@ -90,6 +90,7 @@ impl GatewayState {
         for (backend, urls) in config.upstream_urls() {
             let settings = UpstreamSettings {
                 timeout: config.upstream_timeout.for_backend(backend),
+                idle_timeout: config.upstream_idle_timeout,
                 max_concurrency: config.upstream_max_concurrency,
                 retry_budget_ratio: config.retry_budget_ratio,
                 breaker: BreakerSettings {

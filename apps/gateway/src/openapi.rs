@@ -40,7 +40,7 @@ async fn backend_doc(state: &GatewayState, backend: Backend) -> Option<Value> {
         return Some(doc);
     }
     let upstream = state.upstreams.get(backend);
-    let (index, _in_flight) = upstream.pick(None);
+    let (index, _in_flight) = upstream.pick(crate::upstream::Placement::Any);
     let mut url = upstream.replicas.get(index)?.url.clone();
     url.set_path(&format!("{}/openapi.json", url.path().trim_end_matches('/')));
     let client = state.platform.client();

@@ -1,7 +1,8 @@
 //! Keep-alive connections to one replica, for the proxy path.
 //!
 //! Idle connections wait on a stack: the most recently used is taken first, so after a burst
-//! the ones left at the bottom age out ([`IDLE_TIMEOUT`]) instead of all staying warm. A
+//! the ones left at the bottom age out (`UPSTREAM_IDLE_TIMEOUT`, [`IDLE_TIMEOUT`] by default)
+//! instead of all staying warm. A
 //! connection goes back only after its answer was read in full and said nothing against reuse
 //! ([`crate::exchange`]); one that the replica closed while idle is noticed before it is used —
 //! its socket turned readable, which costs no system call to check — and replaced. A request is
@@ -24,8 +25,12 @@ use crate::exchange::{Answer, Connection, ExchangeError, OutboundRequest};
 
 /// Longest wait for a new connection to be established.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// An idle connection older than this is closed instead of reused.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// The default of `UPSTREAM_IDLE_TIMEOUT`: an idle connection older than this is closed instead
+/// of reused. Well below the idle timeouts backends commonly keep connections open for (75 s for
+/// ShopStack's services and nginx, 60 s for common load balancers), so the gateway is the side
+/// that closes an idle connection: the backend closing it first races a request the gateway is
+/// just sending on it, which is then lost (or, for a request unsafe to repeat, failed with 502).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Idle connections kept per replica; more are closed as they come back.
 pub const MAX_IDLE: usize = 256;
 
@@ -50,14 +55,17 @@ pub struct ConnectionPool {
     /// Host (a name or an IP literal, without brackets) and port to connect to.
     host: String,
     port: u16,
+    /// Idle connections older than this are closed rather than reused.
+    idle_timeout: Duration,
     idle: Mutex<Vec<Idle>>,
 }
 
 impl ConnectionPool {
-    pub fn new(host: String, port: u16) -> Self {
+    pub fn new(host: String, port: u16, idle_timeout: Duration) -> Self {
         Self {
             host,
             port,
+            idle_timeout,
             idle: Mutex::new(Vec::new()),
         }
     }
@@ -86,8 +94,8 @@ impl ConnectionPool {
             match connection.exchange(request).await {
                 Ok((answer, reusable)) => {
                     if reusable {
-                        // Idle since about `now`: a few milliseconds early is nothing to a
-                        // 60-second timeout.
+                        // Idle since about `now`: a few milliseconds early is nothing to an
+                        // idle timeout of seconds.
                         self.release(connection, now);
                     }
                     return Ok(answer);
@@ -107,11 +115,13 @@ impl ConnectionPool {
     /// The most recently used idle connection that is still open and fresh, if any.
     fn reuse(&self, now: Instant) -> Option<Connection> {
         let mut idle = self.idle();
-        let fresh = |since: Instant| now.saturating_duration_since(since) <= IDLE_TIMEOUT;
-        // The oldest may have outlived the idle timeout: close it now, so a pool that shrank
-        // back after a burst does not keep those sockets forever.
-        if idle.first().is_some_and(|oldest| !fresh(oldest.since)) {
-            idle.remove(0);
+        let fresh = |since: Instant| now.saturating_duration_since(since) <= self.idle_timeout;
+        // The oldest may have outlived the idle timeout: close them now, so a pool that shrank
+        // back after a burst does not keep those sockets open. (They sit at the bottom of the
+        // stack, oldest first.)
+        let stale = idle.iter().take_while(|entry| !fresh(entry.since)).count();
+        if stale > 0 {
+            idle.drain(..stale);
         }
         while let Some(top) = idle.pop() {
             if fresh(top.since) && top.connection.is_idle_and_open() {
@@ -179,7 +189,7 @@ mod tests {
     }
 
     fn pool_for(backend: &Scripted) -> ConnectionPool {
-        ConnectionPool::new(backend.addr.ip().to_string(), backend.addr.port())
+        ConnectionPool::new(backend.addr.ip().to_string(), backend.addr.port(), IDLE_TIMEOUT)
     }
 
     #[tokio::test]
@@ -240,11 +250,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_connection_idle_past_the_timeout_is_closed_not_reused() {
+        let backend = Scripted::start(vec![Step::Answer(OK); 100]).await;
+        let pool = ConnectionPool::new(
+            backend.addr.ip().to_string(),
+            backend.addr.port(),
+            Duration::from_secs(2),
+        );
+        assert!(send(&pool, Method::GET, true).await.is_ok());
+        assert!(send(&pool, Method::GET, true).await.is_ok());
+        assert_eq!(backend.accepted(), 1, "reused while fresh");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(send(&pool, Method::GET, true).await.is_ok());
+        assert_eq!(
+            backend.accepted(),
+            2,
+            "a new connection once the idle one aged out"
+        );
+        assert_eq!(pool.idle_count(), 1, "the stale one is closed, not kept");
+    }
+
+    #[tokio::test]
     async fn a_closed_port_is_a_connect_error() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap();
         drop(listener);
-        let pool = ConnectionPool::new(addr.ip().to_string(), addr.port());
+        let pool = ConnectionPool::new(addr.ip().to_string(), addr.port(), IDLE_TIMEOUT);
         let error = send(&pool, Method::GET, true).await.err().unwrap();
         assert!(matches!(error, SendError::Connect(_)), "{error}");
     }

@@ -4,11 +4,13 @@
 //!    bearer token, owner of the path's user (401 / 404);
 //! 2. rate limit per client, the subject or else the IP (429 + `Retry-After`, [`crate::ratelimit`]);
 //! 3. body limit (413): by `Content-Length` at once, or while reading; the owner named in the
-//!    body, or of the resource looked up (404);
+//!    body — once, as a string, or 400 — or of the resource looked up (404);
 //! 5. load shedding: a slot among the backend's `UPSTREAM_MAX_CONCURRENCY` (fast 503);
 //! 6. attempts: breaker admission (fast 503 while open), a replica picked by the balancer, an
 //!    attempt timeout within the request's deadline (504), and — for requests safe to retry —
-//!    up to 3 attempts with jittered exponential backoff while the retry budget allows.
+//!    up to 3 attempts with jittered exponential backoff while the retry budget allows. A keyed
+//!    POST/PATCH is safe only on a route whose backend honours `Idempotency-Key`, and goes back
+//!    to the same replica unless the backend says its key store is shared ([`crate::retry`]).
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
@@ -29,9 +31,9 @@ use crate::error::GatewayError;
 use crate::exchange::{Answer, OutboundRequest};
 use crate::pool::SendError;
 use crate::ratelimit::ClientKey;
-use crate::retry::{backoff, request_is_retryable, status_is_retryable};
+use crate::retry::{IDEMPOTENCY_STORE, Replay, backoff, key_store_shared, replay_of, status_is_retryable};
 use crate::routes::{Access, RouteSpec};
-use crate::upstream::Upstream;
+use crate::upstream::{Placement, Upstream};
 
 /// The authenticated subject, for the backend (set by the gateway only; a client's is dropped).
 pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
@@ -42,10 +44,14 @@ static PROBE_DROPS: [HeaderName; 2] = [
     HeaderName::from_static(crate::retry::IDEMPOTENCY_KEY),
 ];
 
-/// Headers that describe one connection, not the message: never forwarded (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that describe one connection, not the message: never forwarded, to a backend or back
+/// to the client (RFC 9110 §7.6.1), nor any header the `Connection` header names.
+/// `Proxy-Connection` is the non-standard one old clients send; RFC 9112 §9.6 asks proxies not to
+/// pass it on.
+const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -134,8 +140,8 @@ struct Outbound<'a> {
     /// The gateway's own headers: `x-request-id`, `x-forwarded-for`, `x-user-id`.
     added: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
-    /// Safe to send twice (see [`request_is_retryable`]).
-    replayable: bool,
+    /// Whether, and where, it may be sent again (see [`replay_of`]).
+    replay: Replay,
 }
 
 impl Outbound<'_> {
@@ -233,12 +239,15 @@ pub async fn forward(
 
     let body = read_body(body, limit).await?;
 
-    if let (Access::OwnerInBody(member), Some(user)) = (spec.access, user.as_deref()) {
-        let named = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|value| value.get(member).and_then(|v| v.as_str()).map(str::to_owned));
+    if let Access::OwnerInBody(member) = spec.access {
+        // Checked with edge auth off too: a body the gateway and the backend could read as naming
+        // different users (a member given twice: JSON parsers keep the first or the last) or
+        // none it can compare (a number) never reaches the backend.
+        let named = body_owner(&body, member).map_err(GatewayError::InvalidBody)?;
         // A body naming no user is the backend's to refuse (400); one naming another user is not yours.
-        if named.is_some_and(|named| named != user) {
+        if let Some(user) = user.as_deref()
+            && named.is_some_and(|named| named != user)
+        {
             state
                 .metrics
                 .auth_failures
@@ -273,7 +282,7 @@ pub async fn forward(
             .unwrap_or_else(|| PathAndQuery::from_static("/")),
     };
     let outbound = Outbound {
-        replayable: request_is_retryable(&parts.method, &parts.headers),
+        replay: replay_of(&parts.method, &parts.headers, spec.honours_idempotency_key),
         method: parts.method.clone(),
         path_and_query,
         received: &parts.headers,
@@ -300,7 +309,7 @@ pub async fn forward(
             also_dropped: &PROBE_DROPS,
             added: outbound.added.clone(),
             body: Bytes::new(),
-            replayable: true,
+            replay: Replay::Anywhere,
         };
         let answer = call(state, route, &upstream, &probe, trace, deadline).await?;
         if !answer.status.is_success() {
@@ -322,6 +331,85 @@ pub async fn forward(
     call(state, route, &upstream, &outbound, trace, deadline)
         .await
         .map(|answer| into_response(answer, &outbound.method))
+}
+
+/// The user a JSON body names in its top-level `member`: `Ok(None)` when the body is not a JSON
+/// object or does not name one (the backend refuses that itself); an error when the member is
+/// given more than once or is not a string.
+fn body_owner(body: &[u8], member: &'static str) -> Result<Option<String>, &'static str> {
+    use serde::de::{Deserializer as _, IgnoredAny, MapAccess, Visitor};
+
+    struct Owner {
+        member: &'static str,
+    }
+
+    enum Found {
+        NotAnObject,
+        Members { named: Vec<serde_json::Value> },
+    }
+
+    impl<'de> Visitor<'de> for Owner {
+        type Value = Found;
+
+        fn expecting(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            formatter.write_str("a JSON object")
+        }
+
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Found, A::Error> {
+            let mut named = Vec::new();
+            // Keys are compared unescaped (`"user\u005fid"` is `user_id` to every parser).
+            while let Some(key) = map.next_key::<String>()? {
+                if key == self.member {
+                    named.push(map.next_value::<serde_json::Value>()?);
+                } else {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+            Ok(Found::Members { named })
+        }
+
+        // Anything but an object: not this check's to refuse.
+        fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Found, E> {
+            Ok(Found::NotAnObject)
+        }
+        fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Found, E> {
+            Ok(Found::NotAnObject)
+        }
+        fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Found, E> {
+            Ok(Found::NotAnObject)
+        }
+        fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Found, E> {
+            Ok(Found::NotAnObject)
+        }
+        fn visit_str<E: serde::de::Error>(self, _: &str) -> Result<Found, E> {
+            Ok(Found::NotAnObject)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Found, E> {
+            Ok(Found::NotAnObject)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Found, A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(Found::NotAnObject)
+        }
+    }
+
+    let mut deserializer = serde_json::Deserializer::from_slice(body);
+    let found = match deserializer.deserialize_any(Owner { member }) {
+        Ok(found) if deserializer.end().is_ok() => found,
+        // Not JSON: the backend answers that.
+        _ => return Ok(None),
+    };
+    match found {
+        Found::NotAnObject => Ok(None),
+        Found::Members { mut named } => match named.len() {
+            0 => Ok(None),
+            1 => match named.pop() {
+                Some(serde_json::Value::String(user)) => Ok(Some(user)),
+                _ => Err("The body's `user_id` must be a string."),
+            },
+            _ => Err("The body names `user_id` more than once."),
+        },
+    }
 }
 
 /// `template` (e.g. `/api/orders/{id}`) with each `{name}` replaced by the request path's
@@ -444,9 +532,13 @@ async fn call(
         return Err(GatewayError::Overloaded { upstream: name });
     };
     let edge = &state.edge;
-    let max_attempts = if outbound.replayable { edge.max_attempts } else { 1 };
+    let max_attempts = if outbound.replay.allowed() {
+        edge.max_attempts
+    } else {
+        1
+    };
     let mut last: Option<Result<Answer, GatewayError>> = None;
-    let mut avoid = None;
+    let mut placement = Placement::Any;
     for attempt in 1..=max_attempts {
         let permit = match upstream.breaker.admit() {
             Ok(permit) => permit,
@@ -467,7 +559,7 @@ async fn call(
             return Err(GatewayError::Timeout { upstream: name });
         }
         let timeout = upstream.settings.timeout.min(remaining);
-        let (index, in_flight) = upstream.pick(avoid);
+        let (index, in_flight) = upstream.pick(placement);
         if attempt == 1 {
             upstream.budget.deposit();
         }
@@ -539,7 +631,10 @@ async fn call(
             "retrying"
         );
         last = Some(outcome);
-        avoid = Some(index);
+        placement = match outbound.replay {
+            Replay::KeyedWrite => Placement::KeyedRetry(index),
+            Replay::Anywhere | Replay::Never => Placement::Avoid(index),
+        };
         tokio::time::sleep(delay).await;
     }
     last.unwrap_or(Err(GatewayError::Unavailable { upstream: name }))
@@ -586,11 +681,17 @@ async fn send_once(
     // from `started`, the time already read, rather than from another read of the clock.
     let outcome = match tokio::time::timeout_at(
         (started + timeout).into(),
-        replica.pool.send(&request, outbound.replayable, started),
+        replica.pool.send(&request, outbound.replay.allowed(), started),
     )
     .await
     {
-        Ok(Ok(answer)) => Ok(answer),
+        Ok(Ok(mut answer)) => {
+            // Said to the gateway, not to the client (answers to keyed writes carry it).
+            if let Some(store) = answer.headers.remove(IDEMPOTENCY_STORE) {
+                replica.note_key_store(key_store_shared(&store));
+            }
+            Ok(answer)
+        }
         Ok(Err(SendError::Connect(_))) => Err(GatewayError::Unavailable { upstream: name }),
         Ok(Err(SendError::Exchange(_))) => Err(GatewayError::BadGateway { upstream: name }),
         Err(_) => Err(GatewayError::Timeout { upstream: name }),
@@ -624,6 +725,7 @@ mod tests {
         for (name, value) in [
             ("connection", "keep-alive, x-hop"),
             ("x-hop", "1"),
+            ("proxy-connection", "keep-alive"),
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
             ("upgrade", "websocket"),
@@ -652,7 +754,7 @@ mod tests {
             also_dropped: &[],
             added: Vec::new(),
             body: axum::body::Bytes::new(),
-            replayable: true,
+            replay: crate::retry::Replay::Anywhere,
         };
         let sent: Vec<&str> = received
             .keys()
@@ -671,6 +773,71 @@ mod tests {
                 && !probe.forwards(&HeaderName::from_static("idempotency-key"))
         );
         assert!(probe.forwards(&axum::http::header::ACCEPT));
+    }
+
+    #[test]
+    fn the_body_must_name_its_owner_once_and_as_a_string() {
+        use super::body_owner;
+        let owner = |body: &str| body_owner(body.as_bytes(), "user_id");
+        assert_eq!(
+            owner(r#"{"user_id": "u1", "n": [1, {"user_id": 2}]}"#),
+            Ok(Some("u1".into()))
+        );
+        assert_eq!(owner(r#"{"user\u005fid": "u1"}"#), Ok(Some("u1".into())));
+        for unnamed in [
+            r#"{"other": 1}"#,
+            "not json",
+            r#"["u1"]"#,
+            "7",
+            "null",
+            r#"{"user_id": "u1"} trailing"#,
+        ] {
+            assert_eq!(owner(unnamed), Ok(None), "{unnamed}");
+        }
+        for twice in [
+            r#"{"user_id": "u1", "user_id": "u1"}"#,
+            r#"{"user_id": "u1", "user\u005fid": "u2"}"#,
+        ] {
+            assert!(
+                owner(twice).is_err_and(|why| why.contains("more than once")),
+                "{twice}"
+            );
+        }
+        for not_text in [
+            r#"{"user_id": 1}"#,
+            r#"{"user_id": null}"#,
+            r#"{"user_id": ["u1"]}"#,
+            r#"{"user_id": {}}"#,
+        ] {
+            assert!(
+                owner(not_text).is_err_and(|why| why.contains("string")),
+                "{not_text}"
+            );
+        }
+    }
+
+    #[test]
+    fn answers_lose_hop_by_hop_headers_and_those_connection_names() {
+        use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+        let mut headers = HeaderMap::new();
+        for (name, value) in [
+            ("connection", "x-hop, close"),
+            ("x-hop", "1"),
+            ("proxy-connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("x-kept", "yes"),
+            ("content-length", "2"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        let answer = crate::exchange::Answer {
+            status: StatusCode::OK,
+            headers,
+            body: axum::body::Bytes::from_static(b"ok"),
+        };
+        let response = super::into_response(answer, &Method::GET);
+        let names: Vec<&str> = response.headers().keys().map(|name| name.as_str()).collect();
+        assert_eq!(names, ["x-kept"]);
     }
 
     #[test]

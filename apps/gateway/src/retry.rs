@@ -8,15 +8,22 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
 use rand::Rng;
 
 /// Most retries a backend's budget can hold.
 pub const BUDGET_CAP: u64 = 10;
 const MILLI: u64 = 1000;
 
-/// Requests carrying this header may be retried whatever their method.
+/// Requests carrying this header may be retried whatever their method, on routes whose backend
+/// honours it.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+/// On a backend's answer: where it keeps its `Idempotency-Key`s. `shared`: one store every
+/// replica of the backend reads (Redis, PostgreSQL), so a retry may go to another replica;
+/// `local` (or nothing said): this replica's own, so a retry of a keyed write goes back to the
+/// same replica, the only one that would recognise the key. The gateway reads it and does not
+/// pass it on.
+pub const IDEMPOTENCY_STORE: &str = "idempotency-store";
 
 pub struct RetryBudget {
     /// Balance in thousandths of a retry.
@@ -52,9 +59,47 @@ impl RetryBudget {
     }
 }
 
-/// RFC 9110 §9.2.2 idempotent methods, or a request the client made idempotent with a key.
-pub fn request_is_retryable(method: &Method, headers: &HeaderMap) -> bool {
-    method.is_idempotent() || headers.contains_key(IDEMPOTENCY_KEY)
+/// Whether a request may be sent more than once, and where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replay {
+    /// Never: a write the backend could run twice.
+    Never,
+    /// To any replica: an RFC 9110 §9.2.2 idempotent method.
+    Anywhere,
+    /// A write made idempotent by its `Idempotency-Key` on a route whose backend honours it:
+    /// again to the same replica, or to another one only if both say their key store is shared.
+    KeyedWrite,
+}
+
+impl Replay {
+    pub fn allowed(self) -> bool {
+        self != Replay::Never
+    }
+}
+
+/// How `method` with `headers` may be replayed on a route whose backend does or does not
+/// honour `Idempotency-Key` (`honours_key`): a key on a route that ignores it makes nothing safe.
+pub fn replay_of(method: &Method, headers: &HeaderMap, honours_key: bool) -> Replay {
+    if method.is_idempotent() {
+        Replay::Anywhere
+    } else if honours_key && headers.contains_key(IDEMPOTENCY_KEY) {
+        Replay::KeyedWrite
+    } else {
+        Replay::Never
+    }
+}
+
+/// What an answer's `Idempotency-Store` value says: `Some(true)` shared, `Some(false)` local,
+/// `None` nothing known.
+pub fn key_store_shared(value: &HeaderValue) -> Option<bool> {
+    let value = value.as_bytes();
+    if value.eq_ignore_ascii_case(b"shared") {
+        Some(true)
+    } else if value.eq_ignore_ascii_case(b"local") {
+        Some(false)
+    } else {
+        None
+    }
 }
 
 /// Backend answers worth another try: the backend or something before it failed transiently.
@@ -106,13 +151,31 @@ mod tests {
     #[test]
     fn only_safe_requests_are_retryable() {
         let none = HeaderMap::new();
-        assert!(request_is_retryable(&Method::GET, &none));
-        assert!(request_is_retryable(&Method::DELETE, &none));
-        assert!(!request_is_retryable(&Method::POST, &none));
-        assert!(!request_is_retryable(&Method::PATCH, &none));
+        for honours in [false, true] {
+            assert_eq!(replay_of(&Method::GET, &none, honours), Replay::Anywhere);
+            assert_eq!(replay_of(&Method::DELETE, &none, honours), Replay::Anywhere);
+            assert_eq!(replay_of(&Method::POST, &none, honours), Replay::Never);
+            assert_eq!(replay_of(&Method::PATCH, &none, honours), Replay::Never);
+        }
         let mut keyed = HeaderMap::new();
         keyed.insert(IDEMPOTENCY_KEY, axum::http::HeaderValue::from_static("k-1"));
-        assert!(request_is_retryable(&Method::POST, &keyed));
+        assert_eq!(replay_of(&Method::POST, &keyed, true), Replay::KeyedWrite);
+        assert_eq!(replay_of(&Method::PATCH, &keyed, true), Replay::KeyedWrite);
+        assert_eq!(
+            replay_of(&Method::POST, &keyed, false),
+            Replay::Never,
+            "a key the backend ignores makes nothing safe"
+        );
+        assert_eq!(replay_of(&Method::PUT, &keyed, false), Replay::Anywhere);
+    }
+
+    #[test]
+    fn the_key_store_is_read_from_the_answer() {
+        let said = |text: &'static str| key_store_shared(&HeaderValue::from_static(text));
+        assert_eq!(said("shared"), Some(true));
+        assert_eq!(said("Shared"), Some(true));
+        assert_eq!(said("local"), Some(false));
+        assert_eq!(said("maybe"), None);
     }
 
     #[test]

@@ -78,6 +78,10 @@ pub struct RouteSpec {
     /// path is forwarded as is.
     pub backend_path: Option<&'static str>,
     pub access: Access,
+    /// The backend honours `Idempotency-Key` on this route: a repeat with the same key is
+    /// answered from its key store instead of running again. Only then may the gateway retry a
+    /// keyed POST or PATCH ([`crate::retry`]); elsewhere a key makes no write safe to repeat.
+    pub honours_idempotency_key: bool,
 }
 
 impl RouteSpec {
@@ -96,6 +100,12 @@ impl RouteSpec {
     /// Owned by the user at JSON pointer `owner` of the resource at `lookup`.
     fn owned_via(mut self, lookup: &'static str, owner: &'static str) -> Self {
         self.access = Access::OwnerOfResource { lookup, owner };
+        self
+    }
+
+    /// The backend keeps `Idempotency-Key`s on this route.
+    fn keyed(mut self) -> Self {
+        self.honours_idempotency_key = true;
         self
     }
 
@@ -119,6 +129,7 @@ fn to(method: Method, path: &'static str, backend: Backend) -> RouteSpec {
         backend,
         backend_path: None,
         access: Access::Public,
+        honours_idempotency_key: false,
     }
 }
 
@@ -140,23 +151,42 @@ pub fn table() -> Vec<RouteSpec> {
         // Catalog
         to(Method::GET, "/catalog", Catalog),
         to(Method::GET, "/catalog/{id}", Catalog),
-        // The simple cart API
-        to(Method::POST, "/cart/add", Cart).owned_by_body("user_id"),
+        // The simple cart API (the cart keeps `Idempotency-Key`s on every write)
+        to(Method::POST, "/cart/add", Cart)
+            .owned_by_body("user_id")
+            .keyed(),
         to(Method::GET, "/cart/{user_id}", Cart).owned_by("user_id"),
-        to(Method::DELETE, "/cart/{user_id}", Cart).owned_by("user_id"),
+        to(Method::DELETE, "/cart/{user_id}", Cart)
+            .owned_by("user_id")
+            .keyed(),
         // The v1 cart API
-        to(Method::POST, "/v1/cart/{user_id}", Cart).owned_by("user_id"),
+        to(Method::POST, "/v1/cart/{user_id}", Cart)
+            .owned_by("user_id")
+            .keyed(),
         to(Method::GET, "/v1/cart/{user_id}", Cart).owned_by("user_id"),
-        to(Method::DELETE, "/v1/cart/{user_id}", Cart).owned_by("user_id"),
-        to(Method::POST, "/v1/cart/{user_id}/items", Cart).owned_by("user_id"),
-        to(Method::PATCH, "/v1/cart/{user_id}/items/{product_id}", Cart).owned_by("user_id"),
-        to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart).owned_by("user_id"),
+        to(Method::DELETE, "/v1/cart/{user_id}", Cart)
+            .owned_by("user_id")
+            .keyed(),
+        to(Method::POST, "/v1/cart/{user_id}/items", Cart)
+            .owned_by("user_id")
+            .keyed(),
+        to(Method::PATCH, "/v1/cart/{user_id}/items/{product_id}", Cart)
+            .owned_by("user_id")
+            .keyed(),
+        to(Method::DELETE, "/v1/cart/{user_id}/items/{product_id}", Cart)
+            .owned_by("user_id")
+            .keyed(),
         // Operators set stock (admin token checked here and by the catalog).
         to(Method::PUT, "/admin/stock/{product_id}", Catalog).admin(),
-        // The orders API and checkout
-        to(Method::POST, "/api/orders", Orders).owned_by_body("user_id"),
+        // The orders API and checkout (orders keeps `Idempotency-Key`s on placing an order
+        // only; cancelling and status changes ignore them)
+        to(Method::POST, "/api/orders", Orders)
+            .owned_by_body("user_id")
+            .keyed(),
         to(Method::GET, "/api/orders", Orders).staff(),
-        to(Method::POST, "/api/orders/checkout", Orders).owned_by_body("user_id"),
+        to(Method::POST, "/api/orders/checkout", Orders)
+            .owned_by_body("user_id")
+            .keyed(),
         to(Method::GET, "/api/orders/{id}", Orders).owned_via(ORDER, ORDER_OWNER),
         to(Method::PATCH, "/api/orders/{id}/status", Orders).staff(),
         to(Method::POST, "/api/orders/{id}/cancel", Orders).owned_via(ORDER, ORDER_OWNER),

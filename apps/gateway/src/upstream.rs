@@ -3,7 +3,7 @@
 //! consecutive-failure detector, with an active `/livez` probe to bring an instance back), the
 //! circuit breaker, the retry budget and the concurrency limit used for load shedding.
 
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -37,6 +37,8 @@ pub struct OutlierSettings {
 #[derive(Debug, Clone, Copy)]
 pub struct UpstreamSettings {
     pub timeout: Duration,
+    /// How long a keep-alive connection to a replica may sit idle and still be reused.
+    pub idle_timeout: Duration,
     pub max_concurrency: usize,
     pub retry_budget_ratio: f64,
     pub breaker: BreakerSettings,
@@ -61,6 +63,25 @@ pub struct Replica {
     consecutive_failures: AtomicU32,
     ejected: AtomicBool,
     ejections: AtomicU32,
+    /// What the replica last said of its `Idempotency-Key` store ([`KEY_STORE_UNKNOWN`] until it
+    /// says anything).
+    key_store: AtomicU8,
+}
+
+const KEY_STORE_UNKNOWN: u8 = 0;
+const KEY_STORE_LOCAL: u8 = 1;
+const KEY_STORE_SHARED: u8 = 2;
+
+/// Where the next attempt of a request may go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Any replica (a first attempt).
+    Any,
+    /// Preferably not this one (it just failed a request safe to send anywhere).
+    Avoid(usize),
+    /// A keyed write that failed at this replica: back to it, or to another replica only if
+    /// both have said their key store is shared.
+    KeyedRetry(usize),
 }
 
 impl std::fmt::Debug for Replica {
@@ -74,7 +95,7 @@ impl std::fmt::Debug for Replica {
 impl Replica {
     /// Fails on a URL without a host or port, or one that is not `http://` (the config refuses
     /// those before this is reached).
-    fn new(url: Url) -> anyhow::Result<Self> {
+    fn new(url: Url, idle_timeout: Duration) -> anyhow::Result<Self> {
         anyhow::ensure!(url.scheme() == "http", "a backend URL must be http://");
         let host_text = url.host_str().context("a backend URL needs a host")?;
         // An IPv6 literal is written in brackets in a URL and a Host header, not when connecting.
@@ -92,7 +113,7 @@ impl Replica {
             HeaderValue::from_str(&format!("{host_text}:{port}"))?
         };
         Ok(Self {
-            pool: ConnectionPool::new(host.clone(), port),
+            pool: ConnectionPool::new(host.clone(), port, idle_timeout),
             host,
             port,
             host_header,
@@ -103,7 +124,22 @@ impl Replica {
             consecutive_failures: AtomicU32::new(0),
             ejected: AtomicBool::new(false),
             ejections: AtomicU32::new(0),
+            key_store: AtomicU8::new(KEY_STORE_UNKNOWN),
         })
+    }
+
+    /// Note what an answer said of the replica's key store (`None`: nothing, which changes
+    /// nothing: only answers to keyed writes say it).
+    pub fn note_key_store(&self, shared: Option<bool>) {
+        if let Some(shared) = shared {
+            let state = if shared { KEY_STORE_SHARED } else { KEY_STORE_LOCAL };
+            self.key_store.store(state, Ordering::Relaxed);
+        }
+    }
+
+    /// The replica last said its key store is shared with the other replicas.
+    pub fn key_store_shared(&self) -> bool {
+        self.key_store.load(Ordering::Relaxed) == KEY_STORE_SHARED
     }
 
     pub fn is_ejected(&self) -> bool {
@@ -186,7 +222,7 @@ impl Upstream {
         let replicas = urls
             .into_iter()
             .map(|url| {
-                let replica = Replica::new(url)?;
+                let replica = Replica::new(url, settings.idle_timeout)?;
                 metrics
                     .replica_ejected
                     .with_label_values(&[name, replica.label()])
@@ -232,11 +268,21 @@ impl Upstream {
     }
 
     /// A replica for the next attempt: the less busy of two random replicas in rotation
-    /// (power of two choices), avoiding `avoid` (the one that just failed) when there is another.
-    pub fn pick(&self, avoid: Option<usize>) -> (usize, InFlight) {
+    /// (power of two choices), within what `placement` allows: avoiding the one that just failed
+    /// when there is another; for a keyed write, the same one unless both it and another have
+    /// said their key store is shared (a replica with its own store would run the write again).
+    pub fn pick(&self, placement: Placement) -> (usize, InFlight) {
         if let [only] = self.replicas.as_slice() {
             only.in_flight.fetch_add(1, Ordering::AcqRel);
             return (0, InFlight(only.clone()));
+        }
+        if let Placement::KeyedRetry(previous) = placement
+            && let Some(replica) = self.replicas.get(previous)
+            && !replica.key_store_shared()
+        {
+            // Even if ejected meanwhile: no other replica would recognise the key.
+            replica.in_flight.fetch_add(1, Ordering::AcqRel);
+            return (previous, InFlight(replica.clone()));
         }
         let mut candidates: Vec<usize> = (0..self.replicas.len())
             .filter(|&index| !self.replicas[index].is_ejected())
@@ -246,10 +292,20 @@ impl Upstream {
             // balancing over everything beats refusing.
             candidates = (0..self.replicas.len()).collect();
         }
-        if candidates.len() > 1
-            && let Some(avoid) = avoid
-        {
-            candidates.retain(|&index| index != avoid);
+        match placement {
+            Placement::Any => {}
+            Placement::Avoid(avoid) => {
+                if candidates.len() > 1 {
+                    candidates.retain(|&index| index != avoid);
+                }
+            }
+            Placement::KeyedRetry(previous) => {
+                // `previous` shares its store: any other replica that says the same will do.
+                candidates.retain(|&index| index != previous && self.replicas[index].key_store_shared());
+                if candidates.is_empty() {
+                    candidates.push(previous);
+                }
+            }
         }
         let index = match candidates.len() {
             0 => 0,
@@ -403,7 +459,7 @@ mod tests {
     fn replica(url: &str) -> Replica {
         Url::parse(url)
             .map_err(anyhow::Error::from)
-            .and_then(Replica::new)
+            .and_then(|url| Replica::new(url, crate::pool::IDLE_TIMEOUT))
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
@@ -437,7 +493,7 @@ mod tests {
         assert!(
             Url::parse("https://catalog:8443")
                 .map_err(anyhow::Error::from)
-                .and_then(Replica::new)
+                .and_then(|url| Replica::new(url, crate::pool::IDLE_TIMEOUT))
                 .is_err()
         );
     }

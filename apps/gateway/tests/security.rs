@@ -613,3 +613,299 @@ async fn another_users_orders_answer_404_and_operators_need_the_admin_token() {
     assert_eq!(cancelled.status(), 200);
     assert!(metric(&state, "gateway_auth_failures_total", &[("reason", "not_owner")]) >= 4.0);
 }
+
+/// A 404's status, its header names (values vary: request and trace ids) and its body bytes.
+async fn not_found_answer(response: reqwest::Response) -> (u16, Vec<String>, String, Vec<u8>) {
+    let status = response.status().as_u16();
+    let mut names: Vec<String> = response
+        .headers()
+        .keys()
+        .map(|name| name.as_str().to_owned())
+        .filter(|name| name != "date")
+        .collect();
+    names.sort();
+    let content_type = response.headers()["content-type"].to_str().unwrap().to_owned();
+    let body = response.bytes().await.unwrap().to_vec();
+    (status, names, content_type, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_users_order_and_a_missing_order_answer_the_same_bytes() {
+    let shop = Shop::start().await;
+    let orders = Orders::start(&shop).await;
+    let mut flags = AUTH_FLAGS.to_vec();
+    let orders_url = orders.server.url("");
+    flags.extend(["--orders-service-url", &orders_url]);
+    let (gw, _state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    let http = client();
+    let alice = hs256(&claims("alice"), SECRET);
+    let bob = hs256(&claims("bob"), SECRET);
+
+    let created = http
+        .post(gw.url("/api/orders"))
+        .bearer_auth(&alice)
+        .json(&json!({"user_id": "alice", "shipping_address": "1 Main St", "order_items": [{"product_id": "prod-110", "quantity": 1}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let alices = created.json::<Value>().await.unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // A well-formed order id that names no order (a UUIDv7 like the real ones).
+    let missing = "0190a0b0-1c2d-7e3f-8a4b-5c6d7e8f9a0b";
+
+    // Through the gateway, as bob: alice's order (the gateway reads it and refuses) and an
+    // order that does not exist (the orders service's own 404), read and cancelled.
+    let mut answers = Vec::new();
+    for id in [alices.as_str(), missing] {
+        answers.push((
+            format!("GET {id}"),
+            not_found_answer(
+                http.get(gw.url(&format!("/api/orders/{id}")))
+                    .bearer_auth(&bob)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await,
+        ));
+        answers.push((
+            format!("cancel {id}"),
+            not_found_answer(
+                http.post(gw.url(&format!("/api/orders/{id}/cancel")))
+                    .bearer_auth(&bob)
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await,
+        ));
+    }
+    // Straight at the orders service: a missing order, read, moved and cancelled.
+    for (name, request) in [
+        (
+            "orders GET",
+            http.get(orders.server.url(&format!("/api/orders/{missing}"))),
+        ),
+        (
+            "orders PATCH",
+            http.patch(orders.server.url(&format!("/api/orders/{missing}/status")))
+                .json(&json!({"status": "confirmed"})),
+        ),
+        (
+            "orders cancel",
+            http.post(orders.server.url(&format!("/api/orders/{missing}/cancel"))),
+        ),
+    ] {
+        answers.push((
+            name.to_owned(),
+            not_found_answer(request.send().await.unwrap()).await,
+        ));
+    }
+
+    let (first_name, first) = &answers[0];
+    assert_eq!(first.0, 404);
+    assert_eq!(first.2, "application/problem+json");
+    let body: Value = serde_json::from_slice(&first.3).unwrap();
+    assert_eq!(body["type"], "https://shopstack.dev/problems/not-found", "{body}");
+    for (name, answer) in &answers[1..] {
+        assert_eq!(
+            (answer.0, &answer.1, &answer.2),
+            (first.0, &first.1, &first.2),
+            "{name} vs {first_name}"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&answer.3),
+            String::from_utf8_lossy(&first.3),
+            "{name} vs {first_name}"
+        );
+    }
+
+    // Alice's order is hers to read, and bob's cancel changed nothing.
+    let mine: Value = http
+        .get(gw.url(&format!("/api/orders/{alices}")))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(mine["data"]["status"], "pending");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkout_naming_another_user_answers_404_and_leaves_their_cart() {
+    let shop = Shop::start().await;
+    let orders = Orders::start(&shop).await;
+    let mut flags = AUTH_FLAGS.to_vec();
+    let orders_url = orders.server.url("");
+    flags.extend(["--orders-service-url", &orders_url]);
+    let (gw, state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    let http = client();
+    let alice = hs256(&claims("alice"), SECRET);
+    let bob = hs256(&claims("bob"), SECRET);
+
+    let added = http
+        .post(gw.url("/v1/cart/alice"))
+        .bearer_auth(&alice)
+        .json(&json!({"product_id": "prod-110", "quantity": 2}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200);
+    let before = metric(&state, "gateway_auth_failures_total", &[("reason", "not_owner")]);
+
+    let refused = http
+        .post(gw.url("/api/orders/checkout"))
+        .bearer_auth(&bob)
+        .json(&json!({"user_id": "alice", "shipping_address": "1 Main St"}))
+        .send()
+        .await
+        .unwrap();
+    let (status, kind, _) = problem_kind(refused).await;
+    assert_eq!((status, kind.as_str()), (404, "not-found"));
+    assert_eq!(
+        metric(&state, "gateway_auth_failures_total", &[("reason", "not_owner")]),
+        before + 1.0
+    );
+
+    // Other spellings of the same attempt never place alice's order either.
+    for body in [
+        r#"{"user_id":"bob","user_id":"alice","shipping_address":"1 Main St"}"#,
+        r#"{"user_id":"alice","user_id":"bob","shipping_address":"1 Main St"}"#,
+        r#"{"user_id":"\u0061lice","shipping_address":"1 Main St"}"#,
+        r#"{"user_id":["alice"],"shipping_address":"1 Main St"}"#,
+    ] {
+        let response = http
+            .post(gw.url("/api/orders/checkout"))
+            .bearer_auth(&bob)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{body}: {}",
+            response.status()
+        );
+    }
+
+    let cart: Value = http
+        .get(gw.url("/v1/cart/alice"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cart["items"], json!([{"product_id": "prod-110", "quantity": 2}]));
+    let placed: Value = http
+        .get(gw.url("/api/users/alice/orders"))
+        .bearer_auth(&alice)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(placed["pagination"]["total"], 0, "{placed}");
+
+    // Alice's own checkout goes through.
+    let own = http
+        .post(gw.url("/api/orders/checkout"))
+        .bearer_auth(&alice)
+        .json(&json!({"user_id": "alice", "shipping_address": "1 Main St"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 201);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_marking_an_extension_critical_is_refused() {
+    let shop = Shop::start().await;
+    let (gw, state) = gateway(&shop.catalog_url(), &shop.cart_url(), &AUTH_FLAGS).await;
+    let url = gw.url("/v1/cart/alice");
+    let key = EncodingKey::from_secret(SECRET.as_bytes());
+    let signed = |header: &Header| jsonwebtoken::encode(header, &claims("alice"), &key).unwrap();
+
+    // No `crit`: accepted, and so is a header member nobody marked critical.
+    assert_eq!(
+        get(url.clone(), Some(&signed(&Header::new(Algorithm::HS256))))
+            .await
+            .status(),
+        200
+    );
+    let mut noted = Header::new(Algorithm::HS256);
+    noted.extras.insert("x-note", "informational");
+    assert_eq!(get(url.clone(), Some(&signed(&noted))).await.status(), 200);
+
+    for crit in [vec!["x-unknown-extension"], vec!["b64"], vec![]] {
+        let mut header = Header::new(Algorithm::HS256);
+        header.crit = Some(crit.iter().map(|name| (*name).to_owned()).collect());
+        header.extras.insert("x-unknown-extension", true);
+        if crit == ["b64"] {
+            header.extras.insert("b64", false);
+        }
+        let before = metric(&state, "gateway_auth_failures_total", &[("reason", "malformed")]);
+        let response = get(url.clone(), Some(&signed(&header))).await;
+        assert_eq!(response.status(), 401, "{crit:?}");
+        let challenge = response.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            challenge.contains("error=\"invalid_token\""),
+            "{crit:?}: {challenge}"
+        );
+        assert!(challenge.contains("crit"), "{crit:?}: {challenge}");
+        let (_, kind, _) = problem_kind(response).await;
+        assert_eq!(kind, "unauthorized");
+        assert_eq!(
+            metric(&state, "gateway_auth_failures_total", &[("reason", "malformed")]),
+            before + 1.0,
+            "{crit:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_variable_set_but_empty_stops_the_gateway_at_start() {
+    let dir = std::env::temp_dir().join(format!("gateway-empty-key-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty_pem = dir.join("empty.pem");
+    std::fs::write(&empty_pem, "\n").unwrap();
+    let empty_pem = empty_pem.to_str().unwrap().to_owned();
+    for (variable, value, says) in [
+        ("JWT_SECRET", "", "JWT_SECRET is set but empty"),
+        ("JWT_SECRET", "   ", "JWT_SECRET is set but empty"),
+        ("JWT_PUBLIC_KEY", "", "JWT_PUBLIC_KEY is set but empty"),
+        ("JWT_PUBLIC_KEY_FILE", "", "JWT_PUBLIC_KEY_FILE"),
+        ("JWT_PUBLIC_KEY_FILE", empty_pem.as_str(), "is empty"),
+    ] {
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+            .env_clear()
+            .env("PORT", "0")
+            .env("BIND_ADDR", "127.0.0.1")
+            .env(variable, value)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        // A gateway that took the empty value for "auth off" would serve until killed.
+        let output = tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
+            .await
+            .unwrap_or_else(|_| panic!("{variable}={value:?}: the gateway started instead of refusing"))
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{variable}={value:?}: {stderr}");
+        assert!(stderr.contains(says), "{variable}={value:?}: {stderr}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

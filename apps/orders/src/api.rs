@@ -1,8 +1,9 @@
 //! Orders HTTP handlers: the orders API (envelope `{"status","message","data"}`, pagination
 //! `{"page","page_size","total","total_pages"}`) and checkout.
 
+use axum::Extension;
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use shopstack_base::Problem;
@@ -11,6 +12,8 @@ use shopstack_base::pagination::{PageParams, Pagination};
 use shopstack_platform::ApiInfo;
 use shopstack_platform::observe::REQUEST_ID;
 use shopstack_platform::service::set_schema_keywords;
+use shopstack_redis::idempotency::{self, Keyed};
+use shopstack_redis::idempotency::{KeyStore, announce_key_store};
 use tracing::Instrument as _;
 use utoipa::openapi::OpenApi;
 use utoipa::{IntoParams, ToSchema};
@@ -23,7 +26,6 @@ use crate::model::{Order, OrderStatus};
 use crate::repo::OrderFilter;
 use crate::service::{
     Checkout, Limits, PlaceOrder, Placed, optional_text, required_id, required_text, validate_id,
-    validate_idempotency_key,
 };
 use crate::upstream::StockLine;
 
@@ -38,9 +40,25 @@ const PROBLEM: &str = "application/problem+json";
 pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 pub fn router(state: AppState) -> OpenApiRouter {
-    OpenApiRouter::new()
+    // The placements honour `Idempotency-Key`: the key's scope and fingerprint are worked out
+    // as in every service, and the saga table keeps them (reads pass through untouched).
+    let keyed = OpenApiRouter::new()
         .routes(routes!(create_order, list_orders))
         .routes(routes!(checkout))
+        .layer(axum::middleware::from_fn_with_state(
+            state.platform.settings().max_body_bytes,
+            idempotency::identify,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            if state.orders.db().engine() == "postgres" {
+                KeyStore::Shared
+            } else {
+                KeyStore::Local
+            },
+            announce_key_store,
+        ));
+    OpenApiRouter::new()
+        .merge(keyed)
         .routes(routes!(get_order))
         .routes(routes!(update_status))
         .routes(routes!(cancel_order))
@@ -230,13 +248,6 @@ where
         .map_err(|error| OrdersError::Internal(format!("order placement task failed: {error}")))?
 }
 
-fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, OrdersError> {
-    match headers.get("idempotency-key") {
-        None => Ok(None),
-        Some(value) => validate_idempotency_key(value.to_str().unwrap_or("\u{0}")).map(Some),
-    }
-}
-
 fn parse_status(text: &str) -> Result<OrderStatus, OrdersError> {
     text.parse().map_err(OrdersError::BadRequest)
 }
@@ -264,10 +275,10 @@ fn list_response(orders: Vec<Order>, pagination: Pagination) -> Json<OrderListRe
     ))]
 async fn create_order(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    keyed: Option<Extension<Keyed>>,
     Json(body): Json<CreateOrderRequest>,
 ) -> Result<Response, OrdersError> {
-    let key = idempotency_key(&headers)?;
+    let key = keyed.map(|Extension(keyed)| keyed);
     let user_id = required_id("user_id", body.user_id)?;
     let shipping_address = required_text("shipping_address", body.shipping_address.as_deref())?;
     let billing_address = optional_text("billing_address", body.billing_address.as_deref())?;
@@ -339,10 +350,10 @@ async fn create_order(
     ))]
 async fn checkout(
     State(state): State<AppState>,
-    headers: HeaderMap,
+    keyed: Option<Extension<Keyed>>,
     Json(body): Json<CheckoutRequest>,
 ) -> Result<Response, OrdersError> {
-    let key = idempotency_key(&headers)?;
+    let key = keyed.map(|Extension(keyed)| keyed);
     let user_id = required_id("user_id", body.user_id)?;
     let request = Checkout {
         user_id,

@@ -26,13 +26,26 @@ use uuid::Uuid;
 /// Where the embedded default keeps its file.
 pub const DEFAULT_SQLITE_URL: &str = "sqlite://data/orders.db";
 
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "orders",
-    include_str!("../migrations/postgres/0001_orders.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "orders", include_str!("../migrations/sqlite/0001_orders.sql"))];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "orders",
+        include_str!("../migrations/postgres/0001_orders.sql"),
+    ),
+    (
+        2,
+        "idempotency scope",
+        include_str!("../migrations/postgres/0002_idempotency_scope.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "orders", include_str!("../migrations/sqlite/0001_orders.sql")),
+    (
+        2,
+        "idempotency scope",
+        include_str!("../migrations/sqlite/0002_idempotency_scope.sql"),
+    ),
+];
 
 /// A connection pool on one of the two engines; cheap to clone.
 #[derive(Clone, Debug)]

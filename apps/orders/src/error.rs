@@ -1,9 +1,16 @@
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use shopstack_base::Problem;
+use shopstack_redis::idempotency;
 
 use crate::model::OrderStatus;
 use crate::upstream::UpstreamError;
+
+/// The detail of every "no such order" answer. It is the gateway's text for a resource that
+/// belongs to someone else (`GatewayError::NotYours`), and the body carries no `order_id`: with
+/// edge auth on, a missing order and another user's order must answer the same bytes, or the
+/// 404 would tell a caller which order ids exist (the gateway's security tests compare them).
+pub const ORDER_NOT_FOUND_DETAIL: &str = "Not found.";
 
 /// What can go wrong in the orders service; each variant documents its status.
 #[derive(Debug, thiserror::Error)]
@@ -18,7 +25,8 @@ pub enum OrdersError {
     /// one product that add up past the per-product maximum).
     #[error("{0}")]
     Unprocessable(String),
-    /// 404: no order with this id.
+    /// 404: no order with this id. Its body is [`ORDER_NOT_FOUND_DETAIL`] and nothing more, the
+    /// same one the gateway answers for another user's order, so the two can't be told apart.
     #[error("Order {0} not found")]
     OrderNotFound(String),
     /// 404: the catalog does not know this product.
@@ -44,9 +52,13 @@ pub enum OrdersError {
     /// 409: the order kept changing under us.
     #[error("Order {0} is being modified concurrently; retry the request.")]
     Busy(String),
-    /// 422: this Idempotency-Key was used with a different request.
+    /// 422: this Idempotency-Key was used with a different request (the answer every service
+    /// gives: `shopstack_redis::idempotency::problems`).
     #[error("Idempotency-Key {0:?} was already used with a different request.")]
     IdempotencyMismatch(String),
+    /// 409: the first request with this Idempotency-Key is still running.
+    #[error("A request with Idempotency-Key {0:?} is still in progress.")]
+    IdempotencyInFlight(String),
     /// 502/503/504: the catalog or the cart failed us.
     #[error("{0}")]
     Upstream(UpstreamError),
@@ -71,6 +83,7 @@ impl OrdersError {
             OrdersError::InFlight(_) => "in_flight",
             OrdersError::Busy(_) => "conflict",
             OrdersError::IdempotencyMismatch(_) => "idempotency_mismatch",
+            OrdersError::IdempotencyInFlight(_) => "in_flight",
             OrdersError::Upstream(_) => "upstream_error",
             OrdersError::DatabaseUnavailable(_) => "database_unavailable",
             OrdersError::Internal(_) => "internal",
@@ -113,7 +126,7 @@ impl IntoResponse for OrdersError {
             OrdersError::Unprocessable(_) => {
                 Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "order-too-large", detail)
             }
-            OrdersError::OrderNotFound(id) => Problem::not_found(detail).with("order_id", id.as_str()),
+            OrdersError::OrderNotFound(_) => Problem::not_found(ORDER_NOT_FOUND_DETAIL),
             OrdersError::ProductNotFound(id) => Problem::not_found(detail).with("product_id", id.as_str()),
             OrdersError::InvalidTransition { from, to, .. } => {
                 Problem::new(StatusCode::CONFLICT, "invalid-status-transition", detail)
@@ -142,9 +155,8 @@ impl IntoResponse for OrdersError {
                 Problem::new(StatusCode::CONFLICT, "in-progress", detail).retry_after(1)
             }
             OrdersError::Busy(_) => Problem::conflict(detail).retry_after(1),
-            OrdersError::IdempotencyMismatch(_) => {
-                Problem::new(StatusCode::UNPROCESSABLE_ENTITY, "idempotency-key-reused", detail)
-            }
+            OrdersError::IdempotencyMismatch(_) => idempotency::problems::mismatch(),
+            OrdersError::IdempotencyInFlight(_) => idempotency::problems::in_flight(),
             OrdersError::Upstream(error) => {
                 let service = error.service();
                 match error {
@@ -179,5 +191,21 @@ impl IntoResponse for OrdersError {
             tracing::error!(error = %self, "request failed");
         }
         problem.into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_order_names_nothing_but_not_found() {
+        let response =
+            OrdersError::OrderNotFound("0190a0b0-0000-7000-8000-000000000000".into()).into_response();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
+        let expected = serde_json::to_vec(&Problem::not_found("Not found.")).unwrap_or_default();
+        let body =
+            futures::executor::block_on(axum::body::to_bytes(response.into_body(), 4096)).unwrap_or_default();
+        assert_eq!(String::from_utf8_lossy(&body), String::from_utf8_lossy(&expected));
     }
 }

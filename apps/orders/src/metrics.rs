@@ -2,6 +2,7 @@
 //! `common`).
 
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use shopstack_redis::idempotency::Outcomes;
 use shopstack_telemetry::metrics::register;
 
 use crate::model::OrderStatus;
@@ -30,6 +31,9 @@ pub struct OrdersMetrics {
     /// `order_cache_requests_total{result}`: order reads by cache result (hit, miss, error);
     /// series appear only when the cache is on.
     pub cache_requests: IntCounterVec,
+    /// `idempotency_requests_total{outcome}`: keyed placements, in the series every service
+    /// that honours Idempotency-Key counts into.
+    pub idempotency: Outcomes,
 }
 
 impl OrdersMetrics {
@@ -117,6 +121,7 @@ impl OrdersMetrics {
                     &["result"],
                 )?,
             )?,
+            idempotency: Outcomes::register(registry)?,
         })
     }
 }

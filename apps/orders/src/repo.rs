@@ -98,7 +98,7 @@ impl SagaState {
 /// Why a saga could not be recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum SagaConflict {
-    /// Another saga already uses this (user, idempotency key), or the user already has an
+    /// Another saga already uses this (user, kind, idempotency key), or the user already has an
     /// unfinished checkout.
     #[error("a conflicting order request is already recorded")]
     Exists,
@@ -468,10 +468,13 @@ pub async fn insert_saga(db: &Db, saga: &Saga) -> Result<(), SagaConflict> {
     }
 }
 
-pub async fn saga_by_key(db: &Db, user_id: &str, key: &str) -> sqlx::Result<Option<Saga>> {
-    let sql = format!("SELECT {SAGA_COLUMNS} FROM order_sagas WHERE user_id = $1 AND idempotency_key = $2");
+/// The saga an Idempotency-Key names in its scope: the user, the kind (the route) and the key.
+pub async fn saga_by_key(db: &Db, user_id: &str, kind: OrderSource, key: &str) -> sqlx::Result<Option<Saga>> {
+    let sql = format!(
+        "SELECT {SAGA_COLUMNS} FROM order_sagas WHERE user_id = $1 AND kind = $2 AND idempotency_key = $3"
+    );
     on_db!(db, pool => {
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(key).fetch_optional(pool).await? {
+        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(kind.as_str()).bind(key).fetch_optional(pool).await? {
             Some(row) => Ok(Some(saga_row!(&row))),
             None => Ok(None),
         }

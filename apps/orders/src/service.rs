@@ -27,6 +27,7 @@ use shopstack_base::ids;
 use shopstack_base::money::Money;
 use shopstack_base::pagination::{Page, Pagination};
 use shopstack_events::events::{Event, EventBus};
+use shopstack_redis::idempotency::{Keyed, Outcome};
 use tokio::sync::Notify;
 use uuid::Uuid;
 
@@ -177,12 +178,8 @@ impl OrderService {
     // Placing orders
 
     /// `POST /api/orders`: the items are in the request; stock is committed from free stock.
-    pub async fn place(
-        &self,
-        request: PlaceOrder,
-        idempotency_key: Option<String>,
-    ) -> Result<Placed, OrdersError> {
-        let fingerprint = serde_json::to_string(&request).unwrap_or_default();
+    pub async fn place(&self, request: PlaceOrder, keyed: Option<Keyed>) -> Result<Placed, OrdersError> {
+        let (idempotency_key, fingerprint) = key_and_fingerprint(keyed);
         let order_id = Uuid::now_v7();
         let saga = Saga {
             order_id,
@@ -232,12 +229,8 @@ impl OrderService {
 
     /// Checkout: the user's cart becomes an order; its reservations are committed and the cart
     /// is cleared.
-    pub async fn checkout(
-        &self,
-        request: Checkout,
-        idempotency_key: Option<String>,
-    ) -> Result<Placed, OrdersError> {
-        let result = self.checkout_inner(request, idempotency_key).await;
+    pub async fn checkout(&self, request: Checkout, keyed: Option<Keyed>) -> Result<Placed, OrdersError> {
+        let result = self.checkout_inner(request, keyed).await;
         let label = match &result {
             Ok(placed) if placed.replayed => "replayed",
             Ok(_) => "ok",
@@ -247,12 +240,8 @@ impl OrderService {
         result
     }
 
-    async fn checkout_inner(
-        &self,
-        request: Checkout,
-        idempotency_key: Option<String>,
-    ) -> Result<Placed, OrdersError> {
-        let fingerprint = serde_json::to_string(&request).unwrap_or_default();
+    async fn checkout_inner(&self, request: Checkout, keyed: Option<Keyed>) -> Result<Placed, OrdersError> {
+        let (idempotency_key, fingerprint) = key_and_fingerprint(keyed);
         let order_id = Uuid::now_v7();
         let user_id = request.user_id.clone();
         let saga = Saga {
@@ -317,9 +306,25 @@ impl OrderService {
     }
 
     /// Record `saga`, or find the earlier request it repeats. `Some`: the answer to a replay.
+    /// A keyed request is counted in `idempotency_requests_total` by its outcome.
     async fn begin(&self, saga: &Saga) -> Result<Option<Placed>, OrdersError> {
+        let result = self.begin_inner(saga).await;
+        if saga.idempotency_key.is_some() {
+            let outcome = match &result {
+                Ok(None) => Outcome::Executed,
+                Ok(Some(_)) => Outcome::Replayed,
+                Err(OrdersError::IdempotencyMismatch(_)) => Outcome::Mismatch,
+                Err(OrdersError::IdempotencyInFlight(_) | OrdersError::InFlight(_)) => Outcome::InFlight,
+                Err(_) => Outcome::Unavailable,
+            };
+            self.0.metrics.idempotency.record(outcome);
+        }
+        result
+    }
+
+    async fn begin_inner(&self, saga: &Saga) -> Result<Option<Placed>, OrdersError> {
         if let Some(key) = &saga.idempotency_key
-            && let Some(existing) = repo::saga_by_key(&self.0.db, &saga.user_id, key).await?
+            && let Some(existing) = repo::saga_by_key(&self.0.db, &saga.user_id, saga.kind, key).await?
         {
             return self.replay(&existing, saga).await.map(Some);
         }
@@ -328,7 +333,8 @@ impl OrderService {
             Err(SagaConflict::Db(error)) => Err(error.into()),
             Err(SagaConflict::Exists) => {
                 if let Some(key) = &saga.idempotency_key
-                    && let Some(existing) = repo::saga_by_key(&self.0.db, &saga.user_id, key).await?
+                    && let Some(existing) =
+                        repo::saga_by_key(&self.0.db, &saga.user_id, saga.kind, key).await?
                 {
                     return self.replay(&existing, saga).await.map(Some);
                 }
@@ -342,7 +348,7 @@ impl OrderService {
 
     async fn replay(&self, existing: &Saga, new: &Saga) -> Result<Placed, OrdersError> {
         let key = new.idempotency_key.clone().unwrap_or_default();
-        if existing.kind != new.kind || existing.request != new.request {
+        if existing.request != new.request {
             return Err(OrdersError::IdempotencyMismatch(key));
         }
         match existing.state {
@@ -357,9 +363,9 @@ impl OrderService {
                     replayed: true,
                 })
             }
-            SagaState::Started | SagaState::Committed | SagaState::Undoing => Err(OrdersError::InFlight(
-                format!("A request with Idempotency-Key {key:?} is still in progress; retry shortly."),
-            )),
+            SagaState::Started | SagaState::Committed | SagaState::Undoing => {
+                Err(OrdersError::IdempotencyInFlight(key))
+            }
         }
     }
 
@@ -820,13 +826,11 @@ pub fn optional_text(what: &str, value: Option<&str>) -> Result<Option<String>, 
     Ok((!value.is_empty()).then(|| value.to_owned()))
 }
 
-/// An `Idempotency-Key`: 1-255 visible ASCII characters.
-pub fn validate_idempotency_key(key: &str) -> Result<String, OrdersError> {
-    let key = key.trim();
-    if key.is_empty() || key.len() > 255 || !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(OrdersError::BadRequest(
-            "Idempotency-Key must be 1-255 visible ASCII characters".into(),
-        ));
+/// The saga's key and fingerprint: the request's [`Keyed`] scope within the user and kind
+/// (the route), and the SHA-256 fingerprint every service compares. Unkeyed: nothing to compare.
+fn key_and_fingerprint(keyed: Option<Keyed>) -> (Option<String>, String) {
+    match keyed {
+        Some(keyed) => (Some(keyed.key), keyed.fingerprint),
+        None => (None, String::new()),
     }
-    Ok(key.to_owned())
 }

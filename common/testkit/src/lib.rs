@@ -10,6 +10,7 @@
 //! | [`redis`], [`nats`], [`postgres`] | private servers on free ports, stopped by PID |
 //! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
 //! | [`http`] | the HTTP client and JSON helpers |
+//! | [`idempotency`] | the `Idempotency-Key` contract every keyed write passes |
 //! | [`ports`] | free, closed and never-answering loopback addresses |
 //! | [`wait`] | `eventually`: wait, within a bound, for what should happen soon |
 //! | [`metrics`] | Prometheus text parsed strictly, and sums over it |
@@ -19,6 +20,7 @@
 
 pub mod db;
 pub mod http;
+pub mod idempotency;
 pub mod logs;
 pub mod metrics;
 pub mod nats;

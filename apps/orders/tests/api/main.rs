@@ -9,3 +9,4 @@ mod checkout;
 mod contract;
 mod events;
 mod helpers;
+mod idempotency;
