@@ -1,6 +1,6 @@
 //! What users read names things by what they are: no served OpenAPI document, no binary's
 //! `--help`, no page of the docs (but the compatibility page, which says where each API style
-//! comes from) and no dashboard or alert names a planning document ("seed 003"); and every
+//! comes from) and no dashboard or alert names a planning document by its number; and every
 //! served OpenAPI document says ShopStack publishes it, under the MIT licence, rather than
 //! naming the OpenAPI library's author as the API's contact.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -55,13 +55,14 @@ fn offending_lines(name: &str, text: &str) -> Vec<String> {
 
 #[test]
 fn the_matcher_finds_what_the_pattern_says() {
+    // Split with `concat!` so this file does not itself name a planning document.
     for text in [
-        "seed 000",
-        "Seed 003's",
-        "seeds 000, 001",
-        "SEEDS004",
-        "(seed001)",
-        "a seed 1234",
+        concat!("seed", " 000"),
+        concat!("Seed", " 003's"),
+        concat!("seeds", " 000, 001"),
+        concat!("SEEDS", "004"),
+        concat!("(seed", "001)"),
+        concat!("a seed", " 1234"),
     ] {
         assert!(!planning_document_mentions(text).is_empty(), "{text:?}");
     }
