@@ -56,6 +56,20 @@ async fn replicas(a: Router, b: Router) -> (Tiny, Tiny, String) {
     (a, b, urls)
 }
 
+/// Twenty keyed writes through `gw`, each retried (2 or 3 attempts, as the budget of one retry
+/// per request allows) and every attempt at the replica that had the first.
+async fn every_retry_stays_on_one_replica(gw: &shopstack_testkit::server::TestServer, a: &Tiny, b: &Tiny) {
+    for index in 0..20 {
+        let (at_a, at_b) = keyed_add(gw, a, b, &format!("key-{index}")).await;
+        // Retried (2 or 3 attempts, as the budget of one retry per request allows), all at
+        // the replica that had the first.
+        assert!(
+            at_a + at_b >= 2 && (at_a == 0 || at_b == 0),
+            "request {index}: {at_a} attempts at a, {at_b} at b"
+        );
+    }
+}
+
 /// `POST /cart/add` with `key`: how many attempts each replica took.
 async fn keyed_add(
     gw: &shopstack_testkit::server::TestServer,
@@ -134,15 +148,7 @@ async fn a_keyed_write_to_a_per_replica_key_store_is_retried_only_to_the_same_re
     // One replica says its store is its own; the other says nothing, which counts the same.
     let (a, b, cart) = replicas(failing(Some("local")), failing(None)).await;
     let (gw, _state) = gateway(&cart, &cart, &RETRY_FLAGS).await;
-    for index in 0..20 {
-        let (at_a, at_b) = keyed_add(&gw, &a, &b, &format!("key-{index}")).await;
-        // Retried (2 or 3 attempts, as the budget of one retry per request allows), all at
-        // the replica that had the first.
-        assert!(
-            at_a + at_b >= 2 && (at_a == 0 || at_b == 0),
-            "request {index}: {at_a} attempts at a, {at_b} at b"
-        );
-    }
+    every_retry_stays_on_one_replica(&gw, &a, &b).await;
     assert!(a.hits() > 0 && b.hits() > 0, "first attempts are still balanced");
     // A POST without a key is never repeated.
     let before = a.hits() + b.hits();
@@ -181,15 +187,7 @@ async fn a_keyed_write_may_move_to_another_replica_only_when_both_share_their_ke
     // One shared, one local: a retry never crosses from one to the other.
     let (a, b, cart) = replicas(failing(Some("shared")), failing(Some("local"))).await;
     let (gw, _state) = gateway(&cart, &cart, &RETRY_FLAGS).await;
-    for index in 0..20 {
-        let (at_a, at_b) = keyed_add(&gw, &a, &b, &format!("key-{index}")).await;
-        // Retried (2 or 3 attempts, as the budget of one retry per request allows), all at
-        // the replica that had the first.
-        assert!(
-            at_a + at_b >= 2 && (at_a == 0 || at_b == 0),
-            "request {index}: {at_a} attempts at a, {at_b} at b"
-        );
-    }
+    every_retry_stays_on_one_replica(&gw, &a, &b).await;
 }
 
 /// A backend on a raw socket: reads each request head (and a body of its `content-length`),

@@ -8,6 +8,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use gateway::GatewayState;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use shopstack_testkit::db::TestDb;
@@ -55,6 +56,17 @@ impl Orders {
             .await;
         Orders { server, _db: db }
     }
+}
+
+/// `shop`'s orders service on a fresh SQLite file, and a gateway with edge auth on in front of
+/// all three.
+async fn orders_behind_auth(shop: &Shop) -> (Orders, TestServer, GatewayState) {
+    let orders = Orders::start(shop).await;
+    let orders_url = orders.server.url("");
+    let mut flags = AUTH_FLAGS.to_vec();
+    flags.extend(["--orders-service-url", &orders_url]);
+    let (gw, state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    (orders, gw, state)
 }
 
 fn now() -> u64 {
@@ -501,11 +513,7 @@ async fn mint_token_prints_a_token_the_gateway_accepts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_orders_answer_404_and_operators_need_the_admin_token() {
     let shop = Shop::start().await;
-    let orders = Orders::start(&shop).await;
-    let mut flags = AUTH_FLAGS.to_vec();
-    let orders_url = orders.server.url("");
-    flags.extend(["--orders-service-url", &orders_url]);
-    let (gw, state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    let (_orders, gw, state) = orders_behind_auth(&shop).await;
     let http = client();
     let alice = hs256(&claims("alice"), SECRET);
     let bob = hs256(&claims("bob"), SECRET);
@@ -632,11 +640,7 @@ async fn not_found_answer(response: reqwest::Response) -> (u16, Vec<String>, Str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_users_order_and_a_missing_order_answer_the_same_bytes() {
     let shop = Shop::start().await;
-    let orders = Orders::start(&shop).await;
-    let mut flags = AUTH_FLAGS.to_vec();
-    let orders_url = orders.server.url("");
-    flags.extend(["--orders-service-url", &orders_url]);
-    let (gw, _state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    let (orders, gw, _state) = orders_behind_auth(&shop).await;
     let http = client();
     let alice = hs256(&claims("alice"), SECRET);
     let bob = hs256(&claims("bob"), SECRET);
@@ -739,11 +743,7 @@ async fn another_users_order_and_a_missing_order_answer_the_same_bytes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkout_naming_another_user_answers_404_and_leaves_their_cart() {
     let shop = Shop::start().await;
-    let orders = Orders::start(&shop).await;
-    let mut flags = AUTH_FLAGS.to_vec();
-    let orders_url = orders.server.url("");
-    flags.extend(["--orders-service-url", &orders_url]);
-    let (gw, state) = gateway(&shop.catalog_url(), &shop.cart_url(), &flags).await;
+    let (_orders, gw, state) = orders_behind_auth(&shop).await;
     let http = client();
     let alice = hs256(&claims("alice"), SECRET);
     let bob = hs256(&claims("bob"), SECRET);
