@@ -150,6 +150,14 @@ pub struct CommonConfig {
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
+    /// Secret shared by the gateway and the services behind it (at least 32 characters, e.g.
+    /// `openssl rand -hex 32`). Set: a service answers only requests carrying a short-lived
+    /// credential signed with it (the gateway's, naming the user it verified, or another
+    /// service's) and 401 to the rest, its admin routes included; the probes, /metrics,
+    /// /openapi.json and /docs stay open. Unset: a service answers whoever reaches it.
+    #[arg(long, env = "SERVICE_AUTH_SECRET", hide_env_values = true)]
+    pub service_auth_secret: Option<String>,
+
     /// Enable the `POST /stress` CPU/memory load generator (autoscaling demos).
     #[arg(long, env = "STRESS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new())]
     pub stress_enabled: bool,
@@ -171,6 +179,9 @@ pub struct CommonConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 }
+
+/// The shortest `SERVICE_AUTH_SECRET`: HMAC-SHA256 keys of at least 256 bits (RFC 7518 §3.2).
+pub const SERVICE_AUTH_SECRET_MIN_LEN: usize = 32;
 
 /// What differs between services when resolving [`CommonConfig`].
 #[derive(Debug, Clone)]
@@ -214,6 +225,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     pub simulation: SimulationProfile,
     pub admin_token: Option<String>,
+    /// `SERVICE_AUTH_SECRET`: signs and checks the credentials between services.
+    pub service_auth_secret: Option<String>,
     pub stress_enabled: bool,
     pub stress_require_admin: bool,
     pub max_body_bytes: usize,
@@ -314,6 +327,14 @@ impl CommonConfig {
         {
             bail!("ADMIN_TOKEN must be at least 8 characters");
         }
+        // Set but empty is a mistake (an unfilled template), not "off": refused like a short one.
+        if let Some(secret) = &self.service_auth_secret
+            && secret.len() < SERVICE_AUTH_SECRET_MIN_LEN
+        {
+            bail!(
+                "SERVICE_AUTH_SECRET must be at least {SERVICE_AUTH_SECRET_MIN_LEN} characters (e.g. `openssl rand -hex 32`)"
+            );
+        }
         if self.max_body_bytes < 1024 {
             bail!("MAX_BODY_BYTES must be at least 1024");
         }
@@ -351,6 +372,7 @@ impl CommonConfig {
             redis_url,
             simulation,
             admin_token,
+            service_auth_secret: self.service_auth_secret,
             stress_enabled: self.stress_enabled,
             stress_require_admin: self.stress_require_admin,
             max_body_bytes: self.max_body_bytes,
@@ -686,6 +708,18 @@ mod tests {
         assert!(parsed(Some("traceidratio"), Some("1.5")).is_none());
         assert!(parsed(Some("traceidratio"), Some("half")).is_none());
         assert!(parsed(Some("jaeger_remote"), None).is_none());
+    }
+
+    #[test]
+    fn a_service_auth_secret_is_long_enough_or_refused_even_when_empty() {
+        for short in ["", "too-short"] {
+            let error = resolve_flags(&["--service-auth-secret", short]).unwrap_err();
+            assert!(error.contains("SERVICE_AUTH_SECRET"), "{short:?}: {error}");
+        }
+        let secret = "x".repeat(SERVICE_AUTH_SECRET_MIN_LEN);
+        let settings = resolve_flags(&["--service-auth-secret", &secret]).unwrap();
+        assert_eq!(settings.service_auth_secret.as_deref(), Some(secret.as_str()));
+        assert_eq!(resolve_flags(&[]).unwrap().service_auth_secret, None);
     }
 
     #[test]
