@@ -39,11 +39,7 @@ fn venv() -> PathBuf {
 
 fn venv_tool(name: &str) -> PathBuf {
     let path = venv().join("bin").join(name);
-    assert!(
-        path.exists(),
-        "{} is missing: {INSTALL_HINT}",
-        path.display()
-    );
+    assert!(path.exists(), "{} is missing: {INSTALL_HINT}", path.display());
     path
 }
 
@@ -140,10 +136,13 @@ fn render_dir(name: &str, dir: &Path) -> Rendered {
     std::fs::write(&file, &output.stdout).unwrap();
     // YAML to JSON with the venv's PyYAML: the workspace has no YAML crate, and needs none.
     let python = venv_tool("python");
-    let converted = run(Command::new(python).arg("-c").arg(
-        "import json, sys, yaml\n\
+    let converted = run(Command::new(python)
+        .arg("-c")
+        .arg(
+            "import json, sys, yaml\n\
          json.dump([d for d in yaml.safe_load_all(open(sys.argv[1])) if d], sys.stdout)",
-    ).arg(&file));
+        )
+        .arg(&file));
     assert!(converted.status.success(), "{}", text(&converted));
     let objects: Vec<Value> = serde_json::from_slice(&converted.stdout).unwrap();
     assert!(!objects.is_empty(), "{name} renders no object");
@@ -184,17 +183,13 @@ fn prod() -> &'static Rendered {
 /// dev with the observability stack.
 fn dev_observability() -> &'static Rendered {
     static RENDERED: OnceLock<Rendered> = OnceLock::new();
-    RENDERED.get_or_init(|| {
-        render_with_components("dev-observability", "dev", &["observability"])
-    })
+    RENDERED.get_or_init(|| render_with_components("dev-observability", "dev", &["observability"]))
 }
 
 /// prod with the components whose objects come from CRDs.
 fn prod_crds() -> &'static Rendered {
     static RENDERED: OnceLock<Rendered> = OnceLock::new();
-    RENDERED.get_or_init(|| {
-        render_with_components("prod-crds", "prod", &["service-monitor", "gateway-api"])
-    })
+    RENDERED.get_or_init(|| render_with_components("prod-crds", "prod", &["service-monitor", "gateway-api"]))
 }
 
 fn every_rendering() -> [&'static Rendered; 4] {
@@ -254,9 +249,7 @@ fn store_variables() -> BTreeSet<String> {
     services()
         .iter()
         .flat_map(|(_, command)| env_names(command))
-        .filter(|env| {
-            env.ends_with("_URL") && !env.ends_with("_SERVICE_URL") && !env.starts_with("OTEL_")
-        })
+        .filter(|env| env.ends_with("_URL") && !env.ends_with("_SERVICE_URL") && !env.starts_with("OTEL_"))
         .collect()
 }
 
@@ -284,7 +277,12 @@ fn secret_variables() -> BTreeSet<String> {
                 .collect::<Vec<_>>()
         })
         .collect();
-    for name in ["ADMIN_TOKEN", "SERVICE_AUTH_SECRET", "JWT_SECRET", "JWT_PUBLIC_KEY"] {
+    for name in [
+        "ADMIN_TOKEN",
+        "SERVICE_AUTH_SECRET",
+        "JWT_SECRET",
+        "JWT_PUBLIC_KEY",
+    ] {
         names.insert(name.to_owned());
     }
     names
@@ -315,24 +313,22 @@ fn selects(selector: &Value, labels: &BTreeMap<String, String>) -> bool {
             .iter()
             .all(|(key, value)| labels.get(key).map(String::as_str) == value.as_str())
     });
-    let by_expressions = selector["matchExpressions"]
-        .as_array()
-        .is_none_or(|expressions| {
-            expressions.iter().all(|expression| {
-                let value = labels.get(str_of(&expression["key"]));
-                let values: Vec<&str> = expression["values"]
-                    .as_array()
-                    .map(|values| values.iter().map(str_of).collect())
-                    .unwrap_or_default();
-                match str_of(&expression["operator"]) {
-                    "In" => value.is_some_and(|value| values.contains(&value.as_str())),
-                    "NotIn" => value.is_none_or(|value| !values.contains(&value.as_str())),
-                    "Exists" => value.is_some(),
-                    "DoesNotExist" => value.is_none(),
-                    other => panic!("unknown selector operator {other}"),
-                }
-            })
-        });
+    let by_expressions = selector["matchExpressions"].as_array().is_none_or(|expressions| {
+        expressions.iter().all(|expression| {
+            let value = labels.get(str_of(&expression["key"]));
+            let values: Vec<&str> = expression["values"]
+                .as_array()
+                .map(|values| values.iter().map(str_of).collect())
+                .unwrap_or_default();
+            match str_of(&expression["operator"]) {
+                "In" => value.is_some_and(|value| values.contains(&value.as_str())),
+                "NotIn" => value.is_none_or(|value| !values.contains(&value.as_str())),
+                "Exists" => value.is_some(),
+                "DoesNotExist" => value.is_none(),
+                other => panic!("unknown selector operator {other}"),
+            }
+        })
+    });
     by_labels && by_expressions
 }
 
@@ -513,10 +509,7 @@ fn peers(
             };
             for peer in rule_peers {
                 if let Some(block) = peer["ipBlock"].as_object() {
-                    found.push((
-                        Peer::Addresses(str_of(&block["cidr"]).to_owned()),
-                        ports.clone(),
-                    ));
+                    found.push((Peer::Addresses(str_of(&block["cidr"]).to_owned()), ports.clone()));
                 } else if peer["namespaceSelector"].is_object() {
                     let names = labels(&peer["namespaceSelector"]["matchLabels"]);
                     let name = names
@@ -553,8 +546,7 @@ fn peer_set(found: &[(Peer, Vec<String>)]) -> BTreeSet<Peer> {
 /// Whether some rule lets `peer` through on `port` (a number, or the pod port's name).
 fn allows(found: &[(Peer, Vec<String>)], peer: &Peer, ports: &[&str]) -> bool {
     found.iter().any(|(candidate, open)| {
-        candidate == peer
-            && (open.is_empty() || ports.iter().any(|port| open.iter().any(|o| o == port)))
+        candidate == peer && (open.is_empty() || ports.iter().any(|port| open.iter().any(|o| o == port)))
     })
 }
 
@@ -589,8 +581,8 @@ fn check_network_policies(rendered: &Rendered) {
     let mut external: BTreeMap<String, Vec<(Peer, u16)>> = BTreeMap::new();
     for workload in all.iter().filter(|w| service_names.contains(&w.name)) {
         let env = environment(rendered, workload.pod);
-        let mut wanted = |variable: &str, default_port: u16, expected_backend: Option<&str>| {
-            match env.get(variable) {
+        let mut wanted =
+            |variable: &str, default_port: u16, expected_backend: Option<&str>| match env.get(variable) {
                 Some(Source::Value(urls)) => {
                     for url in urls.split(',') {
                         let (host, port) = host_and_port(url.trim(), default_port);
@@ -617,10 +609,7 @@ fn check_network_policies(rendered: &Rendered) {
                                 .entry(target.clone())
                                 .or_default()
                                 .insert(workload.name.clone());
-                            reaches
-                                .entry(workload.name.clone())
-                                .or_default()
-                                .insert(target);
+                            reaches.entry(workload.name.clone()).or_default().insert(target);
                         }
                     }
                 }
@@ -638,8 +627,7 @@ fn check_network_policies(rendered: &Rendered) {
                         workload.name
                     );
                 }
-            }
-        };
+            };
         for (variable, backend) in &backends[&workload.name] {
             wanted(variable, 80, Some(backend));
         }
@@ -731,7 +719,10 @@ fn check_network_policies(rendered: &Rendered) {
             "{context} may reach anyone"
         );
         if !is_service {
-            assert!(egress.is_empty(), "{context} (a store) may connect out: {egress:?}");
+            assert!(
+                egress.is_empty(),
+                "{context} (a store) may connect out: {egress:?}"
+            );
             continue;
         }
         for target in &expected {
@@ -803,11 +794,7 @@ fn every_overlay_renders_and_validates_strictly_against_the_oldest_supported_kub
             let crd = CRD_KINDS
                 .iter()
                 .any(|kind| line.contains(&format!("Couldn't find schema for kind {kind} ")));
-            assert!(
-                crd && rendered.name.contains("crds"),
-                "{}: {line}",
-                rendered.name
-            );
+            assert!(crd && rendered.name.contains("crds"), "{}: {line}", rendered.name);
         }
     }
 }
@@ -839,7 +826,12 @@ fn crd_objects_live_only_in_the_optional_components() {
     let selected: BTreeSet<String> = rendered
         .of_kind("Service")
         .into_iter()
-        .filter(|service| selects(&monitor["spec"]["selector"], &labels(&service["metadata"]["labels"])))
+        .filter(|service| {
+            selects(
+                &monitor["spec"]["selector"],
+                &labels(&service["metadata"]["labels"]),
+            )
+        })
         .map(|service| str_of(&service["metadata"]["name"]).to_owned())
         .collect();
     let services: BTreeSet<String> = backends_read().keys().cloned().collect();
@@ -849,7 +841,11 @@ fn crd_objects_live_only_in_the_optional_components() {
         for service in &services {
             let ports = &rendered.get("Service", service)["spec"]["ports"];
             assert!(
-                ports.as_array().unwrap().iter().any(|port| port["name"] == endpoint["port"]),
+                ports
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|port| port["name"] == endpoint["port"]),
                 "Service {service} has no port named {}",
                 endpoint["port"]
             );
@@ -858,7 +854,10 @@ fn crd_objects_live_only_in_the_optional_components() {
     let route = rendered.get("HTTPRoute", "gateway");
     for backend in route["spec"]["rules"][0]["backendRefs"].as_array().unwrap() {
         let service = rendered.get("Service", str_of(&backend["name"]));
-        assert_eq!(service["metadata"]["name"], "gateway", "the route leads to the gateway only");
+        assert_eq!(
+            service["metadata"]["name"], "gateway",
+            "the route leads to the gateway only"
+        );
         assert_eq!(service["spec"]["ports"][0]["port"], backend["port"]);
     }
     assert!(
@@ -887,7 +886,11 @@ fn checkov_passes_on_every_rendering_and_every_skip_says_why() {
     // A skip on one object is an annotation `CHECK=reason`.
     for rendered in every_rendering() {
         for object in &rendered.objects {
-            for (key, value) in object["metadata"]["annotations"].as_object().into_iter().flatten() {
+            for (key, value) in object["metadata"]["annotations"]
+                .as_object()
+                .into_iter()
+                .flatten()
+            {
                 if key.starts_with("checkov.io/skip") {
                     let reason = str_of(value).split_once('=').map(|(_, reason)| reason.trim());
                     assert!(
@@ -1005,7 +1008,11 @@ fn every_service_pod_is_probed_sized_hardened_and_drained_within_its_grace_perio
             let security = &container["securityContext"];
             assert_eq!(security["readOnlyRootFilesystem"], true, "{context}");
             assert_eq!(security["allowPrivilegeEscalation"], false, "{context}");
-            assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{context}");
+            assert_eq!(
+                security["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{context}"
+            );
 
             // The drain fits the grace period: preStop sleep, then SIGTERM → SHUTDOWN_DRAIN_MS
             // serving with /readyz failing → SHUTDOWN_GRACE_MS for requests in flight → the
@@ -1023,8 +1030,16 @@ fn every_service_pod_is_probed_sized_hardened_and_drained_within_its_grace_perio
                  {TELEMETRY_FLUSH_SECONDS} s exceed terminationGracePeriodSeconds {period}"
             );
 
-            assert_eq!(env["POD_NAME"], Source::Field("metadata.name".into()), "{context}");
-            assert_eq!(env["NODE_NAME"], Source::Field("spec.nodeName".into()), "{context}");
+            assert_eq!(
+                env["POD_NAME"],
+                Source::Field("metadata.name".into()),
+                "{context}"
+            );
+            assert_eq!(
+                env["NODE_NAME"],
+                Source::Field("spec.nodeName".into()),
+                "{context}"
+            );
             let annotations = &deployment["spec"]["template"]["metadata"]["annotations"];
             assert_eq!(annotations["prometheus.io/scrape"], "true", "{context}");
             assert_eq!(annotations["prometheus.io/path"], "/metrics", "{context}");
@@ -1062,7 +1077,11 @@ fn every_pod_of_every_rendering_runs_hardened() {
                 let security = &container["securityContext"];
                 assert_eq!(security["readOnlyRootFilesystem"], true, "{context}");
                 assert_eq!(security["allowPrivilegeEscalation"], false, "{context}");
-                assert_eq!(security["capabilities"]["drop"], serde_json::json!(["ALL"]), "{context}");
+                assert_eq!(
+                    security["capabilities"]["drop"],
+                    serde_json::json!(["ALL"]),
+                    "{context}"
+                );
                 assert!(container["readinessProbe"].is_object(), "{context}: readiness");
                 assert!(container["livenessProbe"].is_object(), "{context}: liveness");
                 assert!(
@@ -1138,12 +1157,26 @@ fn prod_autoscales_budgets_disruptions_and_spreads_every_service() {
     }
     let ingresses = rendered.of_kind("Ingress");
     assert_eq!(ingresses.len(), 1, "prod: one Ingress");
-    for path in ingresses[0]["spec"]["rules"][0]["http"]["paths"].as_array().unwrap() {
-        assert_eq!(path["backend"]["service"]["name"], "gateway", "only the gateway is exposed");
+    for path in ingresses[0]["spec"]["rules"][0]["http"]["paths"]
+        .as_array()
+        .unwrap()
+    {
+        assert_eq!(
+            path["backend"]["service"]["name"], "gateway",
+            "only the gateway is exposed"
+        );
     }
     for service in rendered.of_kind("Service") {
-        assert_ne!(service["spec"]["type"], "LoadBalancer", "{}", service["metadata"]["name"]);
-        assert_ne!(service["spec"]["type"], "NodePort", "{}", service["metadata"]["name"]);
+        assert_ne!(
+            service["spec"]["type"], "LoadBalancer",
+            "{}",
+            service["metadata"]["name"]
+        );
+        assert_ne!(
+            service["spec"]["type"], "NodePort",
+            "{}",
+            service["metadata"]["name"]
+        );
     }
 }
 
@@ -1236,8 +1269,7 @@ fn the_policy_check_fails_when_a_policy_admits_a_peer_the_configuration_does_not
     let mut objects = dev().objects.clone();
     for object in &mut objects {
         if object["kind"] == "NetworkPolicy" && object["metadata"]["name"] == "catalog" {
-            object["spec"]["ingress"][0]["from"] =
-                serde_json::json!([{ "podSelector": {} }]);
+            object["spec"]["ingress"][0]["from"] = serde_json::json!([{ "podSelector": {} }]);
         }
     }
     let widened = Rendered {
@@ -1250,5 +1282,8 @@ fn the_policy_check_fails_when_a_policy_admits_a_peer_the_configuration_does_not
         .err()
         .and_then(|panic| panic.downcast::<String>().ok())
         .expect("a catalog policy admitting every pod passes the check");
-    assert!(message.contains("dev with a widened catalog policy: catalog"), "{message}");
+    assert!(
+        message.contains("dev with a widened catalog policy: catalog"),
+        "{message}"
+    );
 }
