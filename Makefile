@@ -13,8 +13,9 @@ export STRESS_ENABLED ?= true
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 # compose-up profile: full (everything) or lite (no collector, Tempo, Loki, log shipper).
 PROFILE ?= full
-# make k8s-render: dev or prod.
+# make k8s-render: dev or prod; kubectl: the one make k8s-tools installed when the machine had none.
 OVERLAY ?= dev
+KUBECTL ?= $(shell [ -x target/k8s-venv/bin/kubectl ] && echo target/k8s-venv/bin/kubectl || echo kubectl)
 IMAGE_TAG ?= dev
 IMAGES ?= gateway catalog cart orders
 
@@ -103,7 +104,7 @@ k8s-tools: ## Install kubernetes-validate, checkov (and kubectl if missing) into
 	./ops/k8s-tools.sh
 
 k8s-render: ## Print the Kubernetes manifests of an overlay (OVERLAY=dev|prod)
-	kubectl kustomize deploy/k8s/overlays/$(OVERLAY)
+	$(KUBECTL) kustomize deploy/k8s/overlays/$(OVERLAY)
 
 k8s-dev-secret: ## Create the Secret `shopstack` with random values for the dev overlay (current kubectl context)
 	./deploy/k8s/dev-secret.sh
