@@ -263,6 +263,19 @@ fn store_port(variable: &str) -> u16 {
     }
 }
 
+/// The ports an external store may serve on: a managed Redis serves TLS on 6380 as often as on
+/// 6379.
+fn store_ports_outside(port: u16) -> Vec<u16> {
+    if port == 6379 {
+        vec![6379, 6380]
+    } else {
+        vec![port]
+    }
+}
+
+/// Where the services' traces go: the OpenTelemetry Collector's namespace and OTLP/gRPC port.
+const COLLECTOR: (&str, u16) = ("monitoring", 4317);
+
 /// Variables whose values are secrets: clap hides their values from `--help`, and
 /// `SERVICE_AUTH_SECRET` (a shared signing secret) and the JWT keys in any case.
 fn secret_variables() -> BTreeSet<String> {
@@ -511,11 +524,18 @@ fn peers(
                 if let Some(block) = peer["ipBlock"].as_object() {
                     found.push((Peer::Addresses(str_of(&block["cidr"]).to_owned()), ports.clone()));
                 } else if peer["namespaceSelector"].is_object() {
+                    // Another namespace only by its name: a selector on other labels (or none)
+                    // admits namespaces nobody here chose.
                     let names = labels(&peer["namespaceSelector"]["matchLabels"]);
                     let name = names
                         .get("kubernetes.io/metadata.name")
                         .cloned()
-                        .unwrap_or_else(|| format!("any namespace labelled {names:?}"));
+                        .unwrap_or_else(|| {
+                            panic!(
+                                "{}: policy {} selects namespaces by {names:?}, not by name",
+                                rendered.name, policy["metadata"]["name"]
+                            )
+                        });
                     found.push((Peer::Namespace(name), ports.clone()));
                 } else {
                     let selector = &peer["podSelector"];
@@ -751,6 +771,35 @@ fn check_network_policies(rendered: &Rendered) {
                 same && (open.is_empty() || open.contains(&port))
             });
             assert!(allowed, "{context} may not reach {peer:?} on port {port}");
+        }
+
+        // Nothing else leaves the namespace: DNS, the collector (whose place is opened even
+        // where no endpoint is set), and the external stores on their ports.
+        let expected_outside = external.get(name).cloned().unwrap_or_default();
+        for (peer, open) in &egress {
+            let only = |ports: &[String]| !open.is_empty() && open.iter().all(|port| ports.contains(port));
+            let fine = match peer {
+                Peer::Workload(_) => true,
+                Peer::Namespace(namespace) if namespace == "kube-system" => only(&["53".to_owned()]),
+                Peer::Namespace(namespace) if namespace == COLLECTOR.0 => only(&[COLLECTOR.1.to_string()]),
+                Peer::Namespace(namespace) => expected_outside.iter().any(|(expected, port)| {
+                    *expected == Peer::Namespace(namespace.clone()) && only(&[port.to_string()])
+                }),
+                Peer::Addresses(_) => {
+                    let ports: Vec<String> = expected_outside
+                        .iter()
+                        .filter(|(expected, _)| matches!(expected, Peer::Addresses(_)))
+                        .flat_map(|(_, port)| store_ports_outside(*port))
+                        .map(|port| port.to_string())
+                        .collect();
+                    only(&ports)
+                }
+                Peer::Anyone => false,
+            };
+            assert!(
+                fine,
+                "{context} may reach {peer:?} on {open:?}, which its configuration does not use"
+            );
         }
     }
 }
