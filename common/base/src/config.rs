@@ -138,7 +138,9 @@ pub struct CommonConfig {
     #[arg(long, env = "SIM_HEADER_FAULTS", value_parser = BoolishValueParser::new())]
     pub sim_header_faults: Option<bool>,
 
-    /// Redis, e.g. redis://127.0.0.1:6379/0. Unset: the service keeps its state in memory.
+    /// Redis: one URL for one server (redis://127.0.0.1:6379/0), or a comma-separated list of
+    /// node URLs for a Redis Cluster (redis://h1:7001,redis://h2:7002,…). Unset: the service
+    /// keeps its state in memory.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -317,8 +319,7 @@ impl CommonConfig {
             .filter(|value| !value.trim().is_empty())
             .map(|value| normalise_redis_url(&value));
         if let Some(url) = &redis_url {
-            ::redis::parse_redis_url(url)
-                .with_context(|| format!("REDIS_URL {url:?} is not a redis:// URL"))?;
+            validate_redis_nodes(url)?;
         }
 
         let admin_token = self.admin_token.filter(|token| !token.is_empty());
@@ -577,14 +578,50 @@ impl Default for QueueSettings {
 }
 
 /// `redis://host:port/db` as given, or the `host:port` form of `REDIS_ADDR` (accepted for
-/// compatibility).
+/// compatibility); in a comma-separated list (a Redis Cluster's nodes), each entry so.
 pub fn normalise_redis_url(value: &str) -> String {
-    let value = value.trim();
-    if value.contains("://") {
-        value.to_owned()
-    } else {
-        format!("redis://{value}")
+    redis_nodes(value).join(",")
+}
+
+/// The entries of a `REDIS_URL`: one (a single server) or several (the seed nodes of a Redis
+/// Cluster), each a `redis://` or `rediss://` URL.
+pub fn redis_nodes(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            if entry.contains("://") {
+                entry.to_owned()
+            } else {
+                format!("redis://{entry}")
+            }
+        })
+        .collect()
+}
+
+/// Every node URL parses; a cluster's nodes all use the same scheme and no database number (a
+/// Redis Cluster has database 0 only).
+fn validate_redis_nodes(url: &str) -> anyhow::Result<()> {
+    let nodes = redis_nodes(url);
+    if nodes.is_empty() {
+        bail!("REDIS_URL names no server");
     }
+    let mut schemes = Vec::new();
+    for node in &nodes {
+        let parsed = ::redis::parse_redis_url(node)
+            .with_context(|| format!("REDIS_URL entry {node:?} is not a redis:// or rediss:// URL"))?;
+        if nodes.len() > 1 && !matches!(parsed.path(), "" | "/" | "/0") {
+            bail!("REDIS_URL entry {node:?} names a database: a Redis Cluster has database 0 only");
+        }
+        if !schemes.contains(&parsed.scheme().to_owned()) {
+            schemes.push(parsed.scheme().to_owned());
+        }
+    }
+    if schemes.len() > 1 {
+        bail!("REDIS_URL mixes {schemes:?}: every node of a cluster is reached the same way");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -708,6 +745,26 @@ mod tests {
         assert!(parsed(Some("traceidratio"), Some("1.5")).is_none());
         assert!(parsed(Some("traceidratio"), Some("half")).is_none());
         assert!(parsed(Some("jaeger_remote"), None).is_none());
+    }
+
+    #[test]
+    fn a_redis_url_list_means_the_nodes_of_a_cluster() {
+        assert_eq!(redis_nodes("redis://a:1"), ["redis://a:1"]);
+        assert_eq!(
+            redis_nodes(" redis://a:7001, b:7002 ,"),
+            ["redis://a:7001", "redis://b:7002"]
+        );
+        assert_eq!(normalise_redis_url("a:1,b:2"), "redis://a:1,redis://b:2");
+        assert!(resolve_flags(&["--redis-url", "redis://a:7001,redis://b:7002"]).is_ok());
+        for refused in [
+            "redis://a:7001/2,redis://b:7002",
+            "redis://a:7001,rediss://b:7002",
+            "redis://a:7001,http://b:7002",
+            ",",
+        ] {
+            let error = resolve_flags(&["--redis-url", refused]).unwrap_err();
+            assert!(error.contains("REDIS_URL"), "{refused:?}: {error}");
+        }
     }
 
     #[test]
