@@ -147,8 +147,7 @@ async fn healthz(State(platform): State<Platform>) -> Response {
     (code, axum::Json(Value::Object(body))).into_response()
 }
 
-/// Every metric of the service: OpenMetrics (with exemplars) when `Accept` asks for
-/// `application/openmetrics-text`, the Prometheus text format otherwise.
+/// Every metric of the service, as OpenMetrics or the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = OPERATIONS_TAG, responses(
     (status = 200, description = "The Prometheus text format 0.0.4, or OpenMetrics 1.0.0 (with exemplars) when `Accept` asks for `application/openmetrics-text`", content(
         (String = "text/plain"),
