@@ -319,8 +319,14 @@ mod tests {
         assert_eq!(exemplars.len(), 1, "{openmetrics}");
         // The bucket the 4 ms request fell in; OpenMetrics puts `le` first.
         let (sample, exemplar) = exemplars[0].split_once(" # ").unwrap();
-        assert!(sample.starts_with("http_request_duration_seconds_bucket{le=\"0.005\","), "{sample}");
-        assert!(sample.contains("route=\"/cart/{user_id}\"") && sample.ends_with(" 1"), "{sample}");
+        assert!(
+            sample.starts_with("http_request_duration_seconds_bucket{le=\"0.005\","),
+            "{sample}"
+        );
+        assert!(
+            sample.contains("route=\"/cart/{user_id}\"") && sample.ends_with(" 1"),
+            "{sample}"
+        );
         assert!(
             exemplar.starts_with("{trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.004 "),
             "{exemplar}"
