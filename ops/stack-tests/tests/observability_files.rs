@@ -367,7 +367,11 @@ fn latency_exemplars_are_stored_and_lead_to_their_trace_in_tempo() {
         .nth(1)
         .expect("the Prometheus data source names where exemplars lead");
     let mut lines = destinations.lines().skip(1).map(str::trim);
-    assert_eq!(lines.next(), Some("- name: trace_id"), "the exemplar label the services set");
+    assert_eq!(
+        lines.next(),
+        Some("- name: trace_id"),
+        "the exemplar label the services set"
+    );
     let uid = lines
         .next()
         .and_then(|line| line.strip_prefix("datasourceUid:"))
