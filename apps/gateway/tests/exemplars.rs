@@ -2,7 +2,8 @@
 //! catalog, `/metrics` scraped as OpenMetrics shows the request's trace id as the exemplar of
 //! an `http_request_duration_seconds` bucket — in the gateway (a proxied route, observed without
 //! a `tracing` span) and in the catalog (the service kit's middleware). Only sampled requests
-//! are linked, and the Prometheus text format carries no exemplars.
+//! are linked, the Prometheus text format carries no exemplars, and an exemplar holds the trace
+//! id alone: no header, key, token or id of the request reaches `/metrics`.
 //!
 //! The services run as child processes, as in production: each has its own telemetry set up
 //! from its environment.
@@ -141,6 +142,53 @@ async fn when_spans_are_exported_the_samplers_decision_says_what_is_linked() {
             );
             let found = exemplars_of(&openmetrics, "/catalog/{id}", trace_id).len();
             assert_eq!(found, usize::from(linked), "{sampler}:\n{openmetrics}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_of_a_request_but_its_trace_id_reaches_an_exemplar() {
+    let (gateway, catalog) = gateway_and_catalog(&[]).await;
+    let secrets = [
+        "Bearer secret-token-7f3a",
+        "idem-key-91c2",
+        "request-id-5e8d",
+        "shopper-42",
+    ];
+    let response = shopstack_testkit::http::client()
+        .get(gateway.url("/catalog/prod-110?owner=shopper-42"))
+        .header("authorization", secrets[0])
+        .header("idempotency-key", secrets[1])
+        .header("x-request-id", secrets[2])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let trace_id = response.headers()["x-trace-id"].to_str().unwrap().to_owned();
+
+    for service in [&gateway, &catalog] {
+        let (_, openmetrics) = scrape(service, OPENMETRICS).await;
+        for secret in secrets {
+            assert!(!openmetrics.contains(secret), "{secret}:\n{openmetrics}");
+        }
+        let exemplars: Vec<&str> = openmetrics
+            .lines()
+            .filter_map(|line| line.split_once(" # ").map(|(_, exemplar)| exemplar))
+            .collect();
+        assert!(
+            exemplars.iter().any(|exemplar| exemplar.contains(&trace_id)),
+            "{openmetrics}"
+        );
+        for exemplar in exemplars {
+            let labels = exemplar.split(' ').next().unwrap();
+            let id = labels
+                .strip_prefix("{trace_id=\"")
+                .and_then(|rest| rest.strip_suffix("\"}"))
+                .unwrap_or_else(|| panic!("only trace_id: {exemplar}"));
+            assert!(
+                id.len() == 32 && id.bytes().all(|byte| byte.is_ascii_hexdigit()),
+                "{exemplar}"
+            );
         }
     }
 }
