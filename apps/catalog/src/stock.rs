@@ -28,15 +28,15 @@ impl Inventory {
             store,
             catalog,
             reservations: registry.counter_vec(
-"inventory_reservations_total",
-"Reservation operations by result: reserved, released, insufficient, committed, restocked, expired, unavailable.",
-["result"],
-)?,
+                "inventory_reservations_total",
+                "Reservation operations by result: reserved, released, insufficient, committed, restocked, expired, unavailable.",
+                ["result"],
+            )?,
             stock_gauge: registry.gauge_vec(
-"inventory_stock_available",
-"Units free to reserve, per product (a bounded set: the catalogue).",
-["product_id"],
-)?,
+                "inventory_stock_available",
+                "Units free to reserve, per product (a bounded set: the catalogue).",
+                ["product_id"],
+            )?,
         })
     }
 

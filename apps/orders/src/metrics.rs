@@ -47,32 +47,32 @@ impl OrdersMetrics {
         }
         Ok(Self {
             created: registry.counter_vec(
-"orders_created_total",
-"Orders placed, by source (direct, checkout).",
-["source"],
-)?,
+                "orders_created_total",
+                "Orders placed, by source (direct, checkout).",
+                ["source"],
+            )?,
             value: registry.histogram(
                 "order_value_dollars",
                 "Total amount of each order placed, in dollars.",
                 VALUE_BUCKETS,
             )?,
             transitions: registry.counter_vec(
-"order_status_transitions_total",
-"Order status changes, by from and to.",
-["from", "to"],
-)?,
+                "order_status_transitions_total",
+                "Order status changes, by from and to.",
+                ["from", "to"],
+            )?,
             by_status,
             checkouts: registry.counter_vec(
-"checkouts_total",
-"Checkout requests, by result.",
-["result"],
-)?,
+                "checkouts_total",
+                "Checkout requests, by result.",
+                ["result"],
+            )?,
             recoveries: {
                 let recoveries = registry.counter_vec(
-"order_saga_recoveries_total",
-"Interrupted order placements resolved by the recovery task, by outcome (finished, undone).",
-["outcome"],
-)?;
+                    "order_saga_recoveries_total",
+                    "Interrupted order placements resolved by the recovery task, by outcome (finished, undone).",
+                    ["outcome"],
+                )?;
                 // Both outcomes start at 0: "no interrupted checkout" is a value, not missing data.
                 for outcome in ["finished", "undone"] {
                     recoveries.with_label_values(&[outcome]).inc_by(0);
@@ -84,10 +84,10 @@ impl OrdersMetrics {
                 "Order events written to the outbox but not yet published.",
             )?,
             cache_requests: registry.counter_vec(
-"order_cache_requests_total",
-"Order reads by Redis cache result (hit, miss, error: Redis failed and the database answered).",
-["result"],
-)?,
+                "order_cache_requests_total",
+                "Order reads by Redis cache result (hit, miss, error: Redis failed and the database answered).",
+                ["result"],
+            )?,
             idempotency: Outcomes::register(registry)?,
         })
     }
