@@ -13,13 +13,12 @@ use opentelemetry::trace::{
     SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
 };
 use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
-use prometheus::IntGauge;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::platform::Platform;
 use shopstack_base::simulation::InjectedFault;
-use shopstack_telemetry::metrics::RouteMetrics;
+use shopstack_telemetry::metrics::{IntGauge, RouteMetrics, observe_latency};
 use shopstack_telemetry::otlp;
 use shopstack_telemetry::propagation;
 use shopstack_telemetry::telemetry;
@@ -190,6 +189,14 @@ impl Drop for InFlight {
     }
 }
 
+/// The trace a request's latency links to as its exemplar: the request's own, when it is
+/// sampled — the flag its span passes on in `traceparent` (with an exporter the sampler's
+/// decision; without one the caller's flag, or sampled for a trace the request starts). A trace
+/// no one records is not linked to.
+fn exemplar_trace(context: &SpanContext) -> Option<TraceId> {
+    (context.is_valid() && context.is_sampled()).then(|| context.trace_id())
+}
+
 pub async fn observe_request(State(platform): State<Platform>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -220,6 +227,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
     );
     telemetry::set_parent(&span, propagation::extract(request.headers()));
     let trace_id = telemetry::record_trace_ids(&span);
+    let exemplar = exemplar_trace(&telemetry::span_context(&span));
 
     let metrics = platform.metrics();
     let in_flight = InFlight::enter(&metrics.in_flight);
@@ -235,10 +243,10 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         .requests
         .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
         .inc();
-    metrics
+    let duration = metrics
         .duration
-        .with_label_values(&[method.as_str(), route.as_str()])
-        .observe(elapsed.as_secs_f64());
+        .with_label_values(&[method.as_str(), route.as_str()]);
+    observe_latency(&duration, elapsed.as_secs_f64(), exemplar);
 
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -389,7 +397,8 @@ impl RouteObserver {
         let status = response.status();
         let elapsed = started.elapsed();
         self.metrics.requests.inc(status.as_str());
-        self.metrics.duration.observe(elapsed.as_secs_f64());
+        let exemplar = trace.sampled.then_some(trace.trace_id);
+        observe_latency(&self.metrics.duration, elapsed.as_secs_f64(), exemplar);
         drop(_in_flight);
 
         let mut trace_hex = [0u8; 32];

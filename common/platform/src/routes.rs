@@ -156,12 +156,15 @@ async fn healthz(State(platform): State<Platform>) -> Response {
     (code, axum::Json(Value::Object(body))).into_response()
 }
 
-/// Prometheus text exposition.
+/// Every metric of the service, as OpenMetrics or the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = OPERATIONS_TAG, responses(
-    (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+    (status = 200, description = "The Prometheus text format 0.0.4, or OpenMetrics 1.0.0 (with exemplars) when `Accept` asks for `application/openmetrics-text`", content(
+        (String = "text/plain"),
+        (String = "application/openmetrics-text"),
+    )),
 ))]
-async fn metrics(State(platform): State<Platform>) -> Response {
-    platform.metrics().render()
+async fn metrics(State(platform): State<Platform>, headers: HeaderMap) -> Response {
+    platform.metrics().render(&headers)
 }
 
 /// The live simulation profile.

@@ -3,12 +3,15 @@
 //! - [`telemetry`]: the subscriber (JSON log layer, trace layers) and a span's trace context.
 //! - [`logsink`]: the log writer thread; [`otlp`] and [`span_queue`]: OTLP/gRPC span export.
 //! - [`propagation`]: `traceparent`/`tracestate` in and out of headers.
-//! - [`metrics`]: the Prometheus registry and the HTTP metrics.
+//! - [`metrics`]: the service's metric registry, the HTTP metrics and `/metrics` (OpenMetrics
+//!   with exemplars, or the Prometheus text format); `process`: the `process_*` metrics.
 #![forbid(unsafe_code)]
 
 pub mod logsink;
 pub mod metrics;
 pub mod otlp;
+#[cfg(target_os = "linux")]
+mod process;
 pub mod propagation;
 pub mod span_queue;
 pub mod telemetry;
