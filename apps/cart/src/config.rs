@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use shopstack_base::config::{CommonConfig, UrlList, parse_duration};
+use shopstack_events::events::EventsConfig;
 
 /// The cart service: shopping carts in memory or on Redis.
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,8 +31,7 @@ pub struct CartConfig {
     #[arg(long, env = "IDEMPOTENCY_MAX_KEYS", default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     pub idempotency_max_keys: u32,
 
-    /// Publish cart events to (and consume order events from) NATS JetStream at this URL, e.g.
-    /// nats://127.0.0.1:4222. Unset: cart events are logged.
-    #[arg(long, env = "NATS_URL")]
-    pub nats_url: Option<String>,
+    /// Cart events out, `order.created` in.
+    #[command(flatten)]
+    pub events: EventsConfig,
 }

@@ -76,8 +76,8 @@ impl AppState {
             config.catalog_service_url.0.clone(),
             config.catalog_timeout,
         );
-        let bus = EventBus::from_url(
-            config.nats_url.as_deref(),
+        let bus = EventBus::from_config(
+            &config.events,
             &platform.identity().name,
             registry,
             platform.health(),

@@ -1,6 +1,7 @@
 use std::time::Duration;
 
 use shopstack_base::config::{CommonConfig, UrlList, parse_duration};
+use shopstack_events::events::EventsConfig;
 
 /// The orders service: the orders API and checkout, on SQLite or PostgreSQL.
 #[derive(Debug, Clone, clap::Parser)]
@@ -30,10 +31,9 @@ pub struct OrdersConfig {
     #[arg(long, env = "UPSTREAM_TIMEOUT", default_value = "3s", value_parser = parse_duration)]
     pub upstream_timeout: Duration,
 
-    /// Publish order events to NATS JetStream at this URL, e.g. nats://127.0.0.1:4222. Unset:
-    /// events are logged.
-    #[arg(long, env = "NATS_URL")]
-    pub nats_url: Option<String>,
+    /// Order events out (the outbox relay publishes them).
+    #[command(flatten)]
+    pub events: EventsConfig,
 
     /// How long an order stays in the Redis read cache (on when REDIS_URL is set), e.g. 5m.
     #[arg(long, env = "ORDER_CACHE_TTL", default_value = "5m", value_parser = parse_duration)]

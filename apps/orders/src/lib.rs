@@ -60,8 +60,8 @@ impl AppState {
             Box::pin(async move { db.ping().await })
         });
         let registry = platform.metrics().registry();
-        let bus = EventBus::from_url(
-            config.nats_url.as_deref(),
+        let bus = EventBus::from_config(
+            &config.events,
             &platform.identity().name,
             registry,
             platform.health(),

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
@@ -183,6 +184,43 @@ struct Nats {
     jetstream: jetstream::Context,
     /// Set once the stream is known to exist; cleared when a publish fails so it is re-checked.
     stream_ready: Mutex<bool>,
+    /// `EVENTS_STREAM_REPLICAS`, used when this service creates the stream.
+    stream_replicas: usize,
+}
+
+/// Where events go: the settings of every service that publishes or consumes them (flattened
+/// into its command line).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsConfig {
+    /// NATS JetStream for events: one server's URL (nats://127.0.0.1:4222; tls:// for TLS) or a
+    /// comma-separated list of a cluster's servers. Unset: events are logged.
+    #[arg(long, env = "NATS_URL")]
+    pub nats_url: Option<String>,
+
+    /// A NATS credentials file (`.creds`: a user JWT and its NKey seed) to connect with.
+    #[arg(long, env = "NATS_CREDS")]
+    pub nats_creds: Option<std::path::PathBuf>,
+
+    /// Replicas of the SHOPSTACK stream when this service creates it: 3 on a 3-node cluster
+    /// (a publish is then acknowledged once two servers stored it), 1 on a single server.
+    #[arg(long, env = "EVENTS_STREAM_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub events_stream_replicas: u8,
+}
+
+/// The servers of a `NATS_URL`: one, or a cluster's comma-separated list.
+fn nats_servers(url: &str) -> anyhow::Result<Vec<async_nats::ServerAddr>> {
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            entry
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|error| anyhow::anyhow!("NATS_URL entry {entry:?}: {error}"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    anyhow::ensure!(!servers.is_empty(), "NATS_URL names no server");
+    Ok(servers)
 }
 
 impl EventBus {
@@ -195,23 +233,32 @@ impl EventBus {
         })))
     }
 
-    /// JetStream at `url` (e.g. `nats://127.0.0.1:4222`). Does not wait for the server: while it
-    /// is down the client keeps reconnecting in the background and publishes fail (callers
+    /// JetStream as `config` says (see [`EventsConfig`]). Does not wait for the servers: while
+    /// they are down the client keeps reconnecting in the background and publishes fail (callers
     /// retry). Registers a `nats` check in `health` (not required for readiness).
     pub async fn connect(
+        config: &EventsConfig,
         url: &str,
         service: &str,
         registry: &Registry,
         health: &Health,
     ) -> anyhow::Result<Self> {
-        let client = async_nats::ConnectOptions::new()
+        let servers = nats_servers(url)?;
+        let mut options = async_nats::ConnectOptions::new()
             .name(service)
             .retry_on_initial_connect()
             .connection_timeout(Duration::from_secs(2))
             .reconnect_delay_callback(|attempts| {
                 Duration::from_millis((100 * 2u64.saturating_pow(attempts.min(6) as u32)).min(2_000))
-            })
-            .connect(url)
+            });
+        if let Some(path) = &config.nats_creds {
+            options = options
+                .credentials_file(path)
+                .await
+                .with_context(|| format!("NATS_CREDS={}: not a readable credentials file", path.display()))?;
+        }
+        let client = options
+            .connect(servers.as_slice())
             .await
             .map_err(|error| anyhow::anyhow!("NATS_URL={url:?}: {error}"))?;
         let mut jetstream = jetstream::new(client.clone());
@@ -221,7 +268,11 @@ impl EventBus {
             let connected = checked.connection_state() == async_nats::connection::State::Connected;
             Box::pin(async move { connected })
         });
-        tracing::info!(url, "events go to NATS JetStream");
+        tracing::info!(
+            servers = servers.len(),
+            stream_replicas = config.events_stream_replicas,
+            "events go to NATS JetStream"
+        );
         Ok(Self(Arc::new(BusInner {
             service: service.to_owned(),
             metrics: EventMetrics::new(registry)?,
@@ -229,19 +280,25 @@ impl EventBus {
                 client,
                 jetstream,
                 stream_ready: Mutex::new(false),
+                stream_replicas: usize::from(config.events_stream_replicas),
             }),
         })))
     }
 
-    /// [`EventBus::connect`] when `url` is set, else [`EventBus::log_only`].
-    pub async fn from_url(
-        url: Option<&str>,
+    /// [`EventBus::connect`] when `NATS_URL` is set, else [`EventBus::log_only`].
+    pub async fn from_config(
+        config: &EventsConfig,
         service: &str,
         registry: &Registry,
         health: &Health,
     ) -> anyhow::Result<Self> {
-        match url.map(str::trim).filter(|url| !url.is_empty()) {
-            Some(url) => Self::connect(url, service, registry, health).await,
+        match config
+            .nats_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+        {
+            Some(url) => Self::connect(config, url, service, registry, health).await,
             None => {
                 tracing::info!("NATS_URL not set: events are logged, not published");
                 Ok(Self::log_only(service, registry)?)
@@ -282,12 +339,25 @@ impl EventBus {
             duplicate_window: DUPLICATE_WINDOW,
             max_age: RETENTION,
             storage: jetstream::stream::StorageType::File,
+            num_replicas: nats.stream_replicas,
             ..Default::default()
         };
-        nats.jetstream
+        let mut stream = nats
+            .jetstream
             .get_or_create_stream(config)
             .await
             .map_err(|error| EventError::Unavailable(format!("stream {STREAM_NAME}: {error}")))?;
+        // An existing stream keeps its replica count: changing it is an operator's decision
+        // (`nats stream edit`), not a side effect of a service's start.
+        if let Ok(info) = stream.info().await
+            && info.config.num_replicas != nats.stream_replicas
+        {
+            tracing::warn!(
+                existing = info.config.num_replicas,
+                configured = nats.stream_replicas,
+                "stream {STREAM_NAME} exists with another replica count than EVENTS_STREAM_REPLICAS"
+            );
+        }
         *ready = true;
         Ok(())
     }

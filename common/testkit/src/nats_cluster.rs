@@ -116,7 +116,13 @@ impl NatsCluster {
                 let Ok(client) = async_nats::connect(&url).await else {
                     return false;
                 };
-                async_nats::jetstream::new(client).query_account().await.is_ok()
+                // The account's JetStream information answers (without an error) once the
+                // cluster has a meta leader.
+                match client.request("$JS.API.INFO", "".into()).await {
+                    Ok(reply) => serde_json::from_slice::<serde_json::Value>(&reply.payload)
+                        .is_ok_and(|info| info.get("error").is_none()),
+                    Err(_) => false,
+                }
             }
         })
         .await;
