@@ -21,6 +21,9 @@ pub struct GatewayConfig {
     #[command(subcommand)]
     pub command: Option<Command>,
 
+    #[command(flatten)]
+    pub storefront: crate::storefront::StorefrontConfig,
+
     /// Catalog base URL(s); a comma-separated list means replicas.
     #[arg(long, env = "CATALOG_SERVICE_URL", default_value = "http://127.0.0.1:8001")]
     pub catalog_service_url: UrlList,
@@ -220,6 +223,8 @@ impl GatewayConfig {
             bail!("RATE_LIMIT_RPS must be 0 (off) or a positive number");
         }
         self.upstream_timeout.validate()?;
+        self.storefront
+            .validate(&self.common, self.jwt_secret.as_deref())?;
         for (backend, urls) in self.upstream_urls() {
             if let Some(url) = urls.iter().find(|url| url.scheme() != "http") {
                 // The gateway's client is built without TLS: backends sit on the internal network.
