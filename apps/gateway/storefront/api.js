@@ -13,8 +13,10 @@ export class ApiError extends Error {
 
 const SERVICE_NAMES = { catalog: 'product catalogue', cart: 'cart', orders: 'orders service', collector: 'trace collector' };
 
-function serviceName(problem) {
-  const upstream = problem && typeof problem.upstream === 'string' ? problem.upstream : '';
+// The gateway names the backend that failed (`upstream`); a backend's own 503 does not, and
+// then the route called says which service it was.
+function serviceName(problem, service) {
+  const upstream = problem && typeof problem.upstream === 'string' ? problem.upstream : service || '';
   return SERVICE_NAMES[upstream] ? `The ${SERVICE_NAMES[upstream]}` : 'The shop';
 }
 
@@ -30,7 +32,7 @@ function detailOf(problem) {
 }
 
 // What a shopper reads for an error answer: never the raw body.
-export function describe(status, problem, headers) {
+export function describe(status, problem, headers, service) {
   const detail = detailOf(problem);
   const wait = retryAfter(headers);
   const later = wait ? `Please try again in ${wait} second${wait === 1 ? '' : 's'}.` : 'Please try again in a moment.';
@@ -65,11 +67,11 @@ export function describe(status, problem, headers) {
     case 429:
       return `You are going a little fast. ${later}`;
     case 502:
-      return `${serviceName(problem)} answered with an error. ${later}`;
+      return `${serviceName(problem, service)} answered with an error. ${later}`;
     case 503:
-      return `${serviceName(problem)} is unavailable right now. ${later}`;
+      return `${serviceName(problem, service)} is unavailable right now. ${later}`;
     case 504:
-      return `${serviceName(problem)} did not answer in time. ${later}`;
+      return `${serviceName(problem, service)} did not answer in time. ${later}`;
     default:
       return status >= 500 ? `Something went wrong on our side. ${later}` : `The request failed (${status}).`;
   }
@@ -110,7 +112,7 @@ export async function call(action, method, path, route, options = {}) {
   }
   action.endCall(span, response.status);
   if (!response.ok) {
-    throw new ApiError(response.status, data, describe(response.status, data, response.headers));
+    throw new ApiError(response.status, data, describe(response.status, data, response.headers, options.service));
   }
   return { data, etag: response.headers.get('etag'), status: response.status };
 }
@@ -125,22 +127,22 @@ export const api = {
     if (category) query.set('category', category);
     query.set('page', String(page || 1));
     query.set('page_size', String(pageSize || 12));
-    return call(action, 'GET', `/catalog?${query}`, '/catalog');
+    return call(action, 'GET', `/catalog?${query}`, '/catalog', { service: 'catalog' });
   },
-  product: (action, id) => call(action, 'GET', `/catalog/${enc(id)}`, '/catalog/{id}'),
-  cart: (action, user) => call(action, 'GET', `/v1/cart/${enc(user)}`, '/v1/cart/{user_id}'),
+  product: (action, id) => call(action, 'GET', `/catalog/${enc(id)}`, '/catalog/{id}', { service: 'catalog' }),
+  cart: (action, user) => call(action, 'GET', `/v1/cart/${enc(user)}`, '/v1/cart/{user_id}', { service: 'cart' }),
   addItem: (action, user, productId, quantity) => call(action, 'POST', `/v1/cart/${enc(user)}/items`,
-    '/v1/cart/{user_id}/items', { body: { product_id: productId, quantity }, headers: { 'idempotency-key': newKey() } }),
+    '/v1/cart/{user_id}/items', { service: 'cart', body: { product_id: productId, quantity }, headers: { 'idempotency-key': newKey() } }),
   setQuantity: (action, user, productId, quantity, version) => call(action, 'PATCH',
     `/v1/cart/${enc(user)}/items/${enc(productId)}`, '/v1/cart/{user_id}/items/{product_id}',
-    { body: { quantity }, headers: { 'if-match': `"v${version}"`, 'idempotency-key': newKey() } }),
+    { service: 'cart', body: { quantity }, headers: { 'if-match': `"v${version}"`, 'idempotency-key': newKey() } }),
   removeItem: (action, user, productId, version) => call(action, 'DELETE',
     `/v1/cart/${enc(user)}/items/${enc(productId)}`, '/v1/cart/{user_id}/items/{product_id}',
-    { headers: { 'if-match': `"v${version}"`, 'idempotency-key': newKey() } }),
+    { service: 'cart', headers: { 'if-match': `"v${version}"`, 'idempotency-key': newKey() } }),
   checkout: (action, user, shippingAddress, key) => call(action, 'POST', '/api/orders/checkout',
-    '/api/orders/checkout', { body: { user_id: user, shipping_address: shippingAddress }, headers: { 'idempotency-key': key } }),
-  order: (action, id) => call(action, 'GET', `/api/orders/${enc(id)}`, '/api/orders/{id}'),
+    '/api/orders/checkout', { service: 'orders', body: { user_id: user, shipping_address: shippingAddress }, headers: { 'idempotency-key': key } }),
+  order: (action, id) => call(action, 'GET', `/api/orders/${enc(id)}`, '/api/orders/{id}', { service: 'orders' }),
   orders: (action, user, page, pageSize) => call(action, 'GET',
-    `/api/users/${enc(user)}/orders?page=${page}&page_size=${pageSize}`, '/api/users/{user_id}/orders'),
+    `/api/users/${enc(user)}/orders?page=${page}&page_size=${pageSize}`, '/api/users/{user_id}/orders', { service: 'orders' }),
   devToken: (action, sub) => call(action, 'POST', '/dev/token', '/dev/token', { body: { sub } }),
 };

@@ -234,8 +234,9 @@ async function loadCart(action) {
 async function cartView(loaded) {
   const state = loaded || await act('open cart', loadCart);
   const messages = notice();
-  const rerender = async (text, kind) => {
-    const fresh = await act('reload cart', loadCart);
+  // Inside the click's action: the write and the cart read after it are one trace.
+  const rerender = async (action, text, kind) => {
+    const fresh = await loadCart(action);
     if (parseRoute().parts[0] !== 'cart') return;
     show(...await cartView(fresh));
     const box = main.querySelector('.notice');
@@ -261,9 +262,9 @@ async function cartView(loaded) {
       busy(update, () => act('click Update', async (action) => {
         try {
           await api.setQuantity(action, session.shopper(), line.product_id, units, state.cart.version);
-          await rerender(`${line.product.name}: quantity set to ${units}.`, 'success');
+          await rerender(action, `${line.product.name}: quantity set to ${units}.`, 'success');
         } catch (error) {
-          if (error instanceof ApiError && error.status === 412) await rerender(error.message);
+          if (error instanceof ApiError && error.status === 412) await rerender(action, error.message);
           else messages.show(messageOf(error));
         }
       }));
@@ -271,9 +272,9 @@ async function cartView(loaded) {
     remove.addEventListener('click', () => busy(remove, () => act('click Remove', async (action) => {
       try {
         await api.removeItem(action, session.shopper(), line.product_id, state.cart.version);
-        await rerender(`${line.product.name} removed from your cart.`, 'success');
+        await rerender(action, `${line.product.name} removed from your cart.`, 'success');
       } catch (error) {
-        if (error instanceof ApiError && error.status === 412) await rerender(error.message);
+        if (error instanceof ApiError && error.status === 412) await rerender(action, error.message);
         else messages.show(messageOf(error));
       }
     })));
@@ -323,6 +324,7 @@ async function checkoutView() {
       try {
         const { data } = await api.checkout(action, session.shopper(), address.value.trim(), key);
         cartCount.hidden = true;
+        placed.set(data.data.id, data.data);
         location.hash = href(`/order/${encodeURIComponent(data.data.id)}`, { placed: 1 });
       } catch (error) {
         if (!(error instanceof ApiError) || error.status === 0 || error.status >= 500 || error.status === 409) {
@@ -346,11 +348,18 @@ function orderItems(order) {
     h('li', {}, `${item.quantity} × ${item.product_id} at ${money(cents(item.unit_price), order.currency)}`)));
 }
 
-async function orderView(id, placed) {
-  const { data } = await act('open order', (action) => api.order(action, id));
-  const order = data.data;
-  return [heading(placed ? 'Thank you for your order' : 'Order'),
-    placed ? h('p', { class: 'notice success' }, 'Your order is placed.') : null,
+// Orders just placed, shown on their confirmation without reading them again.
+const placed = new Map();
+
+async function orderView(id, justPlaced) {
+  let order = justPlaced ? placed.get(id) : undefined;
+  if (!order) {
+    const { data } = await act('open order', (action) => api.order(action, id));
+    order = data.data;
+  }
+  placed.delete(id);
+  return [heading(justPlaced ? 'Thank you for your order' : 'Order'),
+    justPlaced ? h('p', { class: 'notice success' }, 'Your order is placed.') : null,
     h('dl', { class: 'facts' },
       h('dt', {}, 'Order number'), h('dd', {}, h('code', { id: 'order-id', 'data-order-id': order.id }, order.id)),
       h('dt', {}, 'Status'), h('dd', { class: `status-${order.status}`, id: 'order-status' }, order.status),
@@ -430,13 +439,13 @@ function updateIdentity() {
 // ---------------------------------------------------------------------------------------------
 // Start
 
+// Typing searches too, once the shopper pauses; Enter searches at once.
+let typing = null;
 searchForm.addEventListener('submit', (event) => {
   event.preventDefault();
+  clearTimeout(typing);
   location.hash = href('/', { q: searchInput.value.trim() });
 });
-
-// Typing searches too, once the shopper pauses.
-let typing = null;
 searchInput.addEventListener('input', () => {
   clearTimeout(typing);
   typing = setTimeout(() => {
@@ -445,7 +454,7 @@ searchInput.addEventListener('input', () => {
     if (parts.length === 0 && (params.get('q') || '') === q) return;
     history.replaceState(null, '', href('/', { q }));
     render(false);
-  }, 400);
+  }, 500);
 });
 
 window.addEventListener('hashchange', () => {
