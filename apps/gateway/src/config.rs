@@ -21,9 +21,6 @@ pub struct GatewayConfig {
     #[command(subcommand)]
     pub command: Option<Command>,
 
-    #[command(flatten)]
-    pub storefront: crate::storefront::StorefrontConfig,
-
     /// Catalog base URL(s); a comma-separated list means replicas.
     #[arg(long, env = "CATALOG_SERVICE_URL", default_value = "http://127.0.0.1:8001")]
     pub catalog_service_url: UrlList,
@@ -139,6 +136,10 @@ pub struct GatewayConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
+
+    /// The storefront's switches (`crate::storefront`).
+    #[command(flatten)]
+    pub storefront: crate::storefront::StorefrontConfig,
 }
 
 /// Tools that run instead of the server.

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
@@ -208,19 +208,16 @@ struct GatewayInfo {
     docs: String,
 }
 
-/// What this gateway is and where it sends each route (a browser, whose `Accept` prefers HTML,
-/// gets the storefront instead).
+// A browser, whose `Accept` prefers HTML, gets the storefront instead (the page's answer says
+// `Vary: Accept`; the JSON answer stays exactly what API clients always had).
+/// What this gateway is and where it sends each route.
 #[utoipa::path(get, path = "/", tag = "gateway", responses((status = 200, body = GatewayInfo)))]
 async fn index(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
-    let mut response = if storefront::prefers_html(&headers) {
+    if storefront::prefers_html(&headers) {
         storefront::page(&state, &headers)
     } else {
         service_info(&state).into_response()
-    };
-    response
-        .headers_mut()
-        .insert(header::VARY, HeaderValue::from_static("Accept"));
-    response
+    }
 }
 
 fn service_info(state: &GatewayState) -> Json<GatewayInfo> {

@@ -110,7 +110,8 @@ impl Asset {
     fn new(name: &'static str, content_type: &'static str, body: Bytes) -> Self {
         let digest = Sha256::digest(&body);
         let hex: String = digest[..12].iter().map(|byte| format!("{byte:02x}")).collect();
-        let etag = HeaderValue::from_str(&format!("\"{hex}\"")).unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
+        let etag = HeaderValue::from_str(&format!("\"{hex}\""))
+            .unwrap_or_else(|_| HeaderValue::from_static("\"0\""));
         Self {
             name,
             content_type,
@@ -142,7 +143,10 @@ impl Asset {
         let headers = response.headers_mut();
         headers.insert(header::ETAG, self.etag.clone());
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+        headers.insert(
+            header::X_CONTENT_TYPE_OPTIONS,
+            HeaderValue::from_static("nosniff"),
+        );
         for (name, value) in extra {
             headers.insert(name.clone(), HeaderValue::from_static(value));
         }
@@ -154,12 +158,24 @@ impl Asset {
 const FILES: &[(&str, &str, &[u8])] = &[
     ("app.js", JAVASCRIPT, include_bytes!("../storefront/app.js")),
     ("api.js", JAVASCRIPT, include_bytes!("../storefront/api.js")),
-    ("session.js", JAVASCRIPT, include_bytes!("../storefront/session.js")),
+    (
+        "session.js",
+        JAVASCRIPT,
+        include_bytes!("../storefront/session.js"),
+    ),
     ("trace.js", JAVASCRIPT, include_bytes!("../storefront/trace.js")),
     ("views.js", JAVASCRIPT, include_bytes!("../storefront/views.js")),
-    ("style.css", "text/css; charset=utf-8", include_bytes!("../storefront/style.css")),
+    (
+        "style.css",
+        "text/css; charset=utf-8",
+        include_bytes!("../storefront/style.css"),
+    ),
     ("logo.svg", SVG, include_bytes!("../storefront/logo.svg")),
-    ("electronics.svg", SVG, include_bytes!("../storefront/electronics.svg")),
+    (
+        "electronics.svg",
+        SVG,
+        include_bytes!("../storefront/electronics.svg"),
+    ),
     ("home.svg", SVG, include_bytes!("../storefront/home.svg")),
     ("apparel.svg", SVG, include_bytes!("../storefront/apparel.svg")),
     ("product.svg", SVG, include_bytes!("../storefront/product.svg")),
@@ -228,13 +244,14 @@ pub fn prefers_html(headers: &HeaderMap) -> bool {
         .is_some_and(|chosen| *chosen == TEXT_HTML)
 }
 
-/// The shop page, with its Content-Security-Policy.
+/// The shop page, with its Content-Security-Policy; `Vary: Accept`, since `/` also answers JSON.
 pub fn page(state: &GatewayState, headers: &HeaderMap) -> Response {
     state.storefront.page.respond(
         headers,
         &[
             (header::CONTENT_SECURITY_POLICY, CONTENT_SECURITY_POLICY),
             (header::REFERRER_POLICY, "no-referrer"),
+            (header::VARY, "Accept"),
         ],
     )
 }
@@ -259,7 +276,11 @@ async fn file(State(state): State<GatewayState>, Path(name): Path<String>, heade
 }
 
 /// Limit the route's callers as the proxied routes are: per verified user, else per IP.
-fn rate_limit(state: &GatewayState, request_headers: &HeaderMap, peer: Option<&Peer>) -> Result<(), GatewayError> {
+fn rate_limit(
+    state: &GatewayState,
+    request_headers: &HeaderMap,
+    peer: Option<&Peer>,
+) -> Result<(), GatewayError> {
     let Some(limiter) = &state.rate_limiter else {
         return Ok(());
     };
@@ -372,8 +393,10 @@ async fn browser_traces(State(state): State<GatewayState>, request: Request) -> 
         .and_then(|value| value.get("resourceSpans").map(serde_json::Value::is_array))
         .unwrap_or(false);
     if !is_batch {
-        return Problem::bad_request("The body must be an OTLP JSON export request with a resourceSpans array.")
-            .into_response();
+        return Problem::bad_request(
+            "The body must be an OTLP JSON export request with a resourceSpans array.",
+        )
+        .into_response();
     }
     // The plain client: the collector is no ShopStack service, so it gets no service credential
     // and no trace headers of the gateway's own.
@@ -390,7 +413,11 @@ async fn browser_traces(State(state): State<GatewayState>, request: Request) -> 
     match sent {
         Ok(answer) if answer.status().is_success() => {
             let body = answer.bytes().await.unwrap_or_default();
-            let body = if body.is_empty() { Bytes::from_static(b"{}") } else { body };
+            let body = if body.is_empty() {
+                Bytes::from_static(b"{}")
+            } else {
+                body
+            };
             ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         Ok(answer) if answer.status().is_client_error() => Problem::bad_request(format!(
@@ -400,12 +427,21 @@ async fn browser_traces(State(state): State<GatewayState>, request: Request) -> 
         .into_response(),
         Ok(answer) => {
             tracing::warn!(status = answer.status().as_u16(), "trace collector failed");
-            GatewayError::BadGateway { upstream: "collector" }.into_response()
+            GatewayError::BadGateway {
+                upstream: "collector",
+            }
+            .into_response()
         }
-        Err(error) if error.is_timeout() => GatewayError::Timeout { upstream: "collector" }.into_response(),
+        Err(error) if error.is_timeout() => GatewayError::Timeout {
+            upstream: "collector",
+        }
+        .into_response(),
         Err(error) => {
             tracing::warn!(error = %error, "trace collector unreachable");
-            GatewayError::Unavailable { upstream: "collector" }.into_response()
+            GatewayError::Unavailable {
+                upstream: "collector",
+            }
+            .into_response()
         }
     }
 }
@@ -421,7 +457,10 @@ mod tests {
 
     fn accept(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        headers.insert(header::ACCEPT, HeaderValue::from_str(value).unwrap_or_else(|_| unreachable!()));
+        headers.insert(
+            header::ACCEPT,
+            HeaderValue::from_str(value).unwrap_or_else(|_| unreachable!()),
+        );
         headers
     }
 
@@ -466,7 +505,10 @@ mod tests {
             let text = String::from_utf8_lossy(body);
             for import in text.split("from './").skip(1) {
                 let imported: String = import.chars().take_while(|c| *c != '\'').collect();
-                assert!(names.contains(&imported.as_str()), "{name} imports {imported}, not served");
+                assert!(
+                    names.contains(&imported.as_str()),
+                    "{name} imports {imported}, not served"
+                );
             }
         }
         assert!(page.contains("data-auth=\"false\""));
@@ -484,21 +526,29 @@ mod tests {
                 if before.ends_with("http:") || before.ends_with("https:") {
                     let rest = &text[index..];
                     assert!(
-                        rest.starts_with("//www.w3.org/2000/svg") || rest.starts_with("//www.w3.org/1999/xlink"),
+                        rest.starts_with("//www.w3.org/2000/svg")
+                            || rest.starts_with("//www.w3.org/1999/xlink"),
                         "{} names another host: {}",
                         asset.name,
                         &rest[..rest.len().min(60)]
                     );
                 }
             }
-            assert!(!text.contains("style=\""), "{}: inline style breaks the CSP", asset.name);
+            assert!(
+                !text.contains("style=\""),
+                "{}: inline style breaks the CSP",
+                asset.name
+            );
             if asset.name == "index.html" {
                 assert!(!text.contains("<script>"), "inline script breaks the CSP");
                 let handler = text.split(" on").skip(1).find(|rest| {
                     let name: String = rest.chars().take_while(char::is_ascii_lowercase).collect();
                     !name.is_empty() && rest[name.len()..].starts_with('=')
                 });
-                assert!(handler.is_none(), "an inline event handler breaks the CSP: on{handler:?}");
+                assert!(
+                    handler.is_none(),
+                    "an inline event handler breaks the CSP: on{handler:?}"
+                );
             }
         }
     }
@@ -520,9 +570,16 @@ mod tests {
             .err()
             .map(|error| error.to_string())
             .unwrap_or_default();
-        assert!(refused.contains("DEV_TOKEN_ROUTE=true is refused with ENVIRONMENT=production"), "{refused}");
+        assert!(
+            refused.contains("DEV_TOKEN_ROUTE=true is refused with ENVIRONMENT=production"),
+            "{refused}"
+        );
         assert!(on.validate(&common("development"), Some(secret)).is_ok());
         assert!(on.validate(&common("development"), None).is_err());
-        assert!(StorefrontConfig::default().validate(&common("production"), None).is_ok());
+        assert!(
+            StorefrontConfig::default()
+                .validate(&common("production"), None)
+                .is_ok()
+        );
     }
 }

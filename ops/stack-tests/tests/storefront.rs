@@ -125,7 +125,15 @@ fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
         Some(0),
         "the storefront walk failed (screenshots in {}):\n{stderr}\n{stdout}\n--- gateway log (last lines)\n{}",
         shots.display(),
-        gateway.output().iter().rev().take(15).rev().cloned().collect::<Vec<_>>().join("\n"),
+        gateway
+            .output()
+            .iter()
+            .rev()
+            .take(15)
+            .rev()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n"),
     );
     let result: serde_json::Value =
         serde_json::from_str(stdout.lines().last().unwrap_or_default()).expect("the walk's result line");
@@ -146,7 +154,11 @@ fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
             .send()
             .await
             .unwrap();
-        assert_eq!(answer.status(), 200, "the confirmed order {order_id} is unknown to the API");
+        assert_eq!(
+            answer.status(),
+            200,
+            "the confirmed order {order_id} is unknown to the API"
+        );
         answer.json().await.unwrap()
     });
     let order = &order["data"];
