@@ -64,9 +64,9 @@ pub struct StorefrontConfig {
     pub dev_token_route: bool,
 
     /// OTLP/HTTP traces URL of the collector (e.g. `http://otel-collector:4318/v1/traces`) that
-    /// `POST /otlp/v1/traces` forwards the storefront's browser spans to; unset: no such route.
+    /// `POST /otlp/v1/traces` forwards the storefront's browser spans to; unset or empty: no such route.
     #[arg(long, env = "BROWSER_TRACES_URL")]
-    pub browser_traces_url: Option<Url>,
+    pub browser_traces_url: Option<String>,
 }
 
 impl StorefrontConfig {
@@ -84,12 +84,25 @@ impl StorefrontConfig {
                 bail!("DEV_TOKEN_ROUTE=true needs JWT_SECRET: the route signs HS256 tokens with it");
             }
         }
-        if let Some(url) = &self.browser_traces_url
-            && !matches!(url.scheme(), "http" | "https")
-        {
-            bail!("BROWSER_TRACES_URL {url} must be an http:// or https:// URL");
-        }
+        self.traces_url()?;
         Ok(())
+    }
+
+    /// `BROWSER_TRACES_URL`, when set and not empty (an empty value, as the Compose file's lite
+    /// profile leaves it, means off).
+    pub fn traces_url(&self) -> anyhow::Result<Option<Url>> {
+        let Some(text) = self
+            .browser_traces_url
+            .as_deref()
+            .map(str::trim)
+            .filter(|text| !text.is_empty())
+        else {
+            return Ok(None);
+        };
+        match Url::parse(text) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") => Ok(Some(url)),
+            _ => bail!("BROWSER_TRACES_URL {text:?} must be an http:// or https:// URL"),
+        }
     }
 }
 
@@ -200,10 +213,12 @@ pub struct Storefront {
 impl Storefront {
     pub fn new(gateway: &crate::GatewayConfig, auth: bool) -> Self {
         let config = &gateway.storefront;
+        // Validated with the rest of the configuration before the gateway starts.
+        let traces_url = config.traces_url().ok().flatten();
         let settings = format!(
             "data-auth=\"{auth}\" data-dev-token=\"{}\" data-traces=\"{}\"",
             config.dev_token_route,
-            config.browser_traces_url.is_some()
+            traces_url.is_some()
         );
         let page = PAGE.replace("{{settings}}", &settings);
         Self {
@@ -213,7 +228,7 @@ impl Storefront {
                 .map(|(name, content_type, body)| Asset::new(name, content_type, Bytes::from_static(body)))
                 .collect(),
             dev_token: config.dev_token_route.then(|| gateway.clone()),
-            traces_url: config.browser_traces_url.clone(),
+            traces_url,
         }
     }
 
@@ -581,5 +596,21 @@ mod tests {
                 .validate(&common("production"), None)
                 .is_ok()
         );
+        let traces = |url: &str| StorefrontConfig {
+            dev_token_route: false,
+            browser_traces_url: Some(url.to_owned()),
+        };
+        assert!(matches!(traces("").traces_url(), Ok(None)));
+        assert!(
+            traces("http://collector:4318/v1/traces")
+                .traces_url()
+                .is_ok_and(|url| url.is_some())
+        );
+        for bad in ["collector:4318", "ftp://collector/v1/traces", "not a url"] {
+            assert!(
+                traces(bad).validate(&common("development"), None).is_err(),
+                "{bad}"
+            );
+        }
     }
 }
