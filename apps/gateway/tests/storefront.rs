@@ -16,7 +16,7 @@ use axum::routing::{get, post};
 use serde_json::json;
 use shopstack_testkit::http::json_of;
 use shopstack_testkit::ports::closed_port;
-use support::{Tiny, client, gateway, metric, problem_kind};
+use support::{ADMIN_TOKEN, Tiny, client, gateway, metric, problem_kind};
 
 const SECRET: &str = "storefront-test-secret-0123456789abcdef";
 const BROWSER: &str = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8";
@@ -202,6 +202,23 @@ async fn the_dev_token_route_mints_a_short_lived_token_for_one_shopper() {
     assert_eq!(other.status(), 404, "another shopper's cart is not this token's");
     let without = http.get(gw.url("/v1/cart/shopper-1")).send().await.unwrap();
     assert_eq!(without.status(), 401);
+
+    // A development token is a shopper's, whatever its subject: never the operators' token.
+    let admin_named = http
+        .post(gw.url("/dev/token"))
+        .json(&json!({"sub": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    let admin_named = json_of(admin_named).await["token"].as_str().unwrap().to_owned();
+    let stock = |token: String| {
+        http.put(gw.url("/admin/stock/prod-110"))
+            .bearer_auth(token)
+            .json(&json!({"stock": 1}))
+            .send()
+    };
+    assert_eq!(stock(admin_named).await.unwrap().status(), 401);
+    assert_ne!(stock(ADMIN_TOKEN.to_owned()).await.unwrap().status(), 401);
 
     for bad in [
         json!({"sub": "../x"}),
