@@ -7,7 +7,8 @@ Run by ops/stack-tests/tests/storefront.rs against a gateway in front of the rea
 browse -> search -> product -> "Add to cart" -> "Cart" -> "Checkout" -> "Place order" ->
 confirmation -> "Your orders"; an add of a product whose stock an operator set to 0; the same
 pages in a 390 px wide window; a cart changed in another tab (412) and a failing cart service
-(503) shown as messages. Every step leaves a screenshot in DIR. On success the last line
+(503) shown as messages. With --sign-in, against a gateway with edge auth and DEV_TOKEN_ROUTE on:
+the sign-in with a development token, then the cart. Every step leaves a screenshot in DIR. On success the last line
 on stdout is a JSON object (the order id, the shopper, what was checked); any failed check exits
 non-zero with the reason on stderr.
 """
@@ -306,6 +307,32 @@ class Walk:
             "screenshots": self.step,
         }
 
+    def sign_in(self):
+        """With edge auth on: the cart asks for a sign-in, a development token signs in, and the
+        shopper's cart works with it."""
+        driver = self.driver
+        driver.get(self.base + "/")
+        self.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "main .grid .card")), "the product grid")
+        self.wait(EC.visibility_of_element_located((By.ID, "nav-sign-in")), "Sign in in the header")
+        self.control("a", "Cart").click()
+        self.notice("Please sign in")
+        self.shot("auth-cart-needs-sign-in")
+        driver.find_element(By.ID, "nav-sign-in").click()
+        self.heading("Sign in")
+        self.control("button", "Get a development token").click()
+        message = self.notice("Signed in as").text
+        shopper = driver.find_element(By.ID, "shopper-id").text
+        check(shopper in message, f"signed in as {message!r}, the page shops as {shopper!r}")
+        self.shot("auth-signed-in")
+        driver.get(f"{self.base}/#/product/prod-110")
+        self.heading(PRODUCT)
+        self.control("button", "Add to cart").click()
+        self.notice(f"Added 1 × {PRODUCT}")
+        self.control("a", "Cart").click()
+        self.wait(EC.text_to_be_present_in_element((By.CSS_SELECTOR, "main .lines"), PRODUCT), "the cart line")
+        self.shot("auth-cart")
+        return {"shopper": shopper, "screenshots": self.step}
+
     def same_origin(self, url):
         parts = urllib.parse.urlsplit(url)
         return (parts.scheme, parts.netloc) == (self.origin.scheme, self.origin.netloc)
@@ -319,10 +346,11 @@ def main():
     parser.add_argument("--base", required=True)
     parser.add_argument("--admin-token", required=True)
     parser.add_argument("--shots", required=True)
+    parser.add_argument("--sign-in", action="store_true", help="the walk of a gateway with edge auth and DEV_TOKEN_ROUTE on")
     args = parser.parse_args()
     walk = Walk(args.base, args.admin_token, args.shots)
     try:
-        result = walk.run()
+        result = walk.sign_in() if args.sign_in else walk.run()
     except Failed as failure:
         print(f"storefront walk failed: {failure}", file=sys.stderr)
         return 1

@@ -5,6 +5,9 @@
 //! "Add to cart", "Cart", "Checkout", "Place order", the confirmation, "Your orders", an
 //! out-of-stock add, the pages at 390 px — with a screenshot of each step in
 //! `target/storefront-screenshots/`. The order the page confirms is then read through the API.
+//! A second gateway, with edge auth and `DEV_TOKEN_ROUTE` on, in front of the same services: the
+//! page asks for a sign-in, a development token signs the shopper in, and their cart works
+//! (screenshots in `target/storefront-screenshots/sign-in/`).
 //!
 //! Chromium, chromedriver and the Selenium venv (`target/storefront-venv`) come from `.ci/run`;
 //! without them the test fails saying so, never skips.
@@ -19,6 +22,8 @@ use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use stack_tests::repo_root;
 
 const ADMIN_TOKEN: &str = "shopstack-local-admin";
+/// The sign-in walk's gateway secret (HS256, at least 32 bytes).
+const JWT_SECRET: &str = "storefront-walk-secret-0123456789abcdef";
 /// The walk takes about 15 s; this bounds a browser that hangs.
 const WALK_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -169,11 +174,37 @@ fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
     assert_eq!(order["order_items"][0]["product_id"], "prod-110");
     assert_eq!(order["order_items"][0]["quantity"], 2);
 
-    let screenshots = std::fs::read_dir(&shots).unwrap().count();
+    // With edge auth on and the development token route: a shopper signs in from the page.
+    let mut signed_env = gateway_env.clone();
+    signed_env.extend([("JWT_SECRET", JWT_SECRET), ("DEV_TOKEN_ROUTE", "true")]);
+    let signed = ServiceProcess::spawn(&workspace_binary("gateway"), &signed_env).unwrap();
+    let auth_shots = shots.join("sign-in");
+    std::fs::create_dir_all(&auth_shots).unwrap();
+    let mut walk = Command::new(venv_python());
+    walk.arg(repo_root().join("ops/stack-tests/storefront/walk.py"))
+        .args([
+            "--sign-in",
+            "--base",
+            &signed.url(""),
+            "--admin-token",
+            ADMIN_TOKEN,
+            "--shots",
+        ])
+        .arg(&auth_shots);
+    let (code, stdout, stderr) = run_bounded(walk, WALK_TIMEOUT);
+    assert_eq!(
+        code,
+        Some(0),
+        "the sign-in walk failed (screenshots in {}):\n{stderr}\n{stdout}",
+        auth_shots.display()
+    );
+
+    let screenshots =
+        std::fs::read_dir(&shots).unwrap().count() + std::fs::read_dir(&auth_shots).unwrap().count();
     assert!(
-        screenshots >= 14,
+        screenshots >= 19,
         "expected a screenshot per step in {}, found {screenshots}",
         shots.display()
     );
-    drop((gateway, orders, cart, catalog));
+    drop((signed, gateway, orders, cart, catalog));
 }
