@@ -16,7 +16,6 @@ const PAGE_SIZE = 12;
 const ORDERS_PAGE_SIZE = 10;
 
 const main = document.getElementById('main');
-const status = document.getElementById('status');
 const searchForm = document.getElementById('search-form');
 const searchInput = document.getElementById('search');
 const cartCount = document.getElementById('cart-count');
@@ -57,10 +56,17 @@ function showCount(cart) {
   cartCount.hidden = units === 0;
 }
 
+// Names of the products this page has read, for order lines (an order keeps only ids).
+const productNames = new Map();
+function remember(products) {
+  for (const product of products) productNames.set(product.id, product.name);
+}
+
 // Each navigation renders into `main`; a slower, older render never overwrites a newer one.
 let renderCount = 0;
 function show(...children) {
-  main.replaceChildren(...children);
+  // Views leave out what does not apply as null; replaceChildren would write it as text.
+  main.replaceChildren(...children.filter((child) => child !== null && child !== undefined && child !== false));
   const title = main.querySelector('h1');
   if (title) {
     document.title = `${title.textContent} · ShopStack`;
@@ -81,7 +87,6 @@ function href(path, params = {}) {
 
 async function render(focus) {
   const current = ++renderCount;
-  status.hidden = true;
   const { parts, params } = parseRoute();
   const [view, id] = parts;
   const views = {
@@ -151,6 +156,7 @@ async function productsView(params) {
       loadDepartments(action),
     ]);
     const { products, pagination } = list.data;
+    remember(products);
     const title = q ? `Results for “${q}”` : category ? category[0].toUpperCase() + category.slice(1) : 'Products';
     const chips = h('nav', { class: 'categories', 'aria-label': 'Categories' },
       h('a', { href: href('/', { q }), 'aria-current': category ? false : 'page' }, 'All'),
@@ -169,6 +175,7 @@ async function productsView(params) {
 
 async function productView(id) {
   const { data: product } = await act('open product', (action) => api.product(action, id));
+  remember([product]);
   const messages = notice();
   const stock = h('p', { class: product.stock > 0 ? 'stock' : 'stock out', id: 'product-stock' }, stockText(product.stock));
   const quantity = h('input', { type: 'number', id: 'quantity', name: 'quantity', min: 1, max: 100, value: 1, inputmode: 'numeric', required: true });
@@ -225,6 +232,7 @@ async function loadCart(action) {
   const products = await Promise.all(cart.items.map((item) => api.product(action, item.product_id)
     .then((answer) => answer.data)
     .catch(() => ({ id: item.product_id, name: item.product_id, price: 0, currency: 'USD', categories: [] }))));
+  remember(products);
   const lines = cart.items.map((item, index) => ({ ...item, product: products[index] }));
   const total = lines.reduce((sum, line) => sum + cents(line.product.price) * line.quantity, 0);
   const currency = lines.length ? lines[0].product.currency : 'USD';
@@ -344,8 +352,10 @@ async function checkoutView() {
 }
 
 function orderItems(order) {
-  return h('ul', { class: 'summary', 'aria-label': 'Items' }, order.order_items.map((item) =>
-    h('li', {}, `${item.quantity} × ${item.product_id} at ${money(cents(item.unit_price), order.currency)}`)));
+  return h('ul', { class: 'summary', 'aria-label': 'Items' }, order.order_items.map((item) => {
+    const name = productNames.get(item.product_id) || item.product_id;
+    return h('li', {}, `${item.quantity} × ${name} at ${money(cents(item.unit_price), order.currency)}`);
+  }));
 }
 
 // Orders just placed, shown on their confirmation without reading them again.

@@ -50,11 +50,12 @@ export function stockText(stock) {
   return `${stock} in stock`;
 }
 
-// "Previous / Page x of y / Next" links for a list answer's `pagination`.
+// "Previous / Page x of y / Next" links for a list answer's `pagination` (shown whenever the
+// list has anything, so where the shopper is stays visible on a one-page list too).
 export function pager(pagination, hrefFor) {
   const page = pagination.page || 1;
   const pages = Math.max(pagination.total_pages || 1, 1);
-  if (pages <= 1) return null;
+  if (!pagination.total) return null;
   return h('nav', { class: 'pager', 'aria-label': 'Pages' },
     page > 1 ? h('a', { href: hrefFor(page - 1), rel: 'prev' }, 'Previous') : h('span', { class: 'muted' }, 'Previous'),
     h('span', { 'aria-current': 'page' }, `Page ${page} of ${pages}`),

@@ -83,11 +83,14 @@ class Walk:
                 self.driver, WAIT_SECONDS, ignored_exceptions=[StaleElementReferenceException]
             ).until(condition)
         except TimeoutException:
-            self.shot("failed")
+            self.driver.save_screenshot(f"{self.shots}/failed.png")
             main = self.driver.find_element(By.ID, "main").text
             raise Failed(f"timed out waiting for {what}; the page shows:\n{main}") from None
 
     def shot(self, name):
+        main = self.driver.find_element(By.ID, "main").text
+        leaked = re.search(r"\b(null|undefined|NaN)\b|\[object |\{\"", main)
+        check(not leaked, f"{name}: the page shows {leaked.group(0) if leaked else ''!r}:\n{main}")
         self.step += 1
         path = f"{self.shots}/{self.step:02d}-{name}.png"
         self.driver.save_screenshot(path)
@@ -230,6 +233,7 @@ class Walk:
             "the order in Your orders",
         )
         check(re.search(r"pending|confirmed", row.text, re.I), f"the order's status: {row.text!r}")
+        check("Page 1 of 1" in driver.find_element(By.CSS_SELECTOR, "main .pager").text, "the orders' pages")
         self.shot("your-orders")
 
         # Out of stock: an operator sets the stock to 0, then the shopper tries to add it.
@@ -289,6 +293,14 @@ class Walk:
             time.sleep(0.1)
             self.no_horizontal_scroll(name)
             self.shot(name)
+        # And a real 390 px window (its scroll bar takes part of the width), not only emulation.
+        driver.execute_cdp_cmd("Emulation.clearDeviceMetricsOverride", {})
+        driver.set_window_size(390, 844)
+        for fragment in ("#/", "#/cart", f"#/order/{order_id}"):
+            driver.get(f"{self.base}/{fragment}")
+            self.wait(EC.presence_of_element_located((By.CSS_SELECTOR, "main h1")), fragment)
+            time.sleep(0.1)
+            self.no_horizontal_scroll(f"a 390 px window at {fragment}")
 
         # Nothing from another host, and nothing the CSP had to block.
         self.drain_network()
