@@ -7,7 +7,9 @@
 //! `target/storefront-screenshots/`. The order the page confirms is then read through the API.
 //! A second gateway, with edge auth and `DEV_TOKEN_ROUTE` on, in front of the same services: the
 //! page asks for a sign-in, a development token signs the shopper in, and their cart works
-//! (screenshots in `target/storefront-screenshots/sign-in/`).
+//! (screenshots in `target/storefront-screenshots/sign-in/`); that gateway forwards the page's
+//! spans to a stand-in collector, and the "Add to cart" click's trace id is the one the gateway
+//! logged for the request.
 //!
 //! Chromium, chromedriver and the Selenium venv (`target/storefront-venv`) come from `.ci/run`;
 //! without them the test fails saying so, never skips.
@@ -15,8 +17,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use axum::Router;
+use axum::routing::post;
 use shopstack_testkit::db::TestDb;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use stack_tests::repo_root;
@@ -87,6 +92,82 @@ fn run_bounded(mut command: Command, timeout: Duration) -> (Option<i32>, String,
     }
 }
 
+type Batches = Arc<Mutex<Vec<serde_json::Value>>>;
+
+/// An OTLP/HTTP JSON receiver on a free port: its traces URL and what it received.
+async fn collector() -> (String, Batches) {
+    let batches: Batches = Arc::default();
+    let kept = batches.clone();
+    let router = Router::new().route(
+        "/v1/traces",
+        post(move |axum::Json(batch): axum::Json<serde_json::Value>| {
+            let kept = kept.clone();
+            async move {
+                kept.lock().unwrap().push(batch);
+                axum::Json(serde_json::json!({}))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router).await;
+    });
+    (format!("http://{addr}/v1/traces"), batches)
+}
+
+fn is_hex(value: &serde_json::Value, length: usize) -> bool {
+    value
+        .as_str()
+        .is_some_and(|text| text.len() == length && text.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The page's span batches are OTLP JSON (a root span per action, the API calls' client spans
+/// under it), and the gateway's request for the "Add to cart" click carries that click's trace id.
+fn browser_traces_join_the_gateways(batches: &[serde_json::Value], gateway_log: &[String]) {
+    assert!(!batches.is_empty(), "the page exported no spans");
+    let mut clicks = Vec::new();
+    for batch in batches {
+        let resource = &batch["resourceSpans"][0];
+        assert_eq!(
+            resource["resource"]["attributes"][0],
+            serde_json::json!({"key": "service.name", "value": {"stringValue": "storefront"}}),
+            "{batch}"
+        );
+        let spans = resource["scopeSpans"][0]["spans"].as_array().unwrap();
+        let root = &spans[0];
+        assert!(root.get("parentSpanId").is_none(), "{root}");
+        for span in spans {
+            assert!(
+                is_hex(&span["traceId"], 32) && is_hex(&span["spanId"], 16),
+                "{span}"
+            );
+            assert_eq!(span["traceId"], root["traceId"], "one action, one trace: {batch}");
+            let start: u128 = span["startTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            let end: u128 = span["endTimeUnixNano"].as_str().unwrap().parse().unwrap();
+            assert!(end >= start, "{span}");
+            assert!(span["kind"].is_u64() && span["status"]["code"].is_u64(), "{span}");
+        }
+        for call in &spans[1..] {
+            assert_eq!(call["parentSpanId"], root["spanId"], "{call}");
+            assert_eq!(call["kind"], 3, "a client span: {call}");
+        }
+        if root["name"] == "click Add to cart" {
+            clicks.push(root["traceId"].as_str().unwrap().to_owned());
+        }
+    }
+    assert_eq!(clicks.len(), 1, "one \"Add to cart\" click in the sign-in walk");
+    let joined = gateway_log.iter().any(|line| {
+        let line: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        line["route"] == "/v1/cart/{user_id}/items" && line["trace_id"] == clicks[0].as_str()
+    });
+    assert!(
+        joined,
+        "the gateway's log has no POST /v1/cart/{{user_id}}/items in trace {}",
+        clicks[0]
+    );
+}
+
 #[test]
 fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
     if let Err(message) = browser_tools() {
@@ -146,7 +227,9 @@ fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
     let shopper = result["shopper"].as_str().unwrap();
 
     // The order the page confirmed is the API's: the shopper's, from their cart, two units.
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    // Multi-threaded: the stand-in collector below keeps serving while the test waits on the walk.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .unwrap();
@@ -174,9 +257,15 @@ fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
     assert_eq!(order["order_items"][0]["product_id"], "prod-110");
     assert_eq!(order["order_items"][0]["quantity"], 2);
 
-    // With edge auth on and the development token route: a shopper signs in from the page.
+    // With edge auth on and the development token route: a shopper signs in from the page. This
+    // gateway also forwards the browser's spans, to a stand-in collector.
+    let (collector_url, batches) = runtime.block_on(collector());
     let mut signed_env = gateway_env.clone();
-    signed_env.extend([("JWT_SECRET", JWT_SECRET), ("DEV_TOKEN_ROUTE", "true")]);
+    signed_env.extend([
+        ("JWT_SECRET", JWT_SECRET),
+        ("DEV_TOKEN_ROUTE", "true"),
+        ("BROWSER_TRACES_URL", collector_url.as_str()),
+    ]);
     let signed = ServiceProcess::spawn(&workspace_binary("gateway"), &signed_env).unwrap();
     let auth_shots = shots.join("sign-in");
     std::fs::create_dir_all(&auth_shots).unwrap();
@@ -198,6 +287,20 @@ fn a_shopper_walks_from_search_to_a_placed_order_in_a_real_browser() {
         "the sign-in walk failed (screenshots in {}):\n{stderr}\n{stdout}",
         auth_shots.display()
     );
+
+    // The page sends a click's spans when the click is done, without waiting: give the last
+    // batches a moment to land.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < deadline
+        && !batches
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|batch| batch.to_string().contains("click Add to cart"))
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    browser_traces_join_the_gateways(&batches.lock().unwrap(), &signed.output());
 
     let screenshots =
         std::fs::read_dir(&shots).unwrap().count() + std::fs::read_dir(&auth_shots).unwrap().count();
