@@ -232,7 +232,7 @@ impl Storefront {
         }
     }
 
-    /// The names of the files the page loads (for tests and the load test's expectations).
+    /// The names of the files served at `/storefront/<name>`.
     pub fn file_names(&self) -> impl Iterator<Item = &'static str> + '_ {
         self.files.iter().map(|file| file.name)
     }
