@@ -136,6 +136,10 @@ pub struct GatewayConfig {
     /// Clock skew tolerated on `exp` and `nbf`.
     #[arg(long, env = "JWT_LEEWAY", default_value = "30s", value_parser = parse_duration)]
     pub jwt_leeway: Duration,
+
+    /// The storefront's switches (`crate::storefront`).
+    #[command(flatten)]
+    pub storefront: crate::storefront::StorefrontConfig,
 }
 
 /// Tools that run instead of the server.
@@ -220,6 +224,8 @@ impl GatewayConfig {
             bail!("RATE_LIMIT_RPS must be 0 (off) or a positive number");
         }
         self.upstream_timeout.validate()?;
+        self.storefront
+            .validate(&self.common, self.jwt_secret.as_deref())?;
         for (backend, urls) in self.upstream_urls() {
             if let Some(url) = urls.iter().find(|url| url.scheme() != "http") {
                 // The gateway's client is built without TLS: backends sit on the internal network.

@@ -158,8 +158,12 @@ impl tower::Service<Request> for Edge {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&mut self, mut request: Request) -> Self::Future {
         let Ok(matched) = self.index.paths.at(request.uri().path()) else {
+            // The storefront's rate-limited routes key anonymous callers by their address.
+            if let Some(peer) = &self.peer {
+                request.extensions_mut().insert(peer.clone());
+            }
             return Box::pin(self.rest.call(request));
         };
         let path = &self.index.by_path[*matched.value];

@@ -22,12 +22,15 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
 pub mod routes;
+pub mod storefront;
 pub mod upstream;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Serialize;
 use shopstack_base::config::ServiceDefaults;
@@ -78,6 +81,7 @@ pub struct GatewayState {
     pub auth: Option<Arc<Auth>>,
     pub rate_limiter: Option<Arc<RateLimiter>>,
     pub routes: Arc<Vec<RouteSpec>>,
+    pub storefront: Arc<storefront::Storefront>,
     docs: BackendDocs,
 }
 
@@ -129,6 +133,7 @@ impl GatewayState {
             });
         }
         let auth = Auth::from_config(config)?;
+        let storefront = Arc::new(storefront::Storefront::new(config, auth.is_some()));
         let rate_limiter = RateLimiter::new(config.rate_limit_rps, config.rate_limit_burst);
         tracing::info!(
             auth = auth.is_some(),
@@ -150,6 +155,7 @@ impl GatewayState {
             auth,
             rate_limiter,
             routes: Arc::new(routes::table()),
+            storefront,
             docs: BackendDocs::default(),
             platform,
         })
@@ -202,9 +208,19 @@ struct GatewayInfo {
     docs: String,
 }
 
+// A browser, whose `Accept` prefers HTML, gets the storefront instead (the page's answer says
+// `Vary: Accept`; the JSON answer stays exactly what API clients always had).
 /// What this gateway is and where it sends each route.
 #[utoipa::path(get, path = "/", tag = "gateway", responses((status = 200, body = GatewayInfo)))]
-async fn index(State(state): State<GatewayState>) -> Json<GatewayInfo> {
+async fn index(State(state): State<GatewayState>, headers: HeaderMap) -> Response {
+    if storefront::prefers_html(&headers) {
+        storefront::page(&state, &headers)
+    } else {
+        service_info(&state).into_response()
+    }
+}
+
+fn service_info(state: &GatewayState) -> Json<GatewayInfo> {
     let identity = state.platform.identity();
     let upstreams = state
         .upstreams
@@ -270,6 +286,7 @@ pub fn app(state: GatewayState) -> edge::Edge {
                 async move { axum::Json(openapi::document(&state, &own_doc).await) }
             }),
         )
-        .merge(Platform::docs_page("/openapi.json"));
+        .merge(Platform::docs_page("/openapi.json"))
+        .merge(storefront::router(state.clone()));
     edge::Edge::new(state, platform.finish(router))
 }

@@ -71,7 +71,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 
 /// The client's address: the peer, or with `TRUST_FORWARDED_FOR` the last `X-Forwarded-For`
 /// entry (the one the proxy in front of the gateway added).
-fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_forwarded_for: bool) -> IpAddr {
+pub(crate) fn client_ip(headers: &HeaderMap, peer: Option<IpAddr>, trust_forwarded_for: bool) -> IpAddr {
     if trust_forwarded_for {
         let entries: Vec<&str> = headers
             .get_all(X_FORWARDED_FOR)

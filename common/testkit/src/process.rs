@@ -45,6 +45,8 @@ pub(crate) const SERVICE_VARIABLES: &[&str] = &[
     "NATS_URL",
     "SERVICE_AUTH_SECRET",
     "JWT_SECRET",
+    "DEV_TOKEN_ROUTE",
+    "BROWSER_TRACES_URL",
 ];
 
 /// A service binary running as a child process, for tests that need a real process per service

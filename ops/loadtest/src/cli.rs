@@ -138,10 +138,10 @@ pub struct Cli {
 }
 
 const ABOUT: &str = "ShopStack load test (Goose): browsing and cart users over the simple and v1 \
-cart APIs, a user journey, checkouts through the orders API, a health/metrics poller, thresholds, \
-incidents on a timer and a truth check against the gateway's metrics. --host defaults to \
-http://127.0.0.1:8000 (`make run-all`); --hatch-rate and --spawn-rate are accepted for \
---increase-rate.";
+cart APIs, a user journey, checkouts through the orders API, a health/metrics poller, shoppers \
+opening the storefront page, thresholds, incidents on a timer and a truth check against the \
+gateway's metrics. --host defaults to http://127.0.0.1:8000 (`make run-all`); --hatch-rate and \
+--spawn-rate are accepted for --increase-rate.";
 
 const EXAMPLES: &str = "Examples:
   loadtest                                  # all scenarios, local stack
@@ -150,7 +150,7 @@ const EXAMPLES: &str = "Examples:
   loadtest -t 90s --fault-at 30s:cart.failure_rate=0.2 \\
                   --fault-at 60s:cart.failure_rate=0.01
   loadtest -t 20s --threshold-p95-ms 1      # impossible: the run fails
-Scenarios (for --scenarios): browse, cart, journey, checkout, poller.
+Scenarios (for --scenarios): browse, cart, journey, checkout, poller, storefront.
 Exit status: 0 passed; 1 a threshold, the truth check or a fault step failed;
 2 bad options; 3 the target is not running or not usable.";
 

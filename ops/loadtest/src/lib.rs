@@ -6,7 +6,7 @@
 //! compare ([`truth`]) → put the simulation back → write the reports and give the verdict.
 //!
 //! - [`cli`]: the command line (Goose's flags and ShopStack's);
-//! - [`scenarios`]: browse, cart, journey, poller;
+//! - [`scenarios`]: browse, cart, journey, checkout, poller, storefront;
 //! - [`faults`]: `--fault-at` steps and the admin API;
 //! - [`truth`]: the comparison with the gateway's metrics;
 //! - [`target`]: the tool's own requests before and after the run;

@@ -157,7 +157,7 @@ async fn every_scenario_runs_and_the_truth_check_matches_the_gateway() {
     assert_eq!(summary["passed"], true);
 
     // Every scenario ran and made requests.
-    for name in ["browse", "cart", "journey", "checkout", "poller"] {
+    for name in ["browse", "cart", "journey", "checkout", "poller", "storefront"] {
         let scenario = run.scenario(name);
         assert!(scenario["users"].as_u64().unwrap() > 0, "{name}: {scenario}");
         assert!(scenario["requests"].as_u64().unwrap() > 0, "{name}: {scenario}");
@@ -179,6 +179,8 @@ async fn every_scenario_runs_and_the_truth_check_matches_the_gateway() {
         "POST /api/orders/checkout",
         "GET /healthz",
         "GET /metrics",
+        "GET /",
+        "GET /storefront/{file}",
     ] {
         assert!(names.contains(&expected), "{expected} missing from {names:?}");
     }

@@ -7,6 +7,7 @@
 //! | `journey` | 1 | a user journey on the v1 cart API: add → get → stress (when the target allows it) → clear |
 //! | `checkout` | 1 | a buyer: add to cart → check out (`Idempotency-Key`) → view the order → list orders → cancel (stock goes back) |
 //! | `poller` | 1 | a low-rate poller of `/healthz` and `/metrics` |
+//! | `storefront` | 1 | a shopper opening the shop page: `GET /` as a browser asks for it, then every file it loads |
 //! | `ping` | – | benchmarks only (`make bench`): `GET /catalog/{id}` back to back; runs only when named |
 //!
 //! Weights decide how many users run each scenario (browse:cart is 70:30: most shoppers only browse).
@@ -23,6 +24,7 @@ pub mod checkout;
 pub mod journey;
 pub mod ping;
 pub mod poller;
+pub mod storefront;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,7 +83,7 @@ impl Context {
 }
 
 /// The mix's scenario names, in the order they are registered.
-pub const NAMES: &[&str] = &["browse", "cart", "journey", "checkout", "poller"];
+pub const NAMES: &[&str] = &["browse", "cart", "journey", "checkout", "poller", "storefront"];
 
 /// Every scenario of the mix, with its weight, and `ping` when asked for by name.
 pub fn all(ctx: &Arc<Context>, with_ping: bool) -> Result<Vec<Scenario>, GooseError> {
@@ -91,6 +93,7 @@ pub fn all(ctx: &Arc<Context>, with_ping: bool) -> Result<Vec<Scenario>, GooseEr
         journey::scenario(ctx)?,
         checkout::scenario(ctx)?,
         poller::scenario(ctx)?,
+        storefront::scenario(ctx)?,
     ];
     if with_ping {
         scenarios.push(ping::scenario(ctx)?);
