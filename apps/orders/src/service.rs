@@ -435,6 +435,9 @@ impl OrderService {
                 return Err(Failed::Settled(error.into()));
             }
         }
+        // Stock committed, order not written: a stop here is what the recovery task undoes
+        // (the fault proofs stop orders here).
+        shopstack_platform::failpoint::hit("orders.after_commit").await;
         match repo::transition_saga(&self.0.db, order.id, SagaState::Started, SagaState::Committed).await {
             Ok(true) => {}
             Ok(false) => return Err(Failed::Settled(taken_over(order.id))),

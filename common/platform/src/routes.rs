@@ -70,10 +70,12 @@ async fn readiness(platform: &Platform) -> Response {
             .into_response();
     }
     let statuses = platform.health().check_all().await;
+    let conditions = platform.health().failing_conditions();
     let mut body = Map::new();
-    let ready = statuses
-        .iter()
-        .all(|status| status.healthy || !status.required_for_readiness);
+    let ready = conditions.is_empty()
+        && statuses
+            .iter()
+            .all(|status| status.healthy || !status.required_for_readiness);
     body.insert("status".into(), json!(if ready { "ready" } else { "not_ready" }));
     body.insert("service".into(), json!(platform.identity().name));
     for status in statuses {
@@ -81,6 +83,9 @@ async fn readiness(platform: &Platform) -> Response {
             status.name,
             json!(if status.healthy { "healthy" } else { "unhealthy" }),
         );
+    }
+    for (name, reason) in conditions {
+        body.insert(name, reason);
     }
     let code = if ready {
         StatusCode::OK
@@ -90,10 +95,11 @@ async fn readiness(platform: &Platform) -> Response {
     (code, axum::Json(Value::Object(body))).into_response()
 }
 
-/// Readiness probe (Kubernetes name): 503 while draining or while a required dependency is down.
+/// Readiness probe (Kubernetes name): 503 while draining, while a required dependency is down,
+/// or while a condition of the service's own holds (the catalog's `stock`: lost with Redis's data).
 #[utoipa::path(get, path = "/readyz", tag = PROBES_TAG, responses(
     (status = 200, description = "Ready for traffic", body = Object),
-    (status = 503, description = "Draining or a required dependency is down", body = Object,
+    (status = 503, description = "Draining, a required dependency down, or a condition of the service's own (its reason under the condition's name)", body = Object,
         headers(("Retry-After" = u32, description = "Seconds to wait while draining"))),
 ))]
 async fn readyz(State(platform): State<Platform>) -> Response {
@@ -103,7 +109,7 @@ async fn readyz(State(platform): State<Platform>) -> Response {
 /// Readiness probe, the same as `/readyz`.
 #[utoipa::path(get, path = "/ready", tag = PROBES_TAG, responses(
     (status = 200, description = "Ready for traffic", body = Object),
-    (status = 503, description = "Draining or a required dependency is down", body = Object,
+    (status = 503, description = "Draining, a required dependency down, or a condition of the service's own (its reason under the condition's name)", body = Object,
         headers(("Retry-After" = u32, description = "Seconds to wait while draining"))),
 ))]
 async fn ready(State(platform): State<Platform>) -> Response {

@@ -1,8 +1,9 @@
 //! Binding, serving and stopping gracefully; and [`run`], the whole life of a service binary.
 //!
 //! Shutdown order on SIGTERM/SIGINT: readiness fails at once; the server keeps serving for
-//! `SHUTDOWN_DRAIN_MS` so load balancers stop sending; then it stops accepting and waits up to
-//! `SHUTDOWN_GRACE_MS` for in-flight requests; finally telemetry is flushed.
+//! `SHUTDOWN_DRAIN_MS` so load balancers stop sending, each answer now with `Connection:
+//! close`; then it stops accepting and waits up to `SHUTDOWN_GRACE_MS` for in-flight requests;
+//! finally telemetry is flushed.
 //!
 //! Slow and greedy clients: each connection's socket keeps the deadline of what is being read
 //! (the head within `HEADER_READ_TIMEOUT`, the body within `BODY_READ_TIMEOUT`, the next request
@@ -34,6 +35,7 @@ use tower::Service;
 use crate::connection::{GuardedStream, Tracker, head_timeout_answer};
 use crate::platform::Platform;
 use shopstack_base::config::{CommonConfig, MAX_CONNECTIONS_CEILING, ServiceDefaults};
+use shopstack_base::health::Health;
 use shopstack_base::problem::Problem;
 use shopstack_telemetry::telemetry;
 
@@ -71,6 +73,7 @@ struct PerRequest<S> {
     service: S,
     tracker: Arc<Tracker>,
     body_timeout_ms: u64,
+    health: Health,
 }
 
 impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for PerRequest<S>
@@ -87,6 +90,7 @@ where
             inner: self.service.clone().call(request.map(Body::new)),
             tracker: self.tracker.clone(),
             body_timeout_ms: self.body_timeout_ms,
+            health: self.health.clone(),
         }
     }
 }
@@ -99,6 +103,7 @@ pin_project_lite::pin_project! {
         inner: F,
         tracker: Arc<Tracker>,
         body_timeout_ms: u64,
+        health: Health,
     }
 }
 
@@ -107,9 +112,18 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Answer<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
+        let Ok(mut response) = ready!(this.inner.poll(cx));
         this.tracker.answered();
         if !this.tracker.body_timed_out() {
+            // Draining: the connection closes after this answer, so the client's next request
+            // goes out on a new connection (to another replica once the load balancer has
+            // noticed) instead of racing the close of an idle keep-alive connection at the end
+            // of the drain.
+            if this.health.is_draining() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return Poll::Ready(Ok(response));
         }
         tracing::debug!("request body not read within BODY_READ_TIMEOUT: 408");
@@ -299,6 +313,7 @@ impl<F: Front> Server<F> {
                 service: router.for_connection(peer),
                 tracker,
                 body_timeout_ms,
+                health: platform.health().clone(),
             };
             let connection = http.serve_connection(TokioIo::new(stream), service);
             let connection = connections.watch(connection);
@@ -395,6 +410,10 @@ where
             return ExitCode::from(2);
         }
     };
+    if let Err(error) = crate::failpoint::init() {
+        eprintln!("error: invalid configuration: {error}");
+        return ExitCode::from(2);
+    }
     let result = async {
         let platform = Platform::new(settings).context("Failed to set up the service platform")?;
         let router = build(platform.clone())
