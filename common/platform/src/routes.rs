@@ -95,11 +95,10 @@ async fn readiness(platform: &Platform) -> Response {
     (code, axum::Json(Value::Object(body))).into_response()
 }
 
-/// Readiness probe (Kubernetes name): 503 while draining, while a required dependency is down,
-/// or while a condition of the service's own holds (the catalog's `stock`: lost with Redis's data).
+/// Readiness probe (Kubernetes name): 503 while draining or while a required dependency is down.
 #[utoipa::path(get, path = "/readyz", tag = PROBES_TAG, responses(
     (status = 200, description = "Ready for traffic", body = Object),
-    (status = 503, description = "Draining, a required dependency down, or a condition of the service's own (its reason under the condition's name)", body = Object,
+    (status = 503, description = "Draining or a required dependency is down", body = Object,
         headers(("Retry-After" = u32, description = "Seconds to wait while draining"))),
 ))]
 async fn readyz(State(platform): State<Platform>) -> Response {
@@ -109,7 +108,7 @@ async fn readyz(State(platform): State<Platform>) -> Response {
 /// Readiness probe, the same as `/readyz`.
 #[utoipa::path(get, path = "/ready", tag = PROBES_TAG, responses(
     (status = 200, description = "Ready for traffic", body = Object),
-    (status = 503, description = "Draining, a required dependency down, or a condition of the service's own (its reason under the condition's name)", body = Object,
+    (status = 503, description = "Draining or a required dependency is down", body = Object,
         headers(("Retry-After" = u32, description = "Seconds to wait while draining"))),
 ))]
 async fn ready(State(platform): State<Platform>) -> Response {
