@@ -6,6 +6,7 @@
 //!
 //! The binaries are the workspace's debug builds (`cargo build --workspace --bins` first), which
 //! have the test-only failpoints (`SHOPSTACK_FAILPOINTS`) that hold a process at a named step.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -195,6 +196,9 @@ async fn assert_fast_503(what: &str, started: Instant, response: reqwest::Respon
 // ---------------------------------------------------------------------------------------------
 // SIGTERM to the gateway under load
 
+/// What one readiness probe on a new connection came to, and when.
+type Probe = (Instant, Result<StatusCode, String>);
+
 /// What one request through the gateway came to, and when it was sent.
 #[derive(Debug)]
 struct Sent {
@@ -262,7 +266,7 @@ async fn sigterm_to_the_gateway_under_load_fails_no_request_it_accepted() {
 
     // Readiness and acceptance, probed on a new connection every 25 ms: what a load balancer
     // sees of the gateway.
-    let probes: Arc<Mutex<Vec<(Instant, Result<StatusCode, String>)>>> = Arc::default();
+    let probes: Arc<Mutex<Vec<Probe>>> = Arc::default();
     let prober = {
         let (url, probes) = (gateway.url("/readyz"), probes.clone());
         tokio::spawn(async move {
@@ -536,8 +540,8 @@ fn shoppers(
                 let mut round = 0u32;
                 while Instant::now() < until && round < 1000 {
                     round += 1;
-                    let product = if round % 2 == 0 { "fp-a" } else { "fp-b" };
-                    let response = if round % 4 == 0 {
+                    let product = if round.is_multiple_of(2) { "fp-a" } else { "fp-b" };
+                    let response = if round.is_multiple_of(4) {
                         client
                             .post(&orders_url)
                             .json(&json!({"user_id": user, "shipping_address": "1 Test Street"}))

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::inventory::{InventoryError, InventoryStore, Line, MemoryInventory, RedisInventory, SeedOutcome};
+use catalog::inventory::{
+    InventoryError, InventoryStore, Line, MemoryInventory, RedisInventory, SeedOutcome,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use shopstack_testkit::redis::RedisServer;
@@ -180,20 +182,34 @@ async fn a_redis_that_lost_its_data_is_not_seeded_again() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(outcome.unwrap(), SeedOutcome::Lost(products.to_vec()));
-    assert_eq!(store.stock(&products).await.unwrap(), vec![0, 0], "nothing was written");
+    assert_eq!(
+        store.stock(&products).await.unwrap(),
+        vec![0, 0],
+        "nothing was written"
+    );
     let unknown = |product: &str| InventoryError::StockUnknown {
         product_id: product.to_owned(),
     };
-    assert_eq!(store.set_hold("bob", "p-a", 1, TTL).await.unwrap_err(), unknown("p-a"));
     assert_eq!(
-        store.commit("order-1", "bob", &[line("p-b", 1)]).await.unwrap_err(),
+        store.set_hold("bob", "p-a", 1, TTL).await.unwrap_err(),
+        unknown("p-a")
+    );
+    assert_eq!(
+        store
+            .commit("order-1", "bob", &[line("p-b", 1)])
+            .await
+            .unwrap_err(),
         unknown("p-b")
     );
     assert_eq!(
         store.restock("order-2", &[line("p-a", 1)]).await.unwrap_err(),
         unknown("p-a")
     );
-    assert_eq!(store.stock(&products).await.unwrap(), vec![0, 0], "refusals changed nothing");
+    assert_eq!(
+        store.stock(&products).await.unwrap(),
+        vec![0, 0],
+        "refusals changed nothing"
+    );
 
     store.set_stock("p-a", 5).await.unwrap();
     assert_eq!(
