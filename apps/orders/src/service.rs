@@ -428,6 +428,9 @@ impl OrderService {
             Ok(Err(CommitRefused::UnknownProduct(product_id))) => {
                 return Err(Failed::Clean(OrdersError::ProductNotFound(product_id)));
             }
+            Ok(Err(CommitRefused::StockUnknown(product_id))) => {
+                return Err(Failed::Clean(OrdersError::StockUnknown(product_id)));
+            }
             Err(error) => {
                 // No answer: the stock may or may not be committed. The saga (with its lines)
                 // stays for the recovery task, which finds out and gives back what was taken.
@@ -704,7 +707,9 @@ impl OrderService {
                     };
                     // Was the stock committed? Committing again is idempotent per order id and
                     // answers the question: if it goes through, the units are taken (now or
-                    // before) and go straight back; if refused, nothing was ever taken.
+                    // before) and go straight back; if refused, nothing was ever taken — or,
+                    // refused as stock-unknown, the catalog lost the figure the units would go
+                    // back to, and operators set it anew.
                     if self.0.catalog.commit(&order_id, &owner, &stock).await?.is_ok() {
                         self.0.catalog.restock(&order_id, &stock).await?;
                     }

@@ -193,6 +193,22 @@ async fn assert_fast_503(what: &str, started: Instant, response: reqwest::Respon
     );
 }
 
+/// The 503 `stock-unknown` problem naming `product`, with `Retry-After`: refused, not "out of
+/// stock".
+async fn assert_stock_unknown(what: &str, response: reqwest::Response, product: &str) {
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{what}");
+    assert!(response.headers().contains_key("retry-after"), "{what}");
+    let problem = json_of(response).await;
+    assert!(
+        problem["type"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("/stock-unknown"),
+        "{what}: {problem}"
+    );
+    assert_eq!(problem["product_id"], product, "{what}: {problem}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // SIGTERM to the gateway under load
 
@@ -701,18 +717,10 @@ async fn redis_restarted_empty_sells_nothing_until_the_stock_is_set_again() {
         .send()
         .await
         .unwrap();
-    assert_eq!(hold.status(), StatusCode::SERVICE_UNAVAILABLE);
-    assert!(hold.headers().contains_key("retry-after"));
-    let problem = json_of(hold).await;
-    assert!(
-        problem["type"].as_str().unwrap().ends_with("stock-unknown"),
-        "{problem}"
-    );
-    assert_eq!(problem["product_id"], "fp-a");
-    assert_eq!(
-        add_to_cart(&cart, "u-after", "fp-a", 1).await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    assert_stock_unknown("a catalog hold", hold, "fp-a").await;
+    // The cart and orders pass the catalog's refusal on, naming the product.
+    let add = add_to_cart(&cart, "u-after", "fp-a", 1).await;
+    assert_stock_unknown("a cart add", add, "fp-a").await;
     let direct = client()
         .post(orders.url("/api/orders"))
         .json(
@@ -722,12 +730,7 @@ async fn redis_restarted_empty_sells_nothing_until_the_stock_is_set_again() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        direct.status(),
-        StatusCode::SERVICE_UNAVAILABLE,
-        "{}",
-        direct.text().await.unwrap_or_default()
-    );
+    assert_stock_unknown("a direct order", direct, "fp-b").await;
     let listed = json_of(client().get(orders.url("/api/orders")).send().await.unwrap()).await;
     assert_eq!(listed["data"], json!([]), "nothing was sold");
 
@@ -737,10 +740,8 @@ async fn redis_restarted_empty_sells_nothing_until_the_stock_is_set_again() {
         add_to_cart(&cart, "u-after", "fp-a", 1).await.status(),
         StatusCode::OK
     );
-    assert_eq!(
-        add_to_cart(&cart, "u-after", "fp-b", 1).await.status(),
-        StatusCode::SERVICE_UNAVAILABLE
-    );
+    let add = add_to_cart(&cart, "u-after", "fp-b", 1).await;
+    assert_stock_unknown("a cart add", add, "fp-b").await;
     let ready = json_of(client().get(catalog.url("/readyz")).send().await.unwrap()).await;
     assert_eq!(ready["stock"]["products"], json!(["fp-b"]), "{ready}");
     assert_eq!(set_stock(&catalog, "fp-b", 4).await, StatusCode::OK);
@@ -769,7 +770,6 @@ async fn redis_restarted_empty_sells_nothing_until_the_stock_is_set_again() {
     let invariant = StockInvariant::new(&catalog.url(""), baseline)
         .orders(&orders.url(""))
         .owners(["u-before", "u-after"]);
-    // The refused direct order's saga is resolved by the recovery task once fp-b is known.
     let ledger = invariant.settles(Duration::from_secs(15)).await.unwrap();
     assert_eq!((ledger["fp-a"].free, ledger["fp-a"].sold), (6, 1), "{ledger:?}");
     assert_eq!((ledger["fp-b"].free, ledger["fp-b"].sold), (3, 1), "{ledger:?}");
