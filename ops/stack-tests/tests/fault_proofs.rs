@@ -106,26 +106,29 @@ fn cart(redis: &str, catalog: &ServiceProcess, ttl: &str, failpoints: &str) -> S
     )
 }
 
-/// Orders on `database`, interrupted placements resolved after 1 s, with `failpoints` armed.
+/// Orders on `database`, interrupted placements resolved after 1 s, a grace period of 500 ms at
+/// shutdown, with `failpoints` armed; `extra` adds or overrides settings.
 fn orders(
     database: &str,
     catalog: &ServiceProcess,
     cart: &ServiceProcess,
     failpoints: &str,
+    extra: &[(&str, &str)],
 ) -> ServiceProcess {
-    spawn(
-        "orders",
-        &[
-            ("DATABASE_URL", database),
-            ("CATALOG_SERVICE_URL", &catalog.url("")),
-            ("CART_SERVICE_URL", &cart.url("")),
-            ("SAGA_RECOVERY_AFTER", "1s"),
-            ("MAINTENANCE_INTERVAL", "200ms"),
-            ("SHUTDOWN_GRACE_MS", "500"),
-            ("SIMULATION", "off"),
-            ("SHOPSTACK_FAILPOINTS", failpoints),
-        ],
-    )
+    let (catalog_url, cart_url) = (catalog.url(""), cart.url(""));
+    let mut env = vec![
+        ("DATABASE_URL", database),
+        ("CATALOG_SERVICE_URL", catalog_url.as_str()),
+        ("CART_SERVICE_URL", cart_url.as_str()),
+        ("SAGA_RECOVERY_AFTER", "1s"),
+        ("MAINTENANCE_INTERVAL", "200ms"),
+        ("SHUTDOWN_GRACE_MS", "500"),
+        ("SIMULATION", "off"),
+        ("SHOPSTACK_FAILPOINTS", failpoints),
+    ];
+    // Later entries win: the child's environment is built in order.
+    env.extend_from_slice(extra);
+    spawn("orders", &env)
 }
 
 async fn add_to_cart(cart: &ServiceProcess, user: &str, product: &str, quantity: u32) -> reqwest::Response {
@@ -463,7 +466,7 @@ async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up() {
     let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
     let catalog = catalog(&redis.url(), &products);
     let cart = cart(&redis.url(), &catalog, "3s", "");
-    let mut stopping = orders(&database.url, &catalog, &cart, "orders.after_commit=pause");
+    let mut stopping = orders(&database.url, &catalog, &cart, "orders.after_commit=pause", &[]);
     assert_eq!(
         add_to_cart(&cart, "u-1", "fp-a", 2).await.status(),
         StatusCode::OK
@@ -501,7 +504,7 @@ async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up() {
         "a checkout cut at shutdown placed no order: {answer:?}"
     );
 
-    let orders = orders(&database.url, &catalog, &cart, "");
+    let orders = orders(&database.url, &catalog, &cart, "", &[]);
     let invariant = StockInvariant::new(&catalog.url(""), products.initial.clone())
         .orders(&orders.url(""))
         .owners(["u-1"]);
@@ -530,6 +533,84 @@ async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up() {
         (9, 1),
         "{settled:?}"
     );
+}
+
+/// SIGTERM to orders while a checkout is in flight (slowed at the same step): readiness fails
+/// at once, the checkout finishes within the grace period and the process exits cleanly; the
+/// order is sold exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_orders_lets_a_checkout_in_flight_finish() {
+    let redis = RedisServer::start().unwrap();
+    let database = TestDb::sqlite();
+    let products = Products::write(&[("fp-a", 10)]);
+    let catalog = catalog(&redis.url(), &products);
+    let cart = cart(&redis.url(), &catalog, "3s", "");
+    let stopping = orders(
+        &database.url,
+        &catalog,
+        &cart,
+        "orders.after_commit=sleep(1500)",
+        // Recovery would take over a placement slower than SAGA_RECOVERY_AFTER: not here.
+        &[
+            ("SHUTDOWN_DRAIN_MS", "500"),
+            ("SHUTDOWN_GRACE_MS", "10000"),
+            ("SAGA_RECOVERY_AFTER", "30s"),
+        ],
+    );
+    assert_eq!(
+        add_to_cart(&cart, "u-1", "fp-a", 2).await.status(),
+        StatusCode::OK
+    );
+    let placing = tokio::spawn(checkout_status(stopping.url("/api/orders/checkout"), "u-1"));
+    held_at(&stopping, "orders.after_commit").await;
+    stopping.terminate().unwrap();
+    let ready = client().get(stopping.url("/readyz")).send().await.unwrap();
+    assert_eq!(
+        ready.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "readiness fails at once"
+    );
+    let placed = placing.await.unwrap();
+    assert!(
+        matches!(&placed, Ok((StatusCode::CREATED, _))),
+        "the checkout in flight finishes: {placed:?}"
+    );
+    let (status, stopping) = tokio::task::spawn_blocking(move || {
+        let mut stopping = stopping;
+        (stopping.wait_for_exit(Duration::from_secs(15)), stopping)
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.is_some_and(|status| status.success()),
+        "orders did not exit cleanly: {status:?}\n{}",
+        stopping.output().join("\n")
+    );
+
+    let orders = orders(&database.url, &catalog, &cart, "", &[]);
+    let settled = StockInvariant::new(&catalog.url(""), products.initial.clone())
+        .orders(&orders.url(""))
+        .owners(["u-1"])
+        .settles(Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(
+        (settled["fp-a"].free, settled["fp-a"].sold),
+        (8, 2),
+        "{settled:?}"
+    );
+}
+
+/// A checkout's status and body (or why none came back).
+async fn checkout_status(url: String, user: &'static str) -> Result<(StatusCode, String), String> {
+    let response = client()
+        .post(url)
+        .json(&json!({"user_id": user, "shipping_address": "1 Test Street"}))
+        .send()
+        .await
+        .map_err(|error| format!("{error:?}"))?;
+    let status = response.status();
+    Ok((status, response.text().await.unwrap_or_default()))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -589,8 +670,16 @@ async fn redis_killed_and_restarted_with_its_data_fails_fast_recovers_and_adds_u
     let products = Products::write(&[("fp-a", 200), ("fp-b", 200)]);
     let catalog = catalog(&redis.url(), &products);
     let cart = cart(&redis.url(), &catalog, "3s", "");
-    let orders = orders(&database.url, &catalog, &cart, "");
+    // Its read cache on the same Redis: a cache that is down never fails a read.
+    let orders = orders(&database.url, &catalog, &cart, "", &[("REDIS_URL", &redis.url())]);
     let users: Vec<String> = (0..4).map(|i| format!("shopper-{i}")).collect();
+    assert_eq!(
+        add_to_cart(&cart, "early", "fp-b", 1).await.status(),
+        StatusCode::OK
+    );
+    let early = checkout(&orders, "early").await;
+    assert_eq!(early.status(), StatusCode::CREATED);
+    let early = json_of(early).await["data"]["id"].as_str().unwrap().to_owned();
 
     let load = shoppers(
         &cart,
@@ -639,6 +728,16 @@ async fn redis_killed_and_restarted_with_its_data_fails_fast_recovers_and_adds_u
     .await;
     let started = Instant::now();
     assert_fast_503("a checkout", started, checkout(&orders, "shopper-0").await, bound).await;
+    let read = client()
+        .get(orders.url(&format!("/api/orders/{early}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        read.status(),
+        StatusCode::OK,
+        "an order is read from the database meanwhile"
+    );
 
     redis.restart().unwrap();
     let back = Instant::now();
@@ -667,7 +766,7 @@ async fn redis_killed_and_restarted_with_its_data_fails_fast_recovers_and_adds_u
     );
 
     let mut owners = users.clone();
-    owners.extend(["probe".to_owned(), "after".to_owned()]);
+    owners.extend(["probe".to_owned(), "after".to_owned(), "early".to_owned()]);
     let invariant = StockInvariant::new(&catalog.url(""), products.initial.clone())
         .orders(&orders.url(""))
         .owners(owners);
@@ -686,7 +785,7 @@ async fn redis_restarted_empty_sells_nothing_until_the_stock_is_set_again() {
     let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
     let catalog = catalog(&redis.url(), &products);
     let cart = cart(&redis.url(), &catalog, "30s", "");
-    let orders = orders(&database.url, &catalog, &cart, "");
+    let orders = orders(&database.url, &catalog, &cart, "", &[]);
     assert_eq!(
         add_to_cart(&cart, "u-before", "fp-a", 2).await.status(),
         StatusCode::OK
