@@ -2,8 +2,8 @@
 //!
 //! Shutdown order on SIGTERM/SIGINT: readiness fails at once; the server keeps serving for
 //! `SHUTDOWN_DRAIN_MS` so load balancers stop sending, each answer now with `Connection:
-//! close`; then it stops accepting and waits up to `SHUTDOWN_GRACE_MS` for in-flight requests;
-//! finally telemetry is flushed.
+//! close`; then it stops accepting (serving the connections already queued) and waits up to
+//! `SHUTDOWN_GRACE_MS` for in-flight requests; finally telemetry is flushed.
 //!
 //! Slow and greedy clients: each connection's socket keeps the deadline of what is being read
 //! (the head within `HEADER_READ_TIMEOUT`, the body within `BODY_READ_TIMEOUT`, the next request
@@ -29,7 +29,7 @@ use axum::response::{IntoResponse as _, Response};
 use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 use crate::connection::{GuardedStream, Tracker, head_timeout_answer};
@@ -278,6 +278,26 @@ impl<F: Front> Server<F> {
         let body_timeout_ms = u64::try_from(timeouts.body_read.as_millis()).unwrap_or(u64::MAX);
         let limit = Arc::new(Semaphore::new(max_connections));
         let mut at_limit = false;
+        let serve = |stream: tokio::net::TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
+            // Answers go out at once, not held back for more to send.
+            let _ = stream.set_nodelay(true);
+            let tracker = Arc::new(Tracker::default());
+            let stream = GuardedStream::new(stream, tracker.clone(), timeouts, head_timeout_answer.clone());
+            let service = PerRequest {
+                service: router.for_connection(peer),
+                tracker,
+                body_timeout_ms,
+                health: platform.health().clone(),
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let connection = connections.watch(connection);
+            tokio::spawn(async move {
+                if let Err(error) = connection.await {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        };
         tokio::pin!(graceful);
         loop {
             // A permit per connection: at the limit, wait for one to close before accepting.
@@ -305,24 +325,17 @@ impl<F: Front> Server<F> {
                 },
                 () = &mut graceful => break,
             };
-            // Answers go out at once, not held back for more to send.
-            let _ = stream.set_nodelay(true);
-            let tracker = Arc::new(Tracker::default());
-            let stream = GuardedStream::new(stream, tracker.clone(), timeouts, head_timeout_answer.clone());
-            let service = PerRequest {
-                service: router.for_connection(peer),
-                tracker,
-                body_timeout_ms,
-                health: platform.health().clone(),
+            serve(stream, peer, permit);
+        }
+        // Connections the kernel completed before the listener closes are served, not reset
+        // with it: take what is queued already, without waiting, then close. A client that
+        // connects from now on is refused.
+        while let Ok(permit) = limit.clone().try_acquire_owned() {
+            let queued = std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await;
+            let Poll::Ready(Ok((stream, peer))) = queued else {
+                break;
             };
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            let connection = connections.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                drop(permit);
-            });
+            serve(stream, peer, permit);
         }
         drop(listener);
         let grace = settings.shutdown_grace;
