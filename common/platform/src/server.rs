@@ -27,7 +27,6 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::Service;
@@ -41,6 +40,11 @@ use shopstack_telemetry::telemetry;
 
 /// The largest request head (request line and headers) accepted; a larger one gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// At shutdown, how long a connection accepted just before the listener closed has to send
+/// its first request head before it is closed unanswered (a client sends it within a round
+/// trip of connecting; one that only opened a connection in advance is not waited for longer).
+const FIRST_HEAD_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// File descriptors kept for everything but inbound connections beyond their half (see
 /// [`default_max_connections`]): listeners, logs, Redis and database connections.
@@ -259,7 +263,6 @@ impl<F: Front> Server<F> {
                 "no longer accepting connections; waiting for in-flight requests"
             );
         };
-        let connections = GracefulShutdown::new();
         // HTTP/1.1 only (no service speaks HTTP/2; nothing upgrades connections).
         let mut http = hyper::server::conn::http1::Builder::new();
         // An answer's head and body copied into one buffer and sent with one `write`, rather
@@ -278,6 +281,8 @@ impl<F: Front> Server<F> {
         let body_timeout_ms = u64::try_from(timeouts.body_read.as_millis()).unwrap_or(u64::MAX);
         let limit = Arc::new(Semaphore::new(max_connections));
         let mut at_limit = false;
+        // Set when the drain is over: each connection then closes once it is idle.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
         let serve = |stream: tokio::net::TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
             // Answers go out at once, not held back for more to send.
             let _ = stream.set_nodelay(true);
@@ -285,14 +290,34 @@ impl<F: Front> Server<F> {
             let stream = GuardedStream::new(stream, tracker.clone(), timeouts, head_timeout_answer.clone());
             let service = PerRequest {
                 service: router.for_connection(peer),
-                tracker,
+                tracker: tracker.clone(),
                 body_timeout_ms,
                 health: platform.health().clone(),
             };
             let connection = http.serve_connection(TokioIo::new(stream), service);
-            let connection = connections.watch(connection);
+            let mut stopping = stopping.clone();
             tokio::spawn(async move {
-                if let Err(error) = connection.await {
+                tokio::pin!(connection);
+                // hyper's graceful shutdown closes a connection that has not read a byte yet, so
+                // a client that connected just before the listener closed would have its request
+                // cut; it is asked only once the connection read its first head (or had the
+                // time to), and then closes after the answer in progress, or at once if idle.
+                let stopped = async {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                    let _ = tokio::time::timeout(FIRST_HEAD_AT_SHUTDOWN, tracker.first_head_read()).await;
+                };
+                let ended = tokio::select! {
+                    result = connection.as_mut() => Some(result),
+                    () = stopped => None,
+                };
+                let result = match ended {
+                    Some(result) => result,
+                    None => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
                     tracing::debug!(%error, "connection ended with an error");
                 }
                 drop(permit);
@@ -338,9 +363,12 @@ impl<F: Front> Server<F> {
             serve(stream, peer, permit);
         }
         drop(listener);
+        let _ = stop.send(true);
+        // Every connection holds a permit until it ends: all of them back, all connections done.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
         let grace = settings.shutdown_grace;
         tokio::select! {
-            () = connections.shutdown() => {}
+            _ = limit.acquire_many(all) => {}
             () = tokio::time::sleep(grace) => tracing::warn!("grace period over with requests still in flight; closing them"),
         }
         tracing::info!("server stopped");

@@ -374,9 +374,16 @@ async fn sigterm_to_the_gateway_under_load_fails_no_request_it_accepted() {
         .iter()
         .filter(|sent| !matches!(sent.outcome, Outcome::Answered(StatusCode::OK) | Outcome::Refused))
         .collect();
+    let offsets: Vec<String> = failed
+        .iter()
+        .map(|sent| match sent.at.checked_duration_since(signalled) {
+            Some(after) => format!("sent {after:?} after SIGTERM"),
+            None => format!("sent {:?} before SIGTERM", signalled.duration_since(sent.at)),
+        })
+        .collect();
     assert!(
         failed.is_empty(),
-        "{} of {} requests failed: {failed:?}",
+        "{} of {} requests failed ({offsets:?}): {failed:?}",
         failed.len(),
         sent.len()
     );
