@@ -760,7 +760,7 @@ async fn redis_killed_and_restarted_with_its_data_fails_fast_recovers_and_adds_u
     )
     .await;
     let started = Instant::now();
-    assert_fast_503("a checkout", started, checkout(&orders, "shopper-0").await, bound).await;
+    assert_fast_503("a checkout", started, checkout(&orders, "probe").await, bound).await;
     let read = client()
         .get(orders.url(&format!("/api/orders/{early}")))
         .send()
