@@ -307,6 +307,8 @@ impl<F: Front> Server<F> {
                     let _ = tokio::time::timeout(FIRST_HEAD_AT_SHUTDOWN, tracker.first_head_read()).await;
                 };
                 let ended = tokio::select! {
+                    // The connection first: it is what every wake-up is almost always for.
+                    biased;
                     result = connection.as_mut() => Some(result),
                     () = stopped => None,
                 };
