@@ -20,6 +20,8 @@ pub enum CatalogError {
     Timeout(Duration),
     #[error("the catalog is unavailable: {0}")]
     Unavailable(String),
+    #[error("the stock of {0} is not known")]
+    StockUnknown(String),
 }
 
 impl From<UpstreamError> for CatalogError {
@@ -60,6 +62,7 @@ impl CatalogClient {
             Err(HoldRefused::InsufficientStock { available }) => {
                 Err(CatalogError::Insufficient { available })
             }
+            Err(HoldRefused::StockUnknown(product_id)) => Err(CatalogError::StockUnknown(product_id)),
         }
     }
 

@@ -39,6 +39,12 @@ pub enum CartError {
     /// 503: the cart store (Redis) cannot be reached.
     #[error("The cart store is unavailable; retry shortly.")]
     StoreUnavailable(String),
+    /// 503: the catalog lost this product's stock figure with its store's data; it is not sold
+    /// until an operator sets it again. Nothing changed.
+    #[error(
+        "The stock of {0} is not known (the catalog's stock store lost its data); it is not sold until an operator sets it again."
+    )]
+    StockUnknown(String),
 }
 
 impl CartError {
@@ -51,7 +57,9 @@ impl CartError {
             CartError::LineFull { .. } => "line_full",
             CartError::Busy => "conflict",
             CartError::PreconditionFailed { .. } => "precondition_failed",
-            CartError::CatalogUnavailable(_) | CartError::CatalogTimeout => "catalog_unavailable",
+            CartError::CatalogUnavailable(_) | CartError::CatalogTimeout | CartError::StockUnknown(_) => {
+                "catalog_unavailable"
+            }
             CartError::StoreUnavailable(_) => "store_unavailable",
         }
     }
@@ -73,6 +81,7 @@ impl From<CatalogError> for CartError {
             CatalogError::Insufficient { available } => CartError::InsufficientStock { available },
             CatalogError::Timeout(_) => CartError::CatalogTimeout,
             CatalogError::Unavailable(cause) => CartError::CatalogUnavailable(cause),
+            CatalogError::StockUnknown(product_id) => CartError::StockUnknown(product_id),
         }
     }
 }
@@ -102,6 +111,11 @@ impl IntoResponse for CartError {
             }
             CartError::StoreUnavailable(_) => {
                 Problem::unavailable(detail, 1).with("dependency", "cart-store")
+            }
+            CartError::StockUnknown(product_id) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "stock-unknown", detail)
+                    .retry_after(30)
+                    .with("product_id", product_id.as_str())
             }
         };
         problem.into_response()

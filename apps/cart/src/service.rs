@@ -268,6 +268,9 @@ impl CartService {
                     .await
                     .map_err(catalog_error)?;
             }
+            // Between reserving and saving: a crash here leaves a hold that only its expiry
+            // gives back (the fault proofs stop the cart here).
+            shopstack_platform::failpoint::hit("cart.after_reserve").await;
             match self
                 .store
                 .write_line(user_id, product_id, target, cart.version)

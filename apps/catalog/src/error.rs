@@ -21,6 +21,12 @@ pub enum CatalogError {
     /// 503: the stock store (Redis) cannot be reached.
     #[error("The inventory store is unavailable; retry shortly.")]
     InventoryUnavailable,
+    /// 503: the stock store lost this product's stock figure with its data; nothing is sold
+    /// until an operator sets it again.
+    #[error(
+        "The stock of {0} was lost with the stock store's data; it is not sold until an operator sets it again (PUT /admin/stock/{0})."
+    )]
+    StockUnknown(String),
 }
 
 impl IntoResponse for CatalogError {
@@ -36,6 +42,11 @@ impl IntoResponse for CatalogError {
                 .with("product_id", product_id)
                 .with("available", available.max(0)),
             CatalogError::InventoryUnavailable => Problem::unavailable(detail, 1).with("dependency", "redis"),
+            CatalogError::StockUnknown(product_id) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "stock-unknown", detail)
+                    .retry_after(30)
+                    .with("product_id", product_id)
+            }
             CatalogError::Rejected(problem) => problem,
         };
         problem.into_response()

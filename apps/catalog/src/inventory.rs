@@ -50,6 +50,24 @@ pub enum InventoryError {
     /// The stock store cannot be reached; nothing is known to have changed.
     #[error("inventory store unavailable: {0}")]
     Unavailable(String),
+    /// The store has no stock figure for this product (lost with the store's data, and not set
+    /// again by an operator yet); nothing changed.
+    #[error("the stock of {product_id} is not known")]
+    StockUnknown { product_id: String },
+}
+
+/// What seeding found in the store (docs/design/inventory.md, "When Redis loses its data").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SeedOutcome {
+    /// The store was initialised before: only products new to the catalogue got their stock.
+    Ready,
+    /// A store never initialised: every product got its initial stock, and the marker is set.
+    Seeded,
+    /// The marker was missing but every product has a stock figure again (set by operators):
+    /// the marker is set again.
+    Restored,
+    /// The store's data is gone: these products have no stock figure, and none is made up.
+    Lost(Vec<String>),
 }
 
 /// The result of setting a hold.
@@ -71,8 +89,15 @@ pub struct Reaped {
 pub trait InventoryStore: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 
-    /// Set each product's stock unless it already has one (restarts and replicas keep theirs).
-    fn seed<'a>(&'a self, initial: &'a [(String, i64)]) -> BoxFuture<'a, Result<(), InventoryError>>;
+    /// Give each product its initial stock in a store never initialised (`may_initialise`:
+    /// this process has not seen the store initialised, so an empty store is taken as new);
+    /// in an initialised one, only products without a figure (new to the catalogue). Never
+    /// writes into a store that lost its data.
+    fn seed<'a>(
+        &'a self,
+        initial: &'a [(String, i64)],
+        may_initialise: bool,
+    ) -> BoxFuture<'a, Result<SeedOutcome, InventoryError>>;
 
     /// Free stock of each product, in order (0 for a product without stock).
     fn stock<'a>(&'a self, product_ids: &'a [String]) -> BoxFuture<'a, Result<Vec<i64>, InventoryError>>;
@@ -177,14 +202,19 @@ impl InventoryStore for MemoryInventory {
         "memory"
     }
 
-    fn seed<'a>(&'a self, initial: &'a [(String, i64)]) -> BoxFuture<'a, Result<(), InventoryError>> {
+    fn seed<'a>(
+        &'a self,
+        initial: &'a [(String, i64)],
+        _may_initialise: bool,
+    ) -> BoxFuture<'a, Result<SeedOutcome, InventoryError>> {
+        // The numbers live and die with this process: they cannot be lost while it runs.
         Box::pin(async move {
             self.with_state(|state| {
                 for (product_id, stock) in initial {
                     state.stock.entry(product_id.clone()).or_insert(*stock);
                 }
             });
-            Ok(())
+            Ok(SeedOutcome::Ready)
         })
     }
 
@@ -398,12 +428,40 @@ const HOLD_PREFIX: &str = "hold:";
 const EXPIRY_KEY: &str = "holds:expiry";
 const COMMITTED_PREFIX: &str = "inventory:committed:";
 const RESTOCKED_PREFIX: &str = "inventory:restocked:";
+/// Written with the first seed: a store without it either was never initialised or lost its
+/// data (docs/design/inventory.md).
+const INITIALISED_KEY: &str = "inventory:initialised";
 /// Owners reaped per script run, so one run never blocks Redis for long.
 const REAP_BATCH: usize = 100;
 
+/// Seed. KEYS: marker. ARGV: '1' when the store may be initialised, stock prefix, marker value,
+/// then product, stock pairs. Returns {'ready'}, {'seeded'}, {'restored'} or {'lost', products…}.
+const SEED: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  for i = 4, #ARGV, 2 do redis.call('SET', ARGV[2] .. ARGV[i], ARGV[i + 1], 'NX') end
+  return {'ready'}
+end
+local missing = {}
+for i = 4, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[2] .. ARGV[i]) == 0 then table.insert(missing, ARGV[i]) end
+end
+if #missing == 0 then
+  redis.call('SET', KEYS[1], ARGV[3])
+  return {'restored'}
+end
+if ARGV[1] == '1' and #missing * 2 == #ARGV - 3 then
+  for i = 4, #ARGV, 2 do redis.call('SET', ARGV[2] .. ARGV[i], ARGV[i + 1]) end
+  redis.call('SET', KEYS[1], ARGV[3])
+  return {'seeded'}
+end
+table.insert(missing, 1, 'lost')
+return missing
+";
+
 /// Set one hold. KEYS: stock, hold, expiry. ARGV: product, quantity, expires_at_ms, owner.
-/// Returns {hold, stock}, or {-1, available} when short.
+/// Returns {hold, stock}, {-1, available} when short, {-2, 0} when the stock is not known.
 const SET_HOLD: &str = r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-2, 0} end
 local stock = tonumber(redis.call('GET', KEYS[1]) or '0')
 local current = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
 local wanted = tonumber(ARGV[2])
@@ -420,18 +478,27 @@ return {wanted, stock}
 ";
 
 /// Release an owner. KEYS: hold, expiry. ARGV: owner, stock prefix. Returns the released pairs.
+/// Units go back only to a product whose stock is known: a lost figure is not re-created from
+/// a part of it.
 const RELEASE_OWNER: &str = r"
 local lines = redis.call('HGETALL', KEYS[1])
-for i = 1, #lines, 2 do redis.call('INCRBY', ARGV[2] .. lines[i], lines[i + 1]) end
+for i = 1, #lines, 2 do
+  local key = ARGV[2] .. lines[i]
+  if redis.call('EXISTS', key) == 1 then redis.call('INCRBY', key, lines[i + 1]) end
+end
 redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 return lines
 ";
 
 /// Commit. KEYS: hold, expiry, marker. ARGV: owner, stock prefix, marker ttl, then product,
-/// quantity pairs. Returns {0} done, {1} already done, {-1, product, available} short.
+/// quantity pairs. Returns {0} done, {1} already done, {-1, product, available} short,
+/// {-2, product} when a product's stock is not known.
 const COMMIT: &str = r"
 if redis.call('EXISTS', KEYS[3]) == 1 then return {1} end
+for i = 4, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[2] .. ARGV[i]) == 0 then return {-2, ARGV[i]} end
+end
 for i = 4, #ARGV, 2 do
   local held = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
   local need = tonumber(ARGV[i + 1])
@@ -457,8 +524,12 @@ return {0}
 ";
 
 /// Restock. KEYS: marker. ARGV: stock prefix, marker ttl, then product, quantity pairs.
+/// Returns 1 done, 0 already done, {-2, product} when a product's stock is not known.
 const RESTOCK: &str = r"
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+for i = 3, #ARGV, 2 do
+  if redis.call('EXISTS', ARGV[1] .. ARGV[i]) == 0 then return {-2, ARGV[i]} end
+end
 for i = 3, #ARGV, 2 do redis.call('INCRBY', ARGV[1] .. ARGV[i], ARGV[i + 1]) end
 redis.call('SET', KEYS[1], '1', 'EX', ARGV[2])
 return 1
@@ -471,7 +542,10 @@ local reaped = {}
 for _, owner in ipairs(owners) do
   local key = ARGV[3] .. owner
   local lines = redis.call('HGETALL', key)
-  for i = 1, #lines, 2 do redis.call('INCRBY', ARGV[2] .. lines[i], lines[i + 1]) end
+  for i = 1, #lines, 2 do
+    local stock = ARGV[2] .. lines[i]
+    if redis.call('EXISTS', stock) == 1 then redis.call('INCRBY', stock, lines[i + 1]) end
+  end
   redis.call('DEL', key)
   redis.call('ZREM', KEYS[1], owner)
   table.insert(reaped, owner)
@@ -484,6 +558,7 @@ return reaped
 /// quantity), `holds:expiry` (sorted set owner → expiry ms).
 pub struct RedisInventory {
     redis: Redis,
+    seed: redis::Script,
     set_hold: redis::Script,
     release_owner: redis::Script,
     commit: redis::Script,
@@ -495,6 +570,7 @@ impl RedisInventory {
     pub fn new(redis: Redis) -> Self {
         Self {
             redis,
+            seed: redis::Script::new(SEED),
             set_hold: redis::Script::new(SET_HOLD),
             release_owner: redis::Script::new(RELEASE_OWNER),
             commit: redis::Script::new(COMMIT),
@@ -527,22 +603,33 @@ impl InventoryStore for RedisInventory {
         "redis"
     }
 
-    fn seed<'a>(&'a self, initial: &'a [(String, i64)]) -> BoxFuture<'a, Result<(), InventoryError>> {
+    fn seed<'a>(
+        &'a self,
+        initial: &'a [(String, i64)],
+        may_initialise: bool,
+    ) -> BoxFuture<'a, Result<SeedOutcome, InventoryError>> {
         Box::pin(async move {
-            self.redis
+            let answer: Vec<String> = self
+                .redis
                 .run("inventory.seed", |mut connection| async move {
-                    let mut pipe = redis::pipe();
+                    let mut invocation = self.seed.key(INITIALISED_KEY);
+                    invocation
+                        .arg(if may_initialise { "1" } else { "0" })
+                        .arg(STOCK_PREFIX)
+                        .arg(now_ms());
                     for (product_id, stock) in initial {
-                        pipe.cmd("SET")
-                            .arg(format!("{STOCK_PREFIX}{product_id}"))
-                            .arg(stock)
-                            .arg("NX")
-                            .ignore();
+                        invocation.arg(product_id).arg(stock);
                     }
-                    pipe.query_async::<()>(&mut connection).await
+                    invocation.invoke_async(&mut connection).await
                 })
                 .await
-                .map_err(unavailable)
+                .map_err(unavailable)?;
+            Ok(match answer.split_first() {
+                Some((tag, products)) if tag == "lost" => SeedOutcome::Lost(products.to_vec()),
+                Some((tag, _)) if tag == "seeded" => SeedOutcome::Seeded,
+                Some((tag, _)) if tag == "restored" => SeedOutcome::Restored,
+                _ => SeedOutcome::Ready,
+            })
         })
     }
 
@@ -606,6 +693,11 @@ impl InventoryStore for RedisInventory {
                 })
                 .await
                 .map_err(unavailable)?;
+            if hold == -2 {
+                return Err(InventoryError::StockUnknown {
+                    product_id: product_id.to_owned(),
+                });
+            }
             if hold < 0 {
                 return Err(InventoryError::Insufficient {
                     product_id: product_id.to_owned(),
@@ -681,6 +773,9 @@ impl InventoryStore for RedisInventory {
                     product_id: redis::from_redis_value_ref(product).unwrap_or_default(),
                     available: redis::from_redis_value_ref(available).unwrap_or_default(),
                 }),
+                [redis::Value::Int(-2), product] => Err(InventoryError::StockUnknown {
+                    product_id: redis::from_redis_value_ref(product).unwrap_or_default(),
+                }),
                 _ => Ok(()),
             }
         })
@@ -693,7 +788,7 @@ impl InventoryStore for RedisInventory {
     ) -> BoxFuture<'a, Result<bool, InventoryError>> {
         Box::pin(async move {
             let items = merge_lines(items);
-            let applied: i64 = self
+            let applied: redis::Value = self
                 .redis
                 .run("inventory.restock", |mut connection| async move {
                     let mut invocation = self.restock.key(format!("{RESTOCKED_PREFIX}{order_id}"));
@@ -705,7 +800,18 @@ impl InventoryStore for RedisInventory {
                 })
                 .await
                 .map_err(unavailable)?;
-            Ok(applied == 1)
+            match applied {
+                redis::Value::Int(applied) => Ok(applied == 1),
+                redis::Value::Array(unknown) => Err(InventoryError::StockUnknown {
+                    product_id: unknown
+                        .get(1)
+                        .and_then(|product| redis::from_redis_value_ref(product).ok())
+                        .unwrap_or_default(),
+                }),
+                other => Err(InventoryError::Unavailable(format!(
+                    "unexpected answer to a restock: {other:?}"
+                ))),
+            }
         })
     }
 

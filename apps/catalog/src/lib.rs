@@ -52,6 +52,10 @@ impl AppState {
             tracing::warn!(%error, "initial stock not written yet; retrying in the background");
         }
         inventory.spawn_housekeeping(config.reservation_reap_interval);
+        let stock = inventory.clone();
+        platform
+            .health()
+            .register_condition("stock", move || stock.lost_stock());
         tracing::info!(
             products = catalog.all().len(),
             stock = inventory.backend(),

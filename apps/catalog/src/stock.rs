@@ -1,13 +1,16 @@
 //! The catalog's stock service: validates products, runs the inventory store, counts what
-//! happens, gives expired reservations back, and publishes stock levels as gauges.
+//! happens, gives expired reservations back, publishes stock levels as gauges, and knows when
+//! the store lost its data (then readiness says so, and nothing is sold until operators set
+//! the stock again).
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use shopstack_telemetry::metrics::{IntCounterVec, IntGaugeVec, Registry};
 
 use crate::error::CatalogError;
-use crate::inventory::{HoldOutcome, InventoryError, InventoryStore, Line};
+use crate::inventory::{HoldOutcome, InventoryError, InventoryStore, Line, SeedOutcome};
 use crate::products::Catalog;
 
 #[derive(Clone)]
@@ -16,6 +19,11 @@ pub struct Inventory {
     catalog: Arc<Catalog>,
     reservations: IntCounterVec<1>,
     stock_gauge: IntGaugeVec<1>,
+    /// Until this process has seen the store, an empty store is taken as never initialised
+    /// (and seeded); afterwards an empty one has lost its data.
+    may_initialise: Arc<AtomicBool>,
+    /// Products whose stock figure the store lost, as of the last check.
+    lost: Arc<Mutex<Vec<String>>>,
 }
 
 impl Inventory {
@@ -37,6 +45,8 @@ impl Inventory {
                 "Units free to reserve, per product (a bounded set: the catalogue).",
                 ["product_id"],
             )?,
+            may_initialise: Arc::new(AtomicBool::new(true)),
+            lost: Arc::new(Mutex::new(Vec::new())),
         })
     }
 
@@ -65,6 +75,10 @@ impl Inventory {
                 tracing::warn!(%cause, "inventory store unavailable");
                 CatalogError::InventoryUnavailable
             }
+            InventoryError::StockUnknown { product_id } => {
+                self.count("unavailable");
+                CatalogError::StockUnknown(product_id)
+            }
         }
     }
 
@@ -75,7 +89,8 @@ impl Inventory {
         }
     }
 
-    /// Give every product its initial stock unless the store already has one.
+    /// Give every product its initial stock in a store never initialised, and products new to
+    /// the catalogue theirs; find out whether the store lost its data (see [`SeedOutcome`]).
     pub async fn seed(&self) -> Result<(), InventoryError> {
         let initial: Vec<(String, i64)> = self
             .catalog
@@ -83,7 +98,61 @@ impl Inventory {
             .iter()
             .map(|product| (product.id.clone(), product.stock))
             .collect();
-        self.store.seed(&initial).await
+        let outcome = self
+            .store
+            .seed(&initial, self.may_initialise.load(Ordering::SeqCst))
+            .await?;
+        // Whatever the store said, this process has now seen it: an empty store from now on
+        // is a store that lost its data.
+        self.may_initialise.store(false, Ordering::SeqCst);
+        let lost = match outcome {
+            SeedOutcome::Ready => Vec::new(),
+            SeedOutcome::Seeded => {
+                tracing::info!(
+                    products = initial.len(),
+                    "stock seeded from the product file into a new store"
+                );
+                Vec::new()
+            }
+            SeedOutcome::Restored => {
+                tracing::warn!("every product has a stock figure again; sales resume");
+                Vec::new()
+            }
+            SeedOutcome::Lost(products) => products,
+        };
+        let mut known_lost = match self.lost.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if !lost.is_empty() && *known_lost != lost {
+            tracing::error!(
+                products = lost.len(),
+                first = %lost.first().map(String::as_str).unwrap_or_default(),
+                "the stock store lost its data: these products are not sold until an operator sets their stock (PUT /admin/stock/{{product_id}})"
+            );
+        }
+        *known_lost = lost;
+        Ok(())
+    }
+
+    /// Why the catalog is not ready, while the store's stock is lost: the JSON `/readyz` shows
+    /// under `stock`.
+    pub fn lost_stock(&self) -> Option<serde_json::Value> {
+        let lost = match self.lost.lock() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        if lost.is_empty() {
+            return None;
+        }
+        Some(serde_json::json!({
+            "status": "lost",
+            "reason": format!(
+                "The stock store lost its data: {} product(s) have no stock figure and are not sold until an operator sets it with PUT /admin/stock/{{product_id}}.",
+                lost.len()
+            ),
+            "products": lost,
+        }))
     }
 
     pub async fn stock_of(&self, product_ids: &[String]) -> Result<Vec<i64>, CatalogError> {
@@ -98,7 +167,12 @@ impl Inventory {
         self.store
             .set_stock(product_id, stock)
             .await
-            .map_err(|error| self.map_error(error))
+            .map_err(|error| self.map_error(error))?;
+        // After a loss, the last product set again ends it at once, not at the next tick.
+        if let Err(error) = self.seed().await {
+            tracing::debug!(%error, "stock state not re-checked after an override");
+        }
+        Ok(())
     }
 
     pub async fn set_hold(
@@ -178,7 +252,8 @@ impl Inventory {
     }
 
     async fn housekeeping(&self) {
-        // Cheap (SET NX per product) and it heals a store that lost its keys or was down at start.
+        // Cheap (one script) and it seeds a store that was down at start, and notices a store
+        // that lost its data.
         if let Err(error) = self.seed().await {
             tracing::debug!(%error, "seeding stock skipped");
         }

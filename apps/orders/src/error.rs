@@ -62,6 +62,12 @@ pub enum OrdersError {
     /// 502/503/504: the catalog or the cart failed us.
     #[error("{0}")]
     Upstream(UpstreamError),
+    /// 503: the catalog lost this product's stock figure with its store's data; it is not sold
+    /// until an operator sets it again. Nothing changed.
+    #[error(
+        "The stock of {0} is not known (the catalog's stock store lost its data); it is not sold until an operator sets it again."
+    )]
+    StockUnknown(String),
     /// 503: the database is unreachable.
     #[error("The orders database is unavailable; retry shortly.")]
     DatabaseUnavailable(String),
@@ -84,7 +90,7 @@ impl OrdersError {
             OrdersError::Busy(_) => "conflict",
             OrdersError::IdempotencyMismatch(_) => "idempotency_mismatch",
             OrdersError::IdempotencyInFlight(_) => "in_flight",
-            OrdersError::Upstream(_) => "upstream_error",
+            OrdersError::Upstream(_) | OrdersError::StockUnknown(_) => "upstream_error",
             OrdersError::DatabaseUnavailable(_) => "database_unavailable",
             OrdersError::Internal(_) => "internal",
         }
@@ -181,6 +187,11 @@ impl IntoResponse for OrdersError {
             }
             OrdersError::DatabaseUnavailable(_) => {
                 Problem::unavailable(detail, 1).with("dependency", "database")
+            }
+            OrdersError::StockUnknown(product_id) => {
+                Problem::new(StatusCode::SERVICE_UNAVAILABLE, "stock-unknown", detail)
+                    .retry_after(30)
+                    .with("product_id", product_id.as_str())
             }
             OrdersError::Internal(_) => Problem::internal(),
         };

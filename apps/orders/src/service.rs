@@ -428,6 +428,9 @@ impl OrderService {
             Ok(Err(CommitRefused::UnknownProduct(product_id))) => {
                 return Err(Failed::Clean(OrdersError::ProductNotFound(product_id)));
             }
+            Ok(Err(CommitRefused::StockUnknown(product_id))) => {
+                return Err(Failed::Clean(OrdersError::StockUnknown(product_id)));
+            }
             Err(error) => {
                 // No answer: the stock may or may not be committed. The saga (with its lines)
                 // stays for the recovery task, which finds out and gives back what was taken.
@@ -435,6 +438,9 @@ impl OrderService {
                 return Err(Failed::Settled(error.into()));
             }
         }
+        // Stock committed, order not written: a stop here is what the recovery task undoes
+        // (the fault proofs stop orders here).
+        shopstack_platform::failpoint::hit("orders.after_commit").await;
         match repo::transition_saga(&self.0.db, order.id, SagaState::Started, SagaState::Committed).await {
             Ok(true) => {}
             Ok(false) => return Err(Failed::Settled(taken_over(order.id))),
@@ -701,7 +707,9 @@ impl OrderService {
                     };
                     // Was the stock committed? Committing again is idempotent per order id and
                     // answers the question: if it goes through, the units are taken (now or
-                    // before) and go straight back; if refused, nothing was ever taken.
+                    // before) and go straight back; if refused, nothing was ever taken — or,
+                    // refused as stock-unknown, the catalog lost the figure the units would go
+                    // back to, and operators set it anew.
                     if self.0.catalog.commit(&order_id, &owner, &stock).await?.is_ok() {
                         self.0.catalog.restock(&order_id, &stock).await?;
                     }

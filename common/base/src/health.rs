@@ -3,6 +3,8 @@
 //! Services register one check per dependency (Redis, an upstream, the database). `/healthz`
 //! reports each of them in the health response shape with one field per dependency; `/readyz` fails while draining or while a
 //! dependency marked *required for readiness* is down; `/livez` only says the process runs.
+//! A service may also register a *condition* of its own that keeps it from being ready while it
+//! holds (the catalog's stock lost with Redis's data), with the reason `/readyz` shows.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -15,6 +17,7 @@ use futures::future::{BoxFuture, join_all};
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
 
 type CheckFn = Arc<dyn Fn() -> BoxFuture<'static, bool> + Send + Sync>;
+type ConditionFn = Arc<dyn Fn() -> Option<serde_json::Value> + Send + Sync>;
 
 #[derive(Clone)]
 struct Dependency {
@@ -34,6 +37,7 @@ pub struct DependencyStatus {
 #[derive(Clone, Default)]
 pub struct Health {
     dependencies: Arc<RwLock<Vec<Dependency>>>,
+    conditions: Arc<RwLock<Vec<(String, ConditionFn)>>>,
     draining: Arc<AtomicBool>,
 }
 
@@ -53,6 +57,32 @@ impl Health {
             Ok(mut guard) => guard.push(dependency),
             Err(poisoned) => poisoned.into_inner().push(dependency),
         }
+    }
+
+    /// Register a condition of the service's own: while `reason` returns `Some`, `/readyz`
+    /// fails and shows that JSON under `name`. It is called on every readiness probe, so it
+    /// only reads state the service keeps up to date.
+    pub fn register_condition<F>(&self, name: &str, reason: F)
+    where
+        F: Fn() -> Option<serde_json::Value> + Send + Sync + 'static,
+    {
+        let condition: (String, ConditionFn) = (name.to_owned(), Arc::new(reason));
+        match self.conditions.write() {
+            Ok(mut guard) => guard.push(condition),
+            Err(poisoned) => poisoned.into_inner().push(condition),
+        }
+    }
+
+    /// The conditions that hold now, each with its reason.
+    pub fn failing_conditions(&self) -> Vec<(String, serde_json::Value)> {
+        let conditions = match self.conditions.read() {
+            Ok(guard) => guard.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        };
+        conditions
+            .into_iter()
+            .filter_map(|(name, reason)| reason().map(|reason| (name, reason)))
+            .collect()
     }
 
     /// Check every dependency concurrently, each bounded by [`CHECK_TIMEOUT`].

@@ -46,6 +46,9 @@ pub enum HoldRefused {
     UnknownProduct(String),
     /// 409: not enough free stock (`available`: what is, 0 when the catalog does not say).
     InsufficientStock { available: i64 },
+    /// 503 `stock-unknown`: the catalog's store lost this product's stock figure; nothing is
+    /// sold until operators set it again.
+    StockUnknown(String),
 }
 
 /// Why the catalog refused a stock commit; nothing changed.
@@ -59,11 +62,26 @@ pub enum CommitRefused {
     },
     /// 404: a product is unknown.
     UnknownProduct(String),
+    /// 503 `stock-unknown`: the catalog's store lost this product's stock figure.
+    StockUnknown(String),
 }
 
 #[derive(Debug, Deserialize)]
 struct ProblemBody {
     available: Option<i64>,
+}
+
+/// The product a 503 names when it is the catalog's `stock-unknown` problem (a definite
+/// refusal: nothing changed), rather than the catalog or its store being down.
+fn stock_unknown(answer: &Value) -> Option<String> {
+    let kind = answer.get("type").and_then(Value::as_str)?;
+    if !kind.ends_with("/stock-unknown") {
+        return None;
+    }
+    answer
+        .get("product_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
 }
 
 #[derive(Clone)]
@@ -130,6 +148,13 @@ impl CatalogClient {
                     available: body.available.unwrap_or(0),
                 }))
             }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                let answer: Value = response.json().await.unwrap_or_default();
+                match stock_unknown(&answer) {
+                    Some(product_id) => Ok(Err(HoldRefused::StockUnknown(product_id))),
+                    None => Err(self.answered(StatusCode::SERVICE_UNAVAILABLE)),
+                }
+            }
             status => Err(self.answered(status)),
         }
     }
@@ -193,6 +218,10 @@ impl CatalogClient {
             StatusCode::NOT_FOUND => match answer.get("product_id").and_then(Value::as_str) {
                 Some(product_id) => Ok(Err(CommitRefused::UnknownProduct(product_id.to_owned()))),
                 // A 404 naming no product: the route itself is missing (an older catalog).
+                None => Err(self.0.unexpected(status, &answer)),
+            },
+            StatusCode::SERVICE_UNAVAILABLE => match stock_unknown(&answer) {
+                Some(product_id) => Ok(Err(CommitRefused::StockUnknown(product_id))),
                 None => Err(self.0.unexpected(status, &answer)),
             },
             status => Err(self.0.unexpected(status, &answer)),

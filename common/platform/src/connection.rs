@@ -36,12 +36,30 @@ pub(crate) struct Tracker {
     heads: AtomicU32,
     answers: AtomicU32,
     body_timed_out: AtomicBool,
+    /// Woken when the connection's first request head has been read.
+    first_head: tokio::sync::Notify,
 }
 
 impl Tracker {
     /// A request's head was read (hyper calls the service).
     pub(crate) fn head_read(&self) {
-        self.heads.fetch_add(1, Ordering::Relaxed);
+        if self.heads.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.first_head.notify_waiters();
+        }
+    }
+
+    /// Completes once the connection's first request head has been read (at once if it has).
+    pub(crate) async fn first_head_read(&self) {
+        loop {
+            let notified = self.first_head.notified();
+            tokio::pin!(notified);
+            // Registered before the check, so a head read in between still wakes it.
+            notified.as_mut().enable();
+            if self.heads.load(Ordering::Relaxed) > 0 {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Its answer is ready (the service's future completed).

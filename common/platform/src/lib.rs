@@ -17,10 +17,13 @@
 //! - [`server`]: bind, serve (each connection's socket under its timeouts: `connection`),
 //!   drain and stop; [`probe`]: `<binary> healthcheck`, the container
 //!   probe.
+//! - [`failpoint`]: named steps a debug build can be held at, for tests that crash or stop a
+//!   process there.
 #![forbid(unsafe_code)]
 
 pub mod client;
 mod connection;
+pub mod failpoint;
 pub mod observe;
 pub mod platform;
 pub mod probe;

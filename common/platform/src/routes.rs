@@ -79,10 +79,12 @@ async fn readiness(platform: &Platform) -> Response {
             .into_response();
     }
     let statuses = platform.health().check_all().await;
+    let conditions = platform.health().failing_conditions();
     let mut body = Map::new();
-    let ready = statuses
-        .iter()
-        .all(|status| status.healthy || !status.required_for_readiness);
+    let ready = conditions.is_empty()
+        && statuses
+            .iter()
+            .all(|status| status.healthy || !status.required_for_readiness);
     body.insert("status".into(), json!(if ready { "ready" } else { "not_ready" }));
     body.insert("service".into(), json!(platform.identity().name));
     for status in statuses {
@@ -90,6 +92,9 @@ async fn readiness(platform: &Platform) -> Response {
             status.name,
             json!(if status.healthy { "healthy" } else { "unhealthy" }),
         );
+    }
+    for (name, reason) in conditions {
+        body.insert(name, reason);
     }
     let code = if ready {
         StatusCode::OK

@@ -1,7 +1,8 @@
 //! Binding, serving and stopping gracefully; and [`run`], the whole life of a service binary.
 //!
 //! Shutdown order on SIGTERM/SIGINT: readiness fails at once; the server keeps serving for
-//! `SHUTDOWN_DRAIN_MS` so load balancers stop sending; then it stops accepting and waits up to
+//! `SHUTDOWN_DRAIN_MS` so load balancers stop sending, each answer now with `Connection:
+//! close`; then it stops accepting (serving the connections already queued) and waits up to
 //! `SHUTDOWN_GRACE_MS` for in-flight requests; finally telemetry is flushed.
 //!
 //! Slow and greedy clients: each connection's socket keeps the deadline of what is being read
@@ -26,19 +27,24 @@ use axum::extract::Request;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse as _, Response};
 use hyper_util::rt::TokioIo;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower::Service;
 
 use crate::connection::{GuardedStream, Tracker, head_timeout_answer};
 use crate::platform::Platform;
 use shopstack_base::config::{CommonConfig, MAX_CONNECTIONS_CEILING, ServiceDefaults};
+use shopstack_base::health::Health;
 use shopstack_base::problem::Problem;
 use shopstack_telemetry::telemetry;
 
 /// The largest request head (request line and headers) accepted; a larger one gets 431.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
+/// At shutdown, how long a connection accepted just before the listener closed has to send
+/// its first request head before it is closed unanswered (a client sends it within a round
+/// trip of connecting; one that only opened a connection in advance is not waited for longer).
+const FIRST_HEAD_AT_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// File descriptors kept for everything but inbound connections beyond their half (see
 /// [`default_max_connections`]): listeners, logs, Redis and database connections.
@@ -71,6 +77,7 @@ struct PerRequest<S> {
     service: S,
     tracker: Arc<Tracker>,
     body_timeout_ms: u64,
+    health: Health,
 }
 
 impl<S> hyper::service::Service<hyper::Request<hyper::body::Incoming>> for PerRequest<S>
@@ -87,6 +94,7 @@ where
             inner: self.service.clone().call(request.map(Body::new)),
             tracker: self.tracker.clone(),
             body_timeout_ms: self.body_timeout_ms,
+            health: self.health.clone(),
         }
     }
 }
@@ -99,6 +107,7 @@ pin_project_lite::pin_project! {
         inner: F,
         tracker: Arc<Tracker>,
         body_timeout_ms: u64,
+        health: Health,
     }
 }
 
@@ -107,9 +116,18 @@ impl<F: Future<Output = Result<Response, Infallible>>> Future for Answer<F> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = ready!(this.inner.poll(cx));
+        let Ok(mut response) = ready!(this.inner.poll(cx));
         this.tracker.answered();
         if !this.tracker.body_timed_out() {
+            // Draining: the connection closes after this answer, so the client's next request
+            // goes out on a new connection (to another replica once the load balancer has
+            // noticed) instead of racing the close of an idle keep-alive connection at the end
+            // of the drain.
+            if this.health.is_draining() {
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             return Poll::Ready(Ok(response));
         }
         tracing::debug!("request body not read within BODY_READ_TIMEOUT: 408");
@@ -245,7 +263,6 @@ impl<F: Front> Server<F> {
                 "no longer accepting connections; waiting for in-flight requests"
             );
         };
-        let connections = GracefulShutdown::new();
         // HTTP/1.1 only (no service speaks HTTP/2; nothing upgrades connections).
         let mut http = hyper::server::conn::http1::Builder::new();
         // An answer's head and body copied into one buffer and sent with one `write`, rather
@@ -264,6 +281,50 @@ impl<F: Front> Server<F> {
         let body_timeout_ms = u64::try_from(timeouts.body_read.as_millis()).unwrap_or(u64::MAX);
         let limit = Arc::new(Semaphore::new(max_connections));
         let mut at_limit = false;
+        // Set when the drain is over: each connection then closes once it is idle.
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let serve = |stream: tokio::net::TcpStream, peer: SocketAddr, permit: OwnedSemaphorePermit| {
+            // Answers go out at once, not held back for more to send.
+            let _ = stream.set_nodelay(true);
+            let tracker = Arc::new(Tracker::default());
+            let stream = GuardedStream::new(stream, tracker.clone(), timeouts, head_timeout_answer.clone());
+            let service = PerRequest {
+                service: router.for_connection(peer),
+                tracker: tracker.clone(),
+                body_timeout_ms,
+                health: platform.health().clone(),
+            };
+            let connection = http.serve_connection(TokioIo::new(stream), service);
+            let mut stopping = stopping.clone();
+            tokio::spawn(async move {
+                tokio::pin!(connection);
+                // hyper's graceful shutdown closes a connection that has not read a byte yet, so
+                // a client that connected just before the listener closed would have its request
+                // cut; it is asked only once the connection read its first head (or had the
+                // time to), and then closes after the answer in progress, or at once if idle.
+                let stopped = async {
+                    let _ = stopping.wait_for(|stop| *stop).await;
+                    let _ = tokio::time::timeout(FIRST_HEAD_AT_SHUTDOWN, tracker.first_head_read()).await;
+                };
+                let ended = tokio::select! {
+                    // The connection first: it is what every wake-up is almost always for.
+                    biased;
+                    result = connection.as_mut() => Some(result),
+                    () = stopped => None,
+                };
+                let result = match ended {
+                    Some(result) => result,
+                    None => {
+                        connection.as_mut().graceful_shutdown();
+                        connection.await
+                    }
+                };
+                if let Err(error) = result {
+                    tracing::debug!(%error, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        };
         tokio::pin!(graceful);
         loop {
             // A permit per connection: at the limit, wait for one to close before accepting.
@@ -291,28 +352,25 @@ impl<F: Front> Server<F> {
                 },
                 () = &mut graceful => break,
             };
-            // Answers go out at once, not held back for more to send.
-            let _ = stream.set_nodelay(true);
-            let tracker = Arc::new(Tracker::default());
-            let stream = GuardedStream::new(stream, tracker.clone(), timeouts, head_timeout_answer.clone());
-            let service = PerRequest {
-                service: router.for_connection(peer),
-                tracker,
-                body_timeout_ms,
+            serve(stream, peer, permit);
+        }
+        // Connections the kernel completed before the listener closes are served, not reset
+        // with it: take what is queued already, without waiting, then close. A client that
+        // connects from now on is refused.
+        while let Ok(permit) = limit.clone().try_acquire_owned() {
+            let queued = std::future::poll_fn(|cx| Poll::Ready(listener.poll_accept(cx))).await;
+            let Poll::Ready(Ok((stream, peer))) = queued else {
+                break;
             };
-            let connection = http.serve_connection(TokioIo::new(stream), service);
-            let connection = connections.watch(connection);
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "connection ended with an error");
-                }
-                drop(permit);
-            });
+            serve(stream, peer, permit);
         }
         drop(listener);
+        let _ = stop.send(true);
+        // Every connection holds a permit until it ends: all of them back, all connections done.
+        let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
         let grace = settings.shutdown_grace;
         tokio::select! {
-            () = connections.shutdown() => {}
+            _ = limit.acquire_many(all) => {}
             () = tokio::time::sleep(grace) => tracing::warn!("grace period over with requests still in flight; closing them"),
         }
         tracing::info!("server stopped");
@@ -395,6 +453,10 @@ where
             return ExitCode::from(2);
         }
     };
+    if let Err(error) = crate::failpoint::init() {
+        eprintln!("error: invalid configuration: {error}");
+        return ExitCode::from(2);
+    }
     let result = async {
         let platform = Platform::new(settings).context("Failed to set up the service platform")?;
         let router = build(platform.clone())

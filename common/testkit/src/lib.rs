@@ -12,6 +12,7 @@
 //! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
 //! | [`http`] | the HTTP client and JSON helpers |
 //! | [`idempotency`] | the `Idempotency-Key` contract every keyed write passes |
+//! | [`stock`] | the stock invariant, `free + held + sold == initial` per product |
 //! | [`ports`] | free, closed and never-answering loopback addresses |
 //! | [`wait`] | `eventually`: wait, within a bound, for what should happen soon |
 //! | [`metrics`] | Prometheus text parsed strictly, and sums over it |
@@ -37,6 +38,7 @@ pub mod server;
 pub mod services;
 pub mod settings;
 pub mod stack;
+pub mod stock;
 pub mod wait;
 
 pub use logs::init_telemetry;

@@ -178,6 +178,18 @@ impl ServiceProcess {
         Ok(())
     }
 
+    /// Kill the process (SIGKILL: a crash, nothing runs after it) and wait for it to be gone.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Whether a line the service printed contains `text`.
+    pub fn printed(&self, text: &str) -> bool {
+        self.output().iter().any(|line| line.contains(text))
+    }
+
     /// Wait up to `timeout` for the process to exit.
     pub fn wait_for_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;

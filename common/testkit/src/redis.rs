@@ -6,10 +6,24 @@ pub struct RedisServer {
     pub port: u16,
     child: Option<std::process::Child>,
     dir: std::path::PathBuf,
+    /// Every write in an append-only file synced before Redis answers it, so a SIGKILL loses
+    /// nothing acknowledged and a restart comes back with the data.
+    persistent: bool,
 }
 
 impl RedisServer {
+    /// A Redis that keeps nothing: every restart comes back empty.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// A Redis that keeps its data across a kill and restart (`appendonly yes`, `appendfsync
+    /// always`); [`RedisServer::restart_empty`] still starts it empty.
+    pub fn start_persistent() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(persistent: bool) -> anyhow::Result<Self> {
         let port = crate::ports::free_port()?;
         let dir = std::env::temp_dir().join(format!("shopstack-redis-{port}-{}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
@@ -17,6 +31,7 @@ impl RedisServer {
             port,
             child: None,
             dir,
+            persistent,
         };
         server.restart()?;
         Ok(server)
@@ -26,9 +41,24 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
-    /// Start (again) on the same port; waits until it accepts connections.
+    /// Start it again, on the same port, after its data is deleted: a Redis that lost
+    /// everything (its disk, or a restart without persistence).
+    pub fn restart_empty(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        std::fs::remove_dir_all(&self.dir)?;
+        std::fs::create_dir_all(&self.dir)?;
+        self.restart()
+    }
+
+    /// Start (again) on the same port, with whatever data it kept; waits until it accepts
+    /// connections.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         use anyhow::Context as _;
+        let persistence: &[&str] = if self.persistent {
+            &["--appendonly", "yes", "--appendfsync", "always"]
+        } else {
+            &["--appendonly", "no"]
+        };
         let child = std::process::Command::new("redis-server")
             .args([
                 "--port",
@@ -37,9 +67,8 @@ impl RedisServer {
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
             ])
+            .args(persistence)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(std::process::Stdio::null())

@@ -98,7 +98,9 @@ async fn starts_without_redis_and_recovers_by_itself() {
 
 #[tokio::test]
 async fn losing_redis_mid_traffic_gives_fast_503s_then_recovers() {
-    let mut redis = RedisServer::start().unwrap();
+    // It comes back with its data: a Redis that lost it stops sales until operators set the
+    // stock again (ops/stack-tests/tests/fault_proofs.rs).
+    let mut redis = RedisServer::start_persistent().unwrap();
     let stack = spawn_redis_stack(&redis.url(), &[]).await;
     let client = client();
     let add = |user: String| {

@@ -3,7 +3,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use catalog::inventory::{InventoryError, InventoryStore, Line, MemoryInventory, RedisInventory};
+use catalog::inventory::{
+    InventoryError, InventoryStore, Line, MemoryInventory, RedisInventory, SeedOutcome,
+};
 use reqwest::StatusCode;
 use serde_json::json;
 use shopstack_testkit::redis::RedisServer;
@@ -23,11 +25,14 @@ const TTL: Duration = Duration::from_secs(60);
 async fn inventory_contract(store: Arc<dyn InventoryStore>) {
     let products = ["p-a".to_owned(), "p-b".to_owned()];
     store
-        .seed(&[(products[0].clone(), 10), (products[1].clone(), 3)])
+        .seed(&[(products[0].clone(), 10), (products[1].clone(), 3)], true)
         .await
         .unwrap();
     // Seeding again never overwrites (replicas and restarts keep the live figure).
-    store.seed(&[(products[0].clone(), 999)]).await.unwrap();
+    assert_eq!(
+        store.seed(&[(products[0].clone(), 999)], false).await.unwrap(),
+        SeedOutcome::Ready
+    );
     assert_eq!(store.stock(&products).await.unwrap(), vec![10, 3]);
 
     // Holds are absolute: setting the same hold twice reserves once.
@@ -148,6 +153,79 @@ async fn redis_inventory_meets_the_contract() {
         .await
         .unwrap();
     inventory_contract(Arc::new(RedisInventory::new(connection))).await;
+}
+
+/// A Redis that lost its data is never seeded again: the lost products are refused (never
+/// "out of stock", never made up) until operators set each one; the last one set ends it. A
+/// process that never saw the store (`may_initialise`) seeds only a store holding no stock at
+/// all, so a partly restored store is not topped up from the product file either.
+#[tokio::test]
+async fn a_redis_that_lost_its_data_is_not_seeded_again() {
+    let mut redis = RedisServer::start().unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&redis.url())
+        .await
+        .unwrap();
+    let store = RedisInventory::new(connection);
+    let initial = [("p-a".to_owned(), 10), ("p-b".to_owned(), 3)];
+    let products = ["p-a".to_owned(), "p-b".to_owned()];
+    assert_eq!(store.seed(&initial, true).await.unwrap(), SeedOutcome::Seeded);
+    assert_eq!(store.seed(&initial, false).await.unwrap(), SeedOutcome::Ready);
+    store.set_hold("alice", "p-a", 2, TTL).await.unwrap();
+
+    redis.restart_empty().unwrap();
+    let mut outcome = Err(InventoryError::Unavailable(String::new()));
+    for _ in 0..100 {
+        outcome = store.seed(&initial, false).await;
+        if outcome.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(outcome.unwrap(), SeedOutcome::Lost(products.to_vec()));
+    assert_eq!(
+        store.stock(&products).await.unwrap(),
+        vec![0, 0],
+        "nothing was written"
+    );
+    let unknown = |product: &str| InventoryError::StockUnknown {
+        product_id: product.to_owned(),
+    };
+    assert_eq!(
+        store.set_hold("bob", "p-a", 1, TTL).await.unwrap_err(),
+        unknown("p-a")
+    );
+    assert_eq!(
+        store
+            .commit("order-1", "bob", &[line("p-b", 1)])
+            .await
+            .unwrap_err(),
+        unknown("p-b")
+    );
+    assert_eq!(
+        store.restock("order-2", &[line("p-a", 1)]).await.unwrap_err(),
+        unknown("p-a")
+    );
+    assert_eq!(
+        store.stock(&products).await.unwrap(),
+        vec![0, 0],
+        "refusals changed nothing"
+    );
+
+    store.set_stock("p-a", 5).await.unwrap();
+    assert_eq!(
+        store.seed(&initial, false).await.unwrap(),
+        SeedOutcome::Lost(vec!["p-b".to_owned()])
+    );
+    assert_eq!(store.set_hold("bob", "p-a", 1, TTL).await.unwrap().stock, 4);
+    // A catalog starting now has never seen this store: still not seeded, some stock is there.
+    assert_eq!(
+        store.seed(&initial, true).await.unwrap(),
+        SeedOutcome::Lost(vec!["p-b".to_owned()])
+    );
+    store.set_stock("p-b", 1).await.unwrap();
+    assert_eq!(store.seed(&initial, false).await.unwrap(), SeedOutcome::Restored);
+    assert_eq!(store.seed(&initial, false).await.unwrap(), SeedOutcome::Ready);
+    assert_eq!(store.stock(&products).await.unwrap(), vec![4, 1]);
 }
 
 #[tokio::test]
@@ -345,7 +423,7 @@ async fn reservation_routes_over_http() {
 
 #[tokio::test]
 async fn catalog_without_redis_answers_503_and_recovers() {
-    let mut redis = RedisServer::start().unwrap();
+    let mut redis = RedisServer::start_persistent().unwrap();
     let server = spawn_with(|settings| settings.redis_url = Some(redis.url())).await;
     assert_eq!(
         client()
@@ -369,7 +447,7 @@ async fn catalog_without_redis_answers_503_and_recovers() {
     redis.restart().unwrap();
     let mut recovered = false;
     for _ in 0..100 {
-        // The restarted Redis is empty: the catalog re-seeds stock by itself.
+        // The restarted Redis kept its data: the catalog reconnects by itself.
         let response = client()
             .get(server.url("/catalog/prod-123"))
             .send()
