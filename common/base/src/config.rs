@@ -155,8 +155,8 @@ pub struct CommonConfig {
     /// Secret shared by the gateway and the services behind it (at least 32 characters, e.g.
     /// `openssl rand -hex 32`). Set: a service answers only requests carrying a short-lived
     /// credential signed with it (the gateway's, naming the user it verified, or another
-    /// service's) and 401 to the rest, its admin routes included; the probes, /metrics,
-    /// /openapi.json and /docs stay open. Unset: a service answers whoever reaches it.
+    /// service's) and 401 to the rest; /admin/* takes the credential or ADMIN_TOKEN; the probes,
+    /// /metrics, /openapi.json and /docs stay open. Unset: a service answers whoever reaches it.
     #[arg(long, env = "SERVICE_AUTH_SECRET", hide_env_values = true)]
     pub service_auth_secret: Option<String>,
 

@@ -69,8 +69,12 @@ impl Platform {
         let mut guarded = self.simulated(api).merge(crate::routes::operations(self.clone()));
         if let Some(auth) = self.service_auth() {
             // Outside the simulation: a refused request costs a signature check, nothing more.
+            let guard = crate::service_auth::Guard {
+                auth: auth.clone(),
+                admin_token: self.settings().admin_token.clone(),
+            };
             guarded = guarded.layer(axum::middleware::from_fn_with_state(
-                auth.clone(),
+                guard,
                 crate::service_auth::require_credential,
             ));
         }

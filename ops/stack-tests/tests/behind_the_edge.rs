@@ -2,7 +2,7 @@
 //! each other: the four binaries run as child processes (edge auth on too), a shopper's journey
 //! through the gateway works, and the same calls made straight to each backend are refused —
 //! without a credential, with a forged one, and with the user named in a bare header — while
-//! the probes and `/metrics` stay open.
+//! the probes and `/metrics` stay open and an operator's admin token still opens `/admin/*`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::process::Command;
@@ -177,6 +177,11 @@ async fn backends_answer_the_gateway_and_each_other_and_refuse_everyone_else() {
             http.put(shop.catalog.url(&format!("/inventory/holds/mallory/{product}")))
                 .json(&json!({"quantity": 1})),
         ),
+        (
+            "catalog stock, without the admin token",
+            http.put(shop.catalog.url(&format!("/admin/stock/{product}")))
+                .json(&json!({"stock": 1000})),
+        ),
         ("cart read", http.get(shop.cart.url("/v1/cart/alice"))),
         (
             "cart add",
@@ -230,6 +235,15 @@ async fn backends_answer_the_gateway_and_each_other_and_refuse_everyone_else() {
     .await;
     assert_eq!(status, 200);
     assert_eq!(order["data"]["status"], placed["data"]["status"], "{order}");
+
+    // An operator with the admin token reaches a backend's admin routes directly.
+    let (status, level) = send(
+        http.put(shop.catalog.url(&format!("/admin/stock/{product}")))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"stock": 50})),
+    )
+    .await;
+    assert_eq!(status, 200, "{level}");
 
     // Kubelets and scrapers need no credential.
     for service in [&shop.catalog, &shop.cart, &shop.orders] {
