@@ -216,7 +216,13 @@ async fn index(State(state): State<GatewayState>, headers: HeaderMap) -> Respons
     if storefront::prefers_html(&headers) {
         storefront::page(&state, &headers)
     } else {
-        service_info(&state).into_response()
+        // The answer depends on `Accept`: a cache must not hand the JSON to a browser.
+        let mut info = service_info(&state).into_response();
+        info.headers_mut().insert(
+            axum::http::header::VARY,
+            axum::http::HeaderValue::from_static("Accept"),
+        );
+        info
     }
 }
 

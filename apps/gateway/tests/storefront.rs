@@ -82,6 +82,7 @@ async fn browsers_get_the_page_and_every_other_client_the_service_info() {
         }
         let info = request.send().await.unwrap();
         assert_eq!(info.headers()["content-type"], "application/json", "{accept:?}");
+        assert_eq!(info.headers()["vary"], "Accept", "{accept:?}");
         assert_eq!(json_of(info).await["service"], "gateway", "{accept:?}");
     }
 }

@@ -249,7 +249,12 @@ fn store_variables() -> BTreeSet<String> {
     services()
         .iter()
         .flat_map(|(_, command)| env_names(command))
-        .filter(|env| env.ends_with("_URL") && !env.ends_with("_SERVICE_URL") && !env.starts_with("OTEL_"))
+        .filter(|env| {
+            env.ends_with("_URL")
+                && !env.ends_with("_SERVICE_URL")
+                && !env.starts_with("OTEL_")
+                && !COLLECTOR_VARIABLES.contains(&env.as_str())
+        })
         .collect()
 }
 
@@ -275,6 +280,9 @@ fn store_ports_outside(port: u16) -> Vec<u16> {
 
 /// Where the services' traces go: the OpenTelemetry Collector's namespace and OTLP/gRPC port.
 const COLLECTOR: (&str, u16) = ("monitoring", 4317);
+/// URLs of the collector other than the `OTEL_*` ones, with their default port: the gateway's
+/// forwarder of the storefront's browser spans (OTLP/HTTP).
+const COLLECTOR_VARIABLES: &[&str] = &["BROWSER_TRACES_URL"];
 
 /// Variables whose values are secrets: clap hides their values from `--help`, and
 /// `SERVICE_AUTH_SECRET` (a shared signing secret) and the JWT keys in any case.
@@ -655,6 +663,7 @@ fn check_network_policies(rendered: &Rendered) {
             wanted(variable, store_port(variable), None);
         }
         wanted("OTEL_EXPORTER_OTLP_ENDPOINT", 4317, None);
+        wanted("BROWSER_TRACES_URL", 4318, None);
     }
 
     // The one service nobody in the namespace calls is the entry: only it admits traffic from
