@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -28,14 +29,16 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 
-/// A span as received, with the `service.name` of the resource that sent it.
+/// A span as received, with the `service.name` and the attributes of the resource that sent it.
 #[derive(Debug, Clone)]
 struct Received {
     service: String,
+    resource: Vec<KeyValue>,
     span: Span,
 }
 
@@ -79,10 +82,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// The test OTLP/gRPC receiver: keeps every span it is sent.
+/// The test OTLP receiver, over gRPC or HTTP/protobuf: keeps every span and log record it is
+/// sent.
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
+    logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
 }
 
 #[tonic::async_trait]
@@ -91,23 +96,7 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|resource| attribute(&resource.attributes, "service.name"))
-                .unwrap_or_default();
-            for scope_spans in resource_spans.scope_spans {
-                for span in scope_spans.spans {
-                    received.push(Received {
-                        service: service.clone(),
-                        span,
-                    });
-                }
-            }
-        }
-        self.spans.lock().unwrap().extend(received);
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -115,11 +104,34 @@ impl TraceService for Receiver {
 }
 
 impl Receiver {
-    /// Serve OTLP/gRPC (HTTP/2 cleartext) on a free loopback port; returns the endpoint URL.
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        let mut received = Vec::new();
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|resource| resource.attributes)
+                .unwrap_or_default();
+            let service = attribute(&resource, "service.name").unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(Received {
+                        service: service.clone(),
+                        resource: resource.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        self.spans.lock().unwrap().extend(received);
+    }
+
+    /// Serve OTLP/gRPC (HTTP/2 cleartext, gzip accepted) on a free loopback port; returns the
+    /// endpoint URL.
     async fn start(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(self.clone());
+        let service =
+            TraceServiceServer::new(self.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -134,6 +146,75 @@ impl Receiver {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// Serve OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `POST /v1/logs`) on a free
+    /// loopback port; returns the endpoint URL of every signal.
+    async fn start_http(&self) -> String {
+        use axum::body::Bytes;
+        use axum::http::header::CONTENT_TYPE;
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let traces = self.clone();
+        let logs = self.clone();
+        let answer = |body: Vec<u8>| ([(CONTENT_TYPE, "application/x-protobuf")], body);
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |body: Bytes| async move {
+                    traces.keep(ExportTraceServiceRequest::decode(body).unwrap());
+                    answer(
+                        ExportTraceServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec(),
+                    )
+                }),
+            )
+            .route(
+                "/v1/logs",
+                axum::routing::post(move |body: Bytes| async move {
+                    logs.logs
+                        .lock()
+                        .unwrap()
+                        .push(ExportLogsServiceRequest::decode(body).unwrap());
+                    answer(
+                        ExportLogsServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec(),
+                    )
+                }),
+            );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    /// Every log record received: (resource attributes, record).
+    fn log_records(&self) -> Vec<(Vec<KeyValue>, LogRecord)> {
+        let mut records = Vec::new();
+        for request in self.logs.lock().unwrap().iter() {
+            for resource_logs in &request.resource_logs {
+                let resource = resource_logs
+                    .resource
+                    .as_ref()
+                    .map(|resource| resource.attributes.clone())
+                    .unwrap_or_default();
+                for scope_logs in &resource_logs.scope_logs {
+                    for record in &scope_logs.log_records {
+                        records.push((resource.clone(), record.clone()));
+                    }
+                }
+            }
+        }
+        records
+    }
+
+    fn all_spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
     }
 
     fn trace(&self, trace_id: &[u8]) -> Vec<Received> {
@@ -249,24 +330,60 @@ async fn on_one_cpu_the_last_spans_are_flushed_at_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_one_trace_across_gateway_cart_and_catalog() {
-    trace_one_request(None).await;
+    trace_one_request(None, Transport::GrpcGzip).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_the_redis_commands_are_child_spans_of_the_request() {
     let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
-    trace_one_request(Some(redis.url())).await;
+    trace_one_request(Some(redis.url()), Transport::GrpcGzip).await;
 }
 
-async fn trace_one_request(redis_url: Option<String>) {
-    let receiver = Receiver::default();
-    let endpoint = receiver.start().await;
+/// The same trace over OTLP/HTTP with protobuf bodies, each service named by
+/// `OTEL_SERVICE_NAME` (over `SERVICE_NAME`) and described by `OTEL_RESOURCE_ATTRIBUTES`, whose
+/// keys the services' own defaults do not overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_protobuf_the_services_keep_the_configured_names_and_resource() {
+    let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
+    trace_one_request(Some(redis.url()), Transport::HttpNamed).await;
+}
 
+/// How the services export in one run of [`trace_one_request`].
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// OTLP/gRPC, gzip-compressed, the services under their own names.
+    GrpcGzip,
+    /// OTLP/HTTP with protobuf, the services named `shop-<name>` by `OTEL_SERVICE_NAME`.
+    HttpNamed,
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` of the [`Transport::HttpNamed`] run: two keys the services also
+/// set themselves (which must stay as given) and one of the user's own.
+const RESOURCE_ATTRIBUTES: &str =
+    "deployment.environment.name=rehearsal,service.version=9.9.9,team=blue%2Cgreen";
+
+async fn trace_one_request(redis_url: Option<String>, transport: Transport) {
+    let receiver = Receiver::default();
     let mut common_env: Vec<(&str, String)> = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ("SIMULATION", "off".into()),
     ];
+    let named = |service: &str| match transport {
+        Transport::GrpcGzip => service.to_owned(),
+        Transport::HttpNamed => format!("shop-{service}"),
+    };
+    match transport {
+        Transport::GrpcGzip => {
+            common_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.start().await));
+            common_env.push(("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()));
+        }
+        Transport::HttpNamed => {
+            common_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.start_http().await));
+            common_env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()));
+            common_env.push(("OTEL_RESOURCE_ATTRIBUTES", RESOURCE_ATTRIBUTES.into()));
+            common_env.push(("SERVICE_NAME", "not-this-name".into()));
+        }
+    }
     if let Some(url) = &redis_url {
         common_env.push(("REDIS_URL", url.clone()));
     }
@@ -285,20 +402,29 @@ async fn trace_one_request(redis_url: Option<String>) {
             .unwrap()
         }
     };
-    let catalog = start(workspace_binary("catalog"), vec![]).await;
+    let name_env = |service: &str| match transport {
+        Transport::GrpcGzip => vec![],
+        Transport::HttpNamed => vec![("OTEL_SERVICE_NAME", named(service))],
+    };
+    let catalog = start(workspace_binary("catalog"), name_env("catalog")).await;
     let cart = start(
         workspace_binary("cart"),
-        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+        [vec![("CATALOG_SERVICE_URL", catalog.url(""))], name_env("cart")].concat(),
     )
     .await;
     let gateway = start(
         PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
-        vec![
-            ("CATALOG_SERVICE_URL", catalog.url("")),
-            ("CART_SERVICE_URL", cart.url("")),
-        ],
+        [
+            vec![
+                ("CATALOG_SERVICE_URL", catalog.url("")),
+                ("CART_SERVICE_URL", cart.url("")),
+            ],
+            name_env("gateway"),
+        ]
+        .concat(),
     )
     .await;
+    let (gateway_name, cart_name, catalog_name) = (named("gateway"), named("cart"), named("catalog"));
 
     // The caller's own span: the gateway must continue its trace.
     let trace_id = fresh_trace_id();
@@ -337,9 +463,9 @@ async fn trace_one_request(redis_url: Option<String>) {
             .count();
         let complete = servers >= 3
             && clients >= 1
-            && ["gateway", "cart", "catalog"]
+            && [&gateway_name, &cart_name, &catalog_name]
                 .iter()
-                .all(|name| services.contains(name));
+                .all(|name| services.contains(&name.as_str()));
         if complete || Instant::now() >= deadline {
             break spans;
         }
@@ -350,7 +476,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     eprintln!("spans of trace {}:\n  {listing}", hex(&trace_id));
 
     // gateway server span: the child of the caller's span.
-    let gateway_server = find(&spans, "gateway", SpanKind::Server, &caller_span_id)
+    let gateway_server = find(&spans, &gateway_name, SpanKind::Server, &caller_span_id)
         .unwrap_or_else(|| panic!("no gateway server span under the caller's span:\n  {listing}"));
     assert_eq!(
         gateway_server.attribute("http.route").as_deref(),
@@ -369,7 +495,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     assert_eq!(
         gateway_server.attribute("peer.service").as_deref(),
         Some("cart"),
-        "the backend it went to"
+        "the backend it went to (as the gateway's routing table names it)"
     );
     assert_eq!(
         gateway_server.attribute("url.path").as_deref(),
@@ -378,12 +504,12 @@ async fn trace_one_request(redis_url: Option<String>) {
     assert!(
         !spans
             .iter()
-            .any(|span| span.service == "gateway" && span.kind() == SpanKind::Client),
+            .any(|span| span.service == gateway_name && span.kind() == SpanKind::Client),
         "a proxied request is one gateway span:\n  {listing}"
     );
 
     // cart server span: the child of the gateway's span (traceparent crossed the hop).
-    let cart_server = find(&spans, "cart", SpanKind::Server, &gateway_server.span.span_id)
+    let cart_server = find(&spans, &cart_name, SpanKind::Server, &gateway_server.span.span_id)
         .unwrap_or_else(|| panic!("no cart server span under the gateway's span:\n  {listing}"));
     assert_eq!(
         cart_server.attribute("http.route").as_deref(),
@@ -398,7 +524,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     let cart_client = spans
         .iter()
         .find(|span| {
-            span.service == "cart"
+            span.service == cart_name
                 && span.kind() == SpanKind::Client
                 && span.attribute("peer.service").as_deref() == Some("catalog")
                 && descends_from(&spans, span, &cart_server.span.span_id)
@@ -412,7 +538,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     assert!(called_method.is_some(), "{}", cart_client.describe());
 
     // catalog server span: the child of the cart's client span, for the same route.
-    let catalog_server = find(&spans, "catalog", SpanKind::Server, &cart_client.span.span_id)
+    let catalog_server = find(&spans, &catalog_name, SpanKind::Server, &cart_client.span.span_id)
         .unwrap_or_else(|| panic!("no catalog server span under the cart's client span:\n  {listing}"));
     assert_eq!(
         catalog_server.span.name, cart_client.span.name,
@@ -463,11 +589,11 @@ async fn trace_one_request(redis_url: Option<String>) {
     // Redis, when configured: each service's Redis commands are client spans under its own
     // server span (the cart's cart writes and reservations, the catalog's stock lookups).
     if redis_url.is_some() {
-        for (service, server) in [("cart", cart_server), ("catalog", catalog_server)] {
+        for (service, server) in [(&cart_name, cart_server), (&catalog_name, catalog_server)] {
             let redis_spans: Vec<&Received> = spans
                 .iter()
                 .filter(|span| {
-                    span.service == service && span.attribute("db.system.name").as_deref() == Some("redis")
+                    span.service == *service && span.attribute("db.system.name").as_deref() == Some("redis")
                 })
                 .collect();
             assert!(
@@ -476,6 +602,15 @@ async fn trace_one_request(redis_url: Option<String>) {
             );
             for span in redis_spans {
                 assert_eq!(span.kind(), SpanKind::Client, "{}", span.describe());
+                // The database semantic conventions: the command, and where it went.
+                let operation = span.attribute("db.operation.name").unwrap_or_default();
+                assert!(
+                    !operation.is_empty() && operation.chars().all(|c| c.is_ascii_uppercase()),
+                    "a Redis command name: {}",
+                    span.describe()
+                );
+                assert_eq!(span.attribute("server.address").as_deref(), Some("127.0.0.1"));
+                assert!(span.attribute("server.port").is_some(), "{}", span.describe());
                 assert!(
                     descends_from(&spans, span, &server.span.span_id),
                     "Redis span outside {service}'s request: {}",
@@ -490,6 +625,49 @@ async fn trace_one_request(redis_url: Option<String>) {
                 .all(|span| span.attribute("db.system.name").is_none()),
             "no Redis spans without Redis:\n  {listing}"
         );
+    }
+
+    // One name everywhere: the resource of every span, /healthz and the log lines.
+    if transport == Transport::HttpNamed {
+        for span in &spans {
+            let resource = |key: &str| attribute(&span.resource, key);
+            assert_eq!(
+                resource("deployment.environment.name").as_deref(),
+                Some("rehearsal")
+            );
+            assert_eq!(resource("service.version").as_deref(), Some("9.9.9"));
+            assert_eq!(resource("team").as_deref(), Some("blue,green"));
+            assert_eq!(resource("telemetry.sdk.name").as_deref(), Some("opentelemetry"));
+        }
+        let health: serde_json::Value = client
+            .get(gateway.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["service"], gateway_name.as_str(), "{health}");
+        for (process, name) in [
+            (&gateway, &gateway_name),
+            (&cart, &cart_name),
+            (&catalog, &catalog_name),
+        ] {
+            let lines = process.output();
+            let request_lines: Vec<serde_json::Value> = lines
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|line| line["trace_id"] == hex(&trace_id).as_str())
+                .collect();
+            assert!(
+                !request_lines.is_empty(),
+                "{name}: no log line of the trace in {lines:?}"
+            );
+            assert!(
+                request_lines.iter().all(|line| line["service"] == name.as_str()),
+                "{name}: {request_lines:?}"
+            );
+        }
     }
 
     drop(gateway);
