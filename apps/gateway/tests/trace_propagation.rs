@@ -674,3 +674,356 @@ async fn trace_one_request(redis_url: Option<String>, transport: Transport) {
     drop(cart);
     drop(catalog);
 }
+
+/// The gateway's HS256 secret in the checkout test.
+const JWT_SECRET: &str = "trace-test-hs256-secret-of-at-least-32-bytes";
+
+/// A token for `sub`, as `gateway mint-token` prints it.
+fn mint_token(sub: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["mint-token", "--sub", sub, "--ttl", "10m"])
+        .env_clear()
+        .env("JWT_SECRET", JWT_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A checkout through the gateway is one trace down to the orders service's SQL statements
+/// and the NATS publish of its `order.created` (which the outbox relay sends later, in the
+/// order's trace); and nothing private the client sent — the shipping address, the bearer
+/// token, the `Authorization` header, the `Idempotency-Key` — is in any span the services
+/// export or in any line they log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_is_one_trace_down_to_its_sql_and_nats_publish_and_nothing_private_leaves() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let nats = shopstack_testkit::nats::NatsServer::start().await.unwrap();
+    let data = std::env::temp_dir().join(format!(
+        "trace-checkout-{}-{}",
+        std::process::id(),
+        hex(&fresh_trace_id())
+    ));
+    std::fs::create_dir_all(&data).unwrap();
+    let database_url = format!("sqlite://{}", data.join("orders.db").display());
+
+    let common_env: Vec<(&str, String)> = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("SIMULATION", "off".into()),
+        ("NATS_URL", nats.url()),
+    ];
+    let start = move |binary: PathBuf, extra: Vec<(&'static str, String)>| {
+        let env = common_env.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> = env
+                    .iter()
+                    .chain(extra.iter())
+                    .map(|(key, value)| (*key, value.as_str()))
+                    .collect();
+                ServiceProcess::spawn(&binary, &env).unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let catalog = start(workspace_binary("catalog"), vec![]).await;
+    let cart = start(
+        workspace_binary("cart"),
+        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+    )
+    .await;
+    let orders = start(
+        workspace_binary("orders"),
+        vec![
+            ("CATALOG_SERVICE_URL", catalog.url("")),
+            ("CART_SERVICE_URL", cart.url("")),
+            ("DATABASE_URL", database_url),
+        ],
+    )
+    .await;
+    let gateway = start(
+        PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+        vec![
+            ("CATALOG_SERVICE_URL", catalog.url("")),
+            ("CART_SERVICE_URL", cart.url("")),
+            ("ORDERS_SERVICE_URL", orders.url("")),
+            ("JWT_SECRET", JWT_SECRET.into()),
+        ],
+    )
+    .await;
+
+    let user = "trace-shopper";
+    let token = mint_token(user);
+    let authorization = format!("Bearer {token}");
+    let shipping_address = "221B Baker Street, Flat Private-7731, London";
+    let idempotency_key = "idem-private-key-5521";
+    let client = shopstack_testkit::http::client();
+    let added = client
+        .post(gateway.url(&format!("/v1/cart/{user}")))
+        .header("authorization", &authorization)
+        .json(&serde_json::json!({"product_id": "prod-110", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200, "{:?}", added.text().await);
+
+    let trace_id = fresh_trace_id();
+    let caller_span_id = [0x5a, 0x17, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02];
+    let checkout = client
+        .post(gateway.url("/api/orders/checkout"))
+        .header(
+            "traceparent",
+            format!("00-{}-{}-01", hex(&trace_id), hex(&caller_span_id)),
+        )
+        .header("authorization", &authorization)
+        .header("idempotency-key", idempotency_key)
+        .json(&serde_json::json!({"user_id": user, "shipping_address": shipping_address}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checkout.status(), 201, "{:?}", checkout.text().await);
+
+    // Wait (bounded) for the orders service's SQL spans and the publish of order.created.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = receiver.trace(&trace_id);
+        let published = spans.iter().any(|span| {
+            span.attribute("messaging.system").as_deref() == Some("nats") && span.kind() == SpanKind::Producer
+        });
+        let sql = spans.iter().any(|span| {
+            span.service == "orders" && span.attribute("db.system.name").as_deref() == Some("sqlite")
+        });
+        if (published && sql) || Instant::now() >= deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let listing: Vec<String> = spans.iter().map(Received::describe).collect();
+    let listing = listing.join("\n  ");
+
+    let gateway_server = find(&spans, "gateway", SpanKind::Server, &caller_span_id)
+        .unwrap_or_else(|| panic!("no gateway server span under the caller's span:\n  {listing}"));
+    let orders_server = find(&spans, "orders", SpanKind::Server, &gateway_server.span.span_id)
+        .unwrap_or_else(|| panic!("no orders server span under the gateway's:\n  {listing}"));
+    assert_eq!(
+        orders_server.attribute("http.route").as_deref(),
+        Some("/api/orders/checkout")
+    );
+
+    // Each SQL statement is a client span of the request, with the statement's text and no
+    // values: the order's insert names its columns and placeholders, never the address.
+    let statements: Vec<&Received> = spans
+        .iter()
+        .filter(|span| span.attribute("db.system.name").as_deref() == Some("sqlite"))
+        .collect();
+    let insert = statements
+        .iter()
+        .find(|span| {
+            span.attribute("db.operation.name").as_deref() == Some("INSERT")
+                && span.attribute("db.collection.name").as_deref() == Some("orders")
+        })
+        .unwrap_or_else(|| panic!("no INSERT INTO orders span:\n  {listing}"));
+    assert_eq!(insert.span.name, "INSERT orders");
+    let text = insert.attribute("db.query.text").unwrap_or_default();
+    assert!(
+        text.starts_with("INSERT INTO orders") && text.contains("$5"),
+        "{text}"
+    );
+    for statement in &statements {
+        assert_eq!(statement.kind(), SpanKind::Client, "{}", statement.describe());
+        assert!(
+            descends_from(&spans, statement, &orders_server.span.span_id),
+            "SQL outside the checkout request: {}",
+            statement.describe()
+        );
+    }
+
+    // The publish of order.created: a producer span in the order's trace (the outbox relay
+    // sends it after the request, under the context the event was written with).
+    let publish = spans
+        .iter()
+        .find(|span| {
+            span.kind() == SpanKind::Producer
+                && span.attribute("messaging.destination.name").as_deref() == Some("order.created")
+        })
+        .unwrap_or_else(|| panic!("no publish of order.created:\n  {listing}"));
+    assert_eq!(publish.service, "orders");
+    assert_eq!(publish.span.name, "publish order.created");
+    assert_eq!(publish.attribute("messaging.system").as_deref(), Some("nats"));
+    assert_eq!(
+        publish.attribute("messaging.operation.type").as_deref(),
+        Some("send")
+    );
+    assert!(
+        descends_from(&spans, publish, &orders_server.span.span_id),
+        "{}",
+        publish.describe()
+    );
+
+    // Nothing private in any span of any trace, nor in any log line.
+    let secrets = [
+        shipping_address,
+        token.as_str(),
+        authorization.as_str(),
+        idempotency_key,
+    ];
+    let everything = format!("{:?}", receiver.all_spans());
+    let mut logged: Vec<String> = Vec::new();
+    for process in [&gateway, &cart, &catalog, &orders] {
+        logged.extend(process.output());
+    }
+    assert!(!logged.is_empty());
+    for secret in secrets {
+        assert!(!everything.contains(secret), "{secret:?} is in an exported span");
+        for line in &logged {
+            assert!(!line.contains(secret), "{secret:?} is in a log line: {line}");
+        }
+    }
+
+    drop(gateway);
+    drop(orders);
+    drop(cart);
+    drop(catalog);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `OTEL_SDK_DISABLED=true` exports nothing, whatever else is set (the log lines still carry
+/// their trace ids); an OTLP protocol the services do not speak is refused at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sdk_disabled_nothing_is_exported_and_an_unknown_protocol_is_refused() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("OTEL_SDK_DISABLED", "true"),
+        ("SIMULATION", "off"),
+    ];
+    let catalog = ServiceProcess::spawn(&workspace_binary("catalog"), &env).unwrap();
+    let trace_id = fresh_trace_id();
+    let client = shopstack_testkit::http::client();
+    for _ in 0..5 {
+        let response = client
+            .get(catalog.url("/products/prod-110"))
+            .header(
+                "traceparent",
+                format!("00-{}-5a17000000000003-01", hex(&trace_id)),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success() || response.status() == 404,
+            "{}",
+            response.status()
+        );
+    }
+    // Many times the batch delay: a span would have been sent by now.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(receiver.all_spans().is_empty(), "exported with the SDK disabled");
+    let lines = catalog.output();
+    assert!(
+        lines.iter().any(|line| line.contains(&hex(&trace_id))),
+        "trace ids are still logged: {lines:?}"
+    );
+    drop(catalog);
+
+    let refused = tokio::process::Command::new(workspace_binary("catalog"))
+        .env("PORT", "0")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("http/xml"),
+        "{stderr}"
+    );
+}
+
+/// With `OTEL_LOGS_EXPORTER=otlp` each log line is also an OTLP log record, carrying the trace
+/// of the request it was written in — the gateway's request line included, which is written
+/// outside any `tracing` span — whether or not the process exports spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_records_are_exported_over_otlp_with_their_trace() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start_http().await;
+    let common = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_LOGS_EXPORTER", "otlp".to_owned()),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("SIMULATION", "off".to_owned()),
+    ];
+    let spawn = |binary: PathBuf, extra: Vec<(&'static str, String)>| {
+        let env: Vec<(&'static str, String)> = common.iter().cloned().chain(extra).collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+            ServiceProcess::spawn(&binary, &env).unwrap()
+        })
+    };
+    // The catalog exports no spans (its lines' trace ids come from the ids-only spans).
+    let catalog = spawn(
+        workspace_binary("catalog"),
+        vec![("OTEL_TRACES_EXPORTER", "none".into())],
+    )
+    .await
+    .unwrap();
+    let gateway = spawn(
+        PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+    )
+    .await
+    .unwrap();
+    let trace_id = fresh_trace_id();
+    let response = shopstack_testkit::http::client()
+        .get(gateway.url("/catalog/prod-110"))
+        .header(
+            "traceparent",
+            format!("00-{}-5a17000000000004-01", hex(&trace_id)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let of_the_trace = |records: &[(Vec<KeyValue>, LogRecord)]| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|(_, record)| record.trace_id == trace_id)
+            .map(|(resource, record)| {
+                let body = record.body.as_ref().and_then(text).unwrap_or_default();
+                (attribute(resource, "service.name").unwrap_or_default(), body)
+            })
+            .collect()
+    };
+    let records = loop {
+        let records = of_the_trace(&receiver.log_records());
+        let services: Vec<&str> = records.iter().map(|(service, _)| service.as_str()).collect();
+        if (services.contains(&"gateway") && services.contains(&"catalog")) || Instant::now() >= deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for service in ["gateway", "catalog"] {
+        assert!(
+            records
+                .iter()
+                .any(|(from, body)| from == service && body == "request completed"),
+            "no request line of {service} with the trace: {records:?}"
+        );
+    }
+    drop(gateway);
+    drop(catalog);
+}
