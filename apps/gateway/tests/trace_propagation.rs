@@ -790,7 +790,8 @@ async fn a_checkout_is_one_trace_down_to_its_sql_and_nats_publish_and_nothing_pr
         .unwrap();
     assert_eq!(checkout.status(), 201, "{:?}", checkout.text().await);
 
-    // Wait (bounded) for the orders service's SQL spans and the publish of order.created.
+    // Wait (bounded) for the orders service's SQL spans, the publish of order.created and the
+    // server spans of the gateway and orders.
     let deadline = Instant::now() + Duration::from_secs(30);
     let spans = loop {
         let spans = receiver.trace(&trace_id);
@@ -800,7 +801,13 @@ async fn a_checkout_is_one_trace_down_to_its_sql_and_nats_publish_and_nothing_pr
         let sql = spans.iter().any(|span| {
             span.service == "orders" && span.attribute("db.system.name").as_deref() == Some("sqlite")
         });
-        if (published && sql) || Instant::now() >= deadline {
+        // The services export on their own schedules: wait for every side of the request too.
+        let servers = ["gateway", "orders"].iter().all(|service| {
+            spans
+                .iter()
+                .any(|span| span.service == *service && span.kind() == SpanKind::Server)
+        });
+        if (published && sql && servers) || Instant::now() >= deadline {
             break spans;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1024,6 +1031,27 @@ async fn log_records_are_exported_over_otlp_with_their_trace() {
             "no request line of {service} with the trace: {records:?}"
         );
     }
+    // The gateway's request line, assembled by hand, has its members as attributes too.
+    let gateway_line = receiver
+        .log_records()
+        .into_iter()
+        .find(|(resource, record)| {
+            record.trace_id == trace_id && attribute(resource, "service.name").as_deref() == Some("gateway")
+        })
+        .map(|(_, record)| record)
+        .unwrap();
+    assert_eq!(
+        attribute(&gateway_line.attributes, "route").as_deref(),
+        Some("/catalog/{id}")
+    );
+    assert_eq!(
+        attribute(&gateway_line.attributes, "status").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attribute(&gateway_line.attributes, "trace_id"),
+        Some(hex(&trace_id))
+    );
     drop(gateway);
     drop(catalog);
 }

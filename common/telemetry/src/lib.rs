@@ -1,4 +1,4 @@
-//! Logs, traces and metrics of a ShopStack service: the JSON log line, OpenTelemetry spans and their OTLP export, W3C propagation, and the Prometheus registry.
+//! Logs, traces and metrics of a ShopStack service: the JSON log line, the OpenTelemetry SDK with its OTLP exporters, W3C propagation, and the Prometheus registry.
 //!
 //! - [`telemetry`]: the subscriber (JSON log layer, trace layers, log records), the SDK's tracer
 //!   and logger providers with their OTLP exporters, and a span's trace context.

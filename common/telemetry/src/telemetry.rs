@@ -13,6 +13,7 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
+use opentelemetry::logs::{AnyValue, LogRecord as _};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
@@ -22,7 +23,7 @@ use opentelemetry_otlp::{
     Compression, Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
 };
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::logs::{SdkLogger, SdkLoggerProvider};
+use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
@@ -180,7 +181,9 @@ fn tracer_provider(settings: &Settings, resource: Resource) -> anyhow::Result<Sd
 
 /// The logger provider when log records are exported (`OTEL_LOGS_EXPORTER`).
 fn logger_provider(settings: &Settings, resource: Resource) -> anyhow::Result<Option<SdkLoggerProvider>> {
-    let builder = SdkLoggerProvider::builder().with_resource(resource);
+    let builder = SdkLoggerProvider::builder()
+        .with_resource(resource)
+        .with_log_processor(JsonMembersAsAttributes);
     Ok(match &settings.logs_export {
         SignalExport::None => None,
         SignalExport::Console => Some(
@@ -421,6 +424,50 @@ where
             }
             None => self.bridge.on_event(event, ctx),
         }
+    }
+}
+
+/// Gives a log record whose line was assembled as [`JSON_MEMBERS`] (the gateway's request line)
+/// each member as an attribute of its own, as the line shows them; runs before the exporting
+/// processor, which sees the record as changed here.
+#[derive(Debug)]
+struct JsonMembersAsAttributes;
+
+impl LogProcessor for JsonMembersAsAttributes {
+    fn emit(&self, record: &mut SdkLogRecord, _scope: &InstrumentationScope) {
+        let members = record.attributes_iter().find_map(|(key, value)| match value {
+            AnyValue::Bytes(bytes) if key.as_str() == JSON_MEMBERS => {
+                let mut object = Vec::with_capacity(bytes.len() + 2);
+                object.push(b'{');
+                object.extend_from_slice(bytes);
+                object.push(b'}');
+                serde_json::from_slice::<serde_json::Map<String, Value>>(&object).ok()
+            }
+            _ => None,
+        });
+        for (name, value) in members.into_iter().flatten() {
+            let value = match value {
+                Value::String(text) => AnyValue::from(text),
+                Value::Bool(flag) => AnyValue::from(flag),
+                Value::Number(number) => match number.as_i64() {
+                    Some(whole) => AnyValue::from(whole),
+                    None => AnyValue::from(number.as_f64().unwrap_or_default()),
+                },
+                other => AnyValue::from(other.to_string()),
+            };
+            record.add_attribute(opentelemetry::Key::from(name), value);
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        _timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
     }
 }
 
