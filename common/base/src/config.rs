@@ -179,7 +179,7 @@ pub struct CommonConfig {
     #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5_000)]
     pub bsp_schedule_delay_ms: u64,
 
-    /// Spans that may wait to be exported; past it new spans are dropped and counted.
+    /// Spans that may wait to be exported; past it new spans are dropped.
     #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2_048)]
     pub bsp_max_queue_size: usize,
 
@@ -850,7 +850,7 @@ impl ConnectionTimeouts {
     }
 }
 
-/// When batches are sent, and how many spans may wait.
+/// The SDK batch span processor's settings: when batches are sent, and how many spans may wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
     /// The batch being filled is sent at least this often (`OTEL_BSP_SCHEDULE_DELAY`).

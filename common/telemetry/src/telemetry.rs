@@ -1,10 +1,12 @@
-//! Logs and traces: one JSON object per line, and OpenTelemetry spans that carry the same ids.
+//! Logs and traces: one JSON object per line, and OpenTelemetry spans that carry the same ids,
+//! exported — with the log records, when asked — by the OpenTelemetry SDK's batch processors and
+//! `opentelemetry-otlp`'s exporters, configured from the settings checked at start-up.
 //!
 //! Building the subscriber ([`build_subscriber`]) is split from installing it ([`init`], once per
 //! process) so tests can install a capturing variant (the test kit's `init_telemetry`).
 //!
 //! Spans are always created — with or without an OTLP endpoint — so every request log line has a
-//! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. With an endpoint,
+//! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. With an exporter,
 //! the OpenTelemetry layer makes each span an SDK span and exports it; without one, nothing would
 //! read those SDK spans, so `TraceIdsLayer` only gives each span its ids ([`span_context`],
 //! [`set_parent`] and [`record_trace_ids`] read and set them the same way in both cases).
