@@ -65,9 +65,9 @@ pub struct CommonConfig {
     pub resource_attributes: Option<String>,
 
     /// `true` turns the OpenTelemetry SDK off: nothing is exported, whatever the other `OTEL_*`
-    /// variables say (trace ids are still made and logged).
-    #[arg(long, env = "OTEL_SDK_DISABLED", default_value = "false", value_parser = BoolishValueParser::new())]
-    pub sdk_disabled: bool,
+    /// variables say (trace ids are still made and logged). `false` or empty: on.
+    #[arg(long, env = "OTEL_SDK_DISABLED", default_value = "false")]
+    pub sdk_disabled: String,
 
     /// Service version in traces and /healthz.
     #[arg(long, env = "SERVICE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
@@ -367,7 +367,16 @@ impl CommonConfig {
         // Everything is checked even when the SDK is off, so that turning it on cannot fail.
         let traces_export = traces.resolve(&otlp)?;
         let logs_export = logs.resolve(&otlp)?;
-        let (traces_export, logs_export) = if self.sdk_disabled {
+        // The specification's boolean: `true` in any case; empty is unset.
+        let sdk_disabled = match self.sdk_disabled.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" | "" => false,
+            _ => bail!(
+                "OTEL_SDK_DISABLED={:?} is neither true nor false",
+                self.sdk_disabled
+            ),
+        };
+        let (traces_export, logs_export) = if sdk_disabled {
             (SignalExport::None, SignalExport::None)
         } else {
             (traces_export, logs_export)
@@ -1046,7 +1055,7 @@ mod tests {
             (&["--resource-attributes", "team"], "OTEL_RESOURCE_ATTRIBUTES"),
             // Checked even with the SDK off, so turning it on cannot fail.
             (
-                &["--sdk-disabled", "--otlp-protocol", "udp"],
+                &["--sdk-disabled", "TRUE", "--otlp-protocol", "udp"],
                 "OTEL_EXPORTER_OTLP_PROTOCOL",
             ),
         ] {
@@ -1059,6 +1068,7 @@ mod tests {
     fn a_disabled_sdk_exports_nothing() {
         let settings = resolve_flags(&[
             "--sdk-disabled",
+            "True",
             "--otlp-endpoint",
             "http://c:4317",
             "--logs-exporter",
@@ -1066,6 +1076,11 @@ mod tests {
         ])
         .map(|settings| (settings.traces_export, settings.logs_export));
         assert_eq!(settings, Ok((SignalExport::None, SignalExport::None)));
+        // Empty is unset (as a compose file's `${OTEL_SDK_DISABLED:-}` leaves it).
+        let enabled = resolve_flags(&["--sdk-disabled", "", "--otlp-endpoint", "http://c:4317"])
+            .map(|settings| settings.traces_export != SignalExport::None);
+        assert_eq!(enabled, Ok(true));
+        assert!(resolve_flags(&["--sdk-disabled", "maybe"]).is_err());
     }
 
     #[test]
