@@ -1,6 +1,7 @@
-//! One request through gateway → cart → catalog is one trace, exported over OTLP/gRPC by three
-//! processes: a test receiver collects the spans and checks the trace id, the parent/child
-//! links, the service names and the HTTP attributes. The gateway, a proxy, makes one span per
+//! One request through gateway → cart → catalog is one trace, exported by the OpenTelemetry SDK
+//! of three processes over OTLP/gRPC or OTLP/HTTP: a test receiver (tonic, or an axum route
+//! decoding the protobuf) collects the spans and checks the trace id, the parent/child links,
+//! the service names, the resource and the HTTP attributes. The gateway, a proxy, makes one span per
 //! request (as Envoy does by default): its server span is the backend's parent and names the
 //! backend; the services make a client span for each call of their own.
 //!
@@ -12,6 +13,10 @@
 //! Redis: run once on the embedded stores and once with a private `redis-server` (`REDIS_URL`
 //! given to the services): then the cart's and the catalog's Redis commands must appear as
 //! client spans under their service's server span.
+//!
+//! Also here: a checkout down to the orders service's SQL statements and NATS publish, with
+//! nothing private in any span or log line; `OTEL_SDK_DISABLED`; an unknown protocol refused;
+//! OTLP log records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
