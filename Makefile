@@ -6,12 +6,16 @@ export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
 .PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke gateway-pgo lint fmt clean load-test \
-	observability-tools check-observability compose-up compose-down docker-build schemathesis
+	observability-tools check-observability compose-up compose-down docker-build schemathesis \
+	k8s-tools k8s-render k8s-dev-secret
 
 # Docker: `docker compose` (v2) when present, else Debian's docker-compose (validation only).
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 # compose-up profile: full (everything) or lite (no collector, Tempo, Loki, log shipper).
 PROFILE ?= full
+# make k8s-render: dev or prod; kubectl: the one make k8s-tools installed when the machine had none.
+OVERLAY ?= dev
+KUBECTL ?= $(shell [ -x target/k8s-venv/bin/kubectl ] && echo target/k8s-venv/bin/kubectl || echo kubectl)
 IMAGE_TAG ?= dev
 IMAGES ?= gateway catalog cart orders
 
@@ -53,7 +57,7 @@ load-test: ## Goose load test against the running stack (start it with `make run
 # differently and rebuilds shared crates (reqwest, tokio, …) and the services over the same paths.
 BUILD_ALL = $(CARGO) test --workspace --no-run
 
-test: check-observability ## Run every test (the command CI runs): needs the packages .ci/run installs
+test: check-observability k8s-tools ## Run every test (the command CI runs): needs the packages .ci/run installs
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 
@@ -95,6 +99,15 @@ check-observability: observability-tools ## promtool checks and alert unit tests
 	    observability/otel-collector/config.yaml observability/tempo/tempo.yaml observability/loki/loki.yaml \
 	    observability/grafana/provisioning/*/*.yml && echo "collector, Tempo, Loki and Grafana provisioning files are valid YAML"; \
 	fi
+
+k8s-tools: ## Install kubernetes-validate, checkov (and kubectl if missing) into target/k8s-venv for the manifest checks
+	./ops/k8s-tools.sh
+
+k8s-render: ## Print the Kubernetes manifests of an overlay (OVERLAY=dev|prod)
+	$(KUBECTL) kustomize deploy/k8s/overlays/$(OVERLAY)
+
+k8s-dev-secret: ## Create the Secret `shopstack` with random values for the dev overlay (current kubectl context)
+	./deploy/k8s/dev-secret.sh
 
 compose-up: ## Build and start the whole system in Docker (PROFILE=full|lite); Grafana on :3000
 	$(COMPOSE) $(if $(filter lite,$(PROFILE)),--env-file observability/compose/lite.env,) up -d --build

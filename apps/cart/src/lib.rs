@@ -18,12 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use prometheus::{IntCounterVec, Opts};
 use shopstack_base::config::ServiceDefaults;
 use shopstack_base::simulation::SimulationProfile;
 use shopstack_platform::Platform;
 use shopstack_redis::idempotency::Idempotency;
-use shopstack_telemetry::metrics::register;
 
 use catalog_client::CatalogClient;
 pub use config::CartConfig;
@@ -52,15 +50,10 @@ pub struct AppState {
 impl AppState {
     pub async fn new(config: &CartConfig, platform: Platform) -> anyhow::Result<Self> {
         let registry = platform.metrics().registry();
-        let operations = register(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "cart_operations_total",
-                    "Cart operations by operation and result.",
-                ),
-                &["op", "result"],
-            )?,
+        let operations = registry.counter_vec(
+            "cart_operations_total",
+            "Cart operations by operation and result.",
+            ["op", "result"],
         )?;
         let redis = platform.redis(true).await?;
         let store: Arc<dyn CartStore> = match &redis {

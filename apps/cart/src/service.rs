@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::IntCounterVec;
 use serde::Serialize;
 use shopstack_base::ids;
+use shopstack_telemetry::metrics::IntCounterVec;
 use utoipa::ToSchema;
 
 use crate::catalog_client::CatalogClient;
@@ -79,7 +79,7 @@ pub struct CartService {
     max_quantity: u32,
     /// Carts (and their reservations) expire this long after their last change.
     ttl: Duration,
-    operations: IntCounterVec,
+    operations: IntCounterVec<2>,
     /// Where cart events go (see [`crate::events`]); none: not published.
     events: Option<CartEvents>,
 }
@@ -90,7 +90,7 @@ impl CartService {
         catalog: CatalogClient,
         max_quantity: u32,
         ttl: Duration,
-        operations: IntCounterVec,
+        operations: IntCounterVec<2>,
     ) -> Self {
         Self {
             store,

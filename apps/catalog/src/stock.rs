@@ -4,8 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts, Registry};
-use shopstack_telemetry::metrics::register;
+use shopstack_telemetry::metrics::{IntCounterVec, IntGaugeVec, Registry};
 
 use crate::error::CatalogError;
 use crate::inventory::{HoldOutcome, InventoryError, InventoryStore, Line};
@@ -15,8 +14,8 @@ use crate::products::Catalog;
 pub struct Inventory {
     store: Arc<dyn InventoryStore>,
     catalog: Arc<Catalog>,
-    reservations: IntCounterVec,
-    stock_gauge: IntGaugeVec,
+    reservations: IntCounterVec<1>,
+    stock_gauge: IntGaugeVec<1>,
 }
 
 impl Inventory {
@@ -24,29 +23,19 @@ impl Inventory {
         store: Arc<dyn InventoryStore>,
         catalog: Arc<Catalog>,
         registry: &Registry,
-    ) -> prometheus::Result<Self> {
+    ) -> shopstack_telemetry::metrics::Result<Self> {
         Ok(Self {
             store,
             catalog,
-            reservations: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "inventory_reservations_total",
-                        "Reservation operations by result: reserved, released, insufficient, committed, restocked, expired, unavailable.",
-                    ),
-                    &["result"],
-                )?,
+            reservations: registry.counter_vec(
+                "inventory_reservations_total",
+                "Reservation operations by result: reserved, released, insufficient, committed, restocked, expired, unavailable.",
+                ["result"],
             )?,
-            stock_gauge: register(
-                registry,
-                IntGaugeVec::new(
-                    Opts::new(
-                        "inventory_stock_available",
-                        "Units free to reserve, per product (a bounded set: the catalogue).",
-                    ),
-                    &["product_id"],
-                )?,
+            stock_gauge: registry.gauge_vec(
+                "inventory_stock_available",
+                "Units free to reserve, per product (a bounded set: the catalogue).",
+                ["product_id"],
             )?,
         })
     }

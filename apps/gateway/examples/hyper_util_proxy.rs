@@ -61,11 +61,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use opentelemetry::KeyValue;
-use prometheus::Histogram;
 use shopstack_platform::observe::{ObservedRequest, RouteObserver, X_REQUEST_ID};
 use shopstack_platform::server::{self, Front};
 use shopstack_platform::service::panic_to_problem;
-use shopstack_telemetry::metrics::CounterByLastLabel;
+use shopstack_telemetry::metrics::{CounterByLastLabel, Histogram};
 use tower::Service;
 
 /// The same allocator as the gateway binary, so the two differ only in the client.
@@ -96,7 +95,7 @@ struct Route {
     upstream: Arc<Upstream>,
     /// Each replica's authority, in `upstream.replicas` order: the client's pool key.
     authorities: Vec<Authority>,
-    upstream_requests: CounterByLastLabel,
+    upstream_requests: CounterByLastLabel<4>,
     upstream_duration: Histogram,
     client: Client<HttpConnector, Full<Bytes>>,
 }

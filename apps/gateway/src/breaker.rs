@@ -12,7 +12,7 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use prometheus::{IntCounterVec, IntGauge};
+use shopstack_telemetry::metrics::{IntCounterVec, IntGauge};
 
 /// Length of the failure-ratio window, in one-second buckets.
 const WINDOW_SECS: usize = 10;
@@ -74,7 +74,7 @@ pub struct Breaker {
     started: Instant,
     inner: Mutex<Inner>,
     state_gauge: IntGauge,
-    transitions: IntCounterVec,
+    transitions: IntCounterVec<2>,
     upstream: &'static str,
 }
 
@@ -108,7 +108,7 @@ impl Breaker {
         upstream: &'static str,
         settings: BreakerSettings,
         state_gauge: IntGauge,
-        transitions: IntCounterVec,
+        transitions: IntCounterVec<2>,
     ) -> Self {
         state_gauge.set(BreakerState::Closed.gauge_value());
         let now = Instant::now();
@@ -259,12 +259,16 @@ impl Breaker {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prometheus::Opts;
+    use shopstack_telemetry::metrics::Registry;
 
     fn breaker(threshold: u32, open: Duration) -> Breaker {
-        let gauge = IntGauge::new("state", "state").unwrap_or_else(|_| unreachable!());
-        let transitions =
-            IntCounterVec::new(Opts::new("t", "t"), &["upstream", "to"]).unwrap_or_else(|_| unreachable!());
+        let registry = Registry::with_constant_label("service", "gateway");
+        let gauge = registry
+            .gauge("state", "state")
+            .unwrap_or_else(|_| unreachable!());
+        let transitions = registry
+            .counter_vec("t_total", "t", ["upstream", "to"])
+            .unwrap_or_else(|_| unreachable!());
         Breaker::new(
             "test",
             BreakerSettings {

@@ -25,12 +25,11 @@ use axum::response::{IntoResponse, Response};
 use futures::FutureExt;
 use futures::future::BoxFuture;
 use opentelemetry::KeyValue;
-use prometheus::Histogram;
 use shopstack_base::Problem;
 use shopstack_platform::observe::{ObservedRequest, RouteObserver};
 use shopstack_platform::server::Front;
 use shopstack_platform::service::panic_to_problem;
-use shopstack_telemetry::metrics::CounterByLastLabel;
+use shopstack_telemetry::metrics::{CounterByLastLabel, Histogram};
 
 use crate::GatewayState;
 use crate::proxy::{self, Peer};
@@ -41,7 +40,7 @@ pub struct ProxiedRoute {
     pub spec: RouteSpec,
     observer: RouteObserver,
     /// `gateway_upstream_requests_total` of this route, by status or outcome.
-    pub upstream_requests: CounterByLastLabel,
+    pub upstream_requests: CounterByLastLabel<4>,
     pub upstream_duration: Histogram,
     /// Business routes go through the simulation; `/admin/*` never does (ARCHITECTURE.md).
     simulated: bool,

@@ -2,39 +2,25 @@
 //! Every label takes values from a bounded set (backend names, configured replica URLs, route
 //! templates, fixed reasons).
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry};
-use shopstack_telemetry::metrics::{LATENCY_BUCKETS, register};
+use shopstack_telemetry::metrics::{HistogramVec, IntCounterVec, IntGaugeVec, LATENCY_BUCKETS, Registry};
 
 #[derive(Clone)]
 pub struct EdgeMetrics {
     /// Attempts at a backend (retries included), by outcome.
-    pub upstream_requests: IntCounterVec,
-    pub upstream_duration: HistogramVec,
-    pub retries: IntCounterVec,
-    pub retry_budget_exhausted: IntCounterVec,
-    pub deadline_exceeded: IntCounterVec,
-    pub breaker_state: IntGaugeVec,
-    pub breaker_transitions: IntCounterVec,
-    pub breaker_rejected: IntCounterVec,
-    pub ejections: IntCounterVec,
-    pub replica_ejected: IntGaugeVec,
-    pub shed: IntCounterVec,
-    pub upstream_in_flight: IntGaugeVec,
-    pub rate_limited: IntCounterVec,
-    pub auth_failures: IntCounterVec,
-}
-
-fn counter(
-    registry: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> prometheus::Result<IntCounterVec> {
-    register(registry, IntCounterVec::new(Opts::new(name, help), labels)?)
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
-    register(registry, IntGaugeVec::new(Opts::new(name, help), labels)?)
+    pub upstream_requests: IntCounterVec<4>,
+    pub upstream_duration: HistogramVec<2>,
+    pub retries: IntCounterVec<3>,
+    pub retry_budget_exhausted: IntCounterVec<1>,
+    pub deadline_exceeded: IntCounterVec<1>,
+    pub breaker_state: IntGaugeVec<1>,
+    pub breaker_transitions: IntCounterVec<2>,
+    pub breaker_rejected: IntCounterVec<1>,
+    pub ejections: IntCounterVec<2>,
+    pub replica_ejected: IntGaugeVec<2>,
+    pub shed: IntCounterVec<1>,
+    pub upstream_in_flight: IntGaugeVec<1>,
+    pub rate_limited: IntCounterVec<1>,
+    pub auth_failures: IntCounterVec<1>,
 }
 
 /// Every `reason` of `gateway_auth_failures_total`.
@@ -72,7 +58,7 @@ impl EdgeMetrics {
         }
     }
 
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry) -> shopstack_telemetry::metrics::Result<Self> {
         let metrics = Self::register(registry)?;
         for client in ["user", "ip"] {
             metrics.rate_limited.with_label_values(&[client]);
@@ -83,96 +69,78 @@ impl EdgeMetrics {
         Ok(metrics)
     }
 
-    fn register(registry: &Registry) -> prometheus::Result<Self> {
+    fn register(registry: &Registry) -> shopstack_telemetry::metrics::Result<Self> {
         Ok(Self {
-            upstream_requests: counter(
-                registry,
+            upstream_requests: registry.counter_vec(
                 "gateway_upstream_requests_total",
                 "Attempts at a backend (each retry counts), by upstream, route template, method and status (or timeout/unavailable/bad_gateway).",
-                &["upstream", "route", "method", "status"],
+                ["upstream", "route", "method", "status"],
             )?,
-            upstream_duration: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "gateway_upstream_request_duration_seconds",
-                        "Latency of one attempt at a backend, by upstream and route template.",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                    &["upstream", "route"],
-                )?,
+            upstream_duration: registry.histogram_vec(
+                "gateway_upstream_request_duration_seconds",
+                "Latency of one attempt at a backend, by upstream and route template.",
+                LATENCY_BUCKETS,
+                ["upstream", "route"],
             )?,
-            retries: counter(
-                registry,
+            retries: registry.counter_vec(
                 "gateway_upstream_retries_total",
                 "Retries sent to a backend, by upstream, route template and the outcome that caused them.",
-                &["upstream", "route", "reason"],
+                ["upstream", "route", "reason"],
             )?,
-            retry_budget_exhausted: counter(
-                registry,
+            retry_budget_exhausted: registry.counter_vec(
                 "gateway_retry_budget_exhausted_total",
                 "Retries not sent because the backend's retry budget (RETRY_BUDGET_RATIO of requests) was spent.",
-                &["upstream"],
+                ["upstream"],
             )?,
-            deadline_exceeded: counter(
-                registry,
+            deadline_exceeded: registry.counter_vec(
                 "gateway_request_deadline_exceeded_total",
                 "Requests answered 504 because REQUEST_DEADLINE ran out, by upstream.",
-                &["upstream"],
+                ["upstream"],
             )?,
-            breaker_state: gauge(
-                registry,
+            breaker_state: registry.gauge_vec(
                 "gateway_circuit_breaker_state",
                 "Circuit breaker per backend: 0 closed, 1 half-open, 2 open.",
-                &["upstream"],
+                ["upstream"],
             )?,
-            breaker_transitions: counter(
-                registry,
+            breaker_transitions: registry.counter_vec(
                 "gateway_circuit_breaker_transitions_total",
                 "Circuit breaker state changes, by upstream and the state entered.",
-                &["upstream", "to"],
+                ["upstream", "to"],
             )?,
-            breaker_rejected: counter(
-                registry,
+            breaker_rejected: registry.counter_vec(
                 "gateway_circuit_breaker_rejected_total",
                 "Requests failed fast (503) because the backend's breaker was open.",
-                &["upstream"],
+                ["upstream"],
             )?,
-            ejections: counter(
-                registry,
+            ejections: registry.counter_vec(
                 "gateway_upstream_ejections_total",
                 "Replicas taken out of balancing after consecutive failures (outlier detection).",
-                &["upstream", "replica"],
+                ["upstream", "replica"],
             )?,
-            replica_ejected: gauge(
-                registry,
+            replica_ejected: registry.gauge_vec(
                 "gateway_upstream_replica_ejected",
                 "1 while the replica is ejected from balancing, 0 while it takes traffic.",
-                &["upstream", "replica"],
+                ["upstream", "replica"],
             )?,
-            shed: counter(
-                registry,
+            shed: registry.counter_vec(
                 "gateway_load_shed_total",
                 "Requests refused with a fast 503 because the backend had UPSTREAM_MAX_CONCURRENCY requests in flight.",
-                &["upstream"],
+                ["upstream"],
             )?,
-            upstream_in_flight: gauge(
-                registry,
+            upstream_in_flight: registry.gauge_vec(
                 "gateway_upstream_in_flight",
                 "Requests in flight to a backend (what load shedding counts).",
-                &["upstream"],
+                ["upstream"],
             )?,
-            rate_limited: counter(
-                registry,
+            rate_limited: registry.counter_vec(
                 "gateway_rate_limited_total",
                 "Requests refused with 429, by how the client was identified (user or ip).",
-                &["client"],
+                ["client"],
             )?,
-            auth_failures: counter(
-                registry,
+            auth_failures: registry.counter_vec(
                 "gateway_auth_failures_total",
                 "Requests refused by edge auth (401, or 404 for another user's resource), by reason.",
-                &["reason"],
+                ["reason"],
             )?,
         })
     }

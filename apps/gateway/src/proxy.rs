@@ -23,6 +23,7 @@ use axum::response::Response;
 use futures::StreamExt;
 use shopstack_base::admin;
 use shopstack_platform::observe::{ObservedRequest, RequestTrace, X_REQUEST_ID, X_TRACE_ID};
+use shopstack_platform::service_auth::SERVICE_CREDENTIAL;
 
 use crate::GatewayState;
 use crate::auth::Caller;
@@ -35,8 +36,6 @@ use crate::retry::{IDEMPOTENCY_STORE, Replay, backoff, key_store_shared, replay_
 use crate::routes::{Access, RouteSpec};
 use crate::upstream::{Placement, Upstream};
 
-/// The authenticated subject, for the backend (set by the gateway only; a client's is dropped).
-pub const X_USER_ID: HeaderName = HeaderName::from_static("x-user-id");
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 /// Left out of an ownership probe: it is a read, the caller's body and its key are not its own.
 static PROBE_DROPS: [HeaderName; 2] = [
@@ -137,7 +136,7 @@ struct Outbound<'a> {
     connection_named: Vec<HeaderName>,
     /// Also left out of this request.
     also_dropped: &'static [HeaderName],
-    /// The gateway's own headers: `x-request-id`, `x-forwarded-for`, `x-user-id`.
+    /// The gateway's own headers: `x-request-id`, `x-forwarded-for`, `x-service-credential`.
     added: Vec<(HeaderName, HeaderValue)>,
     body: Bytes,
     /// Whether, and where, it may be sent again (see [`replay_of`]).
@@ -148,7 +147,9 @@ impl Outbound<'_> {
     /// Whether the caller's header `name` goes to the backend: not one that describes the
     /// connection (RFC 9110 §7.6.1), nor one the gateway writes itself (`host`, the length of
     /// the body it sends, `traceparent` naming its own span, the headers it adds); `expect`
-    /// neither, as the body is read in full before it is sent. (`tracestate` passes unchanged.)
+    /// neither, as the body is read in full before it is sent; nor a client's `x-user-id` or
+    /// `x-service-credential` (an identity reaches a backend only in the credential the gateway
+    /// signs). (`tracestate` passes unchanged.)
     fn forwards(&self, name: &HeaderName) -> bool {
         let dropped = HOP_BY_HOP.contains(name)
             || matches!(
@@ -160,6 +161,7 @@ impl Outbound<'_> {
                     | "x-request-id"
                     | "x-forwarded-for"
                     | "x-user-id"
+                    | "x-service-credential"
             );
         !dropped && !self.connection_named.contains(name) && !self.also_dropped.contains(name)
     }
@@ -270,8 +272,13 @@ pub async fn forward(
             added.push((X_FORWARDED_FOR, value));
         }
     }
-    if let Some(value) = user.as_deref().and_then(|user| HeaderValue::from_str(user).ok()) {
-        added.push((X_USER_ID, value));
+    // The verified user reaches the backend only inside the signed credential.
+    if let Some(credential) = state
+        .platform
+        .service_auth()
+        .and_then(|auth| auth.credential(user.as_deref()))
+    {
+        added.push((SERVICE_CREDENTIAL, credential));
     }
     let path_and_query = match spec.backend_path {
         Some(path) => PathAndQuery::from_static(path),
@@ -739,6 +746,7 @@ mod tests {
             ("x-request-id", "client's"),
             ("x-forwarded-for", "10.0.0.1"),
             ("x-user-id", "forged"),
+            ("x-service-credential", "forged"),
             ("tracestate", "vendor=1"),
             ("accept", "application/json"),
             ("content-type", "application/json"),

@@ -43,9 +43,6 @@ pub enum Access {
         lookup: &'static str,
         owner: &'static str,
     },
-    /// Any authenticated user; the backend receives the subject in `x-user-id` and checks
-    /// ownership itself.
-    Authenticated,
     /// Operators' routes (all orders, status changes): open while edge auth is off, as clients
     /// written without tokens expect; the admin token once it is on.
     Staff,
@@ -59,10 +56,7 @@ impl Access {
     pub fn needs_user(self) -> bool {
         matches!(
             self,
-            Access::OwnerInPath(_)
-                | Access::OwnerInBody(_)
-                | Access::OwnerOfResource { .. }
-                | Access::Authenticated
+            Access::OwnerInPath(_) | Access::OwnerInBody(_) | Access::OwnerOfResource { .. }
         )
     }
 }

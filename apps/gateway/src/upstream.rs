@@ -190,7 +190,7 @@ pub struct Upstream {
     pub budget: RetryBudget,
     slots: Arc<Semaphore>,
     /// `gateway_upstream_in_flight` of this backend.
-    in_flight_gauge: prometheus::IntGauge,
+    in_flight_gauge: shopstack_telemetry::metrics::IntGauge,
     /// Serialises ejection decisions so two at once can't leave no replica in rotation.
     ejecting: Mutex<()>,
     metrics: EdgeMetrics,
@@ -200,7 +200,7 @@ pub struct Upstream {
 /// A load-shedding slot, held for the whole request (retries included).
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    gauge: prometheus::IntGauge,
+    gauge: shopstack_telemetry::metrics::IntGauge,
 }
 
 impl Drop for Slot {

@@ -296,35 +296,60 @@ async fn auth_is_off_by_default_so_seed_clients_keep_working() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_backend_learns_the_user_from_the_gateway_never_from_the_client() {
+async fn the_backend_learns_the_user_from_the_gateways_credential_never_from_the_client() {
     use axum::http::HeaderMap;
-    let echo = support::Tiny::start(axum::Router::new().fallback(|headers: HeaderMap| async move {
-        axum::Json(json!({"x-user-id": headers.get("x-user-id").and_then(|v| v.to_str().ok())}))
+    use shopstack_platform::service_auth::{SERVICE_CREDENTIAL, ServiceAuth};
+    const SERVICE_SECRET: &str = "service-secret-of-at-least-32-chars";
+    let backend = std::sync::Arc::new(ServiceAuth::new(SERVICE_SECRET, "cart"));
+    let echo = support::Tiny::start(axum::Router::new().fallback(move |headers: HeaderMap| {
+        let backend = backend.clone();
+        async move {
+            let verified = backend.verify(headers.get(&SERVICE_CREDENTIAL));
+            axum::Json(json!({
+                "x-user-id": headers.get("x-user-id").and_then(|v| v.to_str().ok()),
+                "issuer": verified.as_ref().ok().map(|verified| verified.issuer.clone()),
+                "user": verified.ok().and_then(|verified| verified.user),
+            }))
+        }
     }))
     .await;
-    let (gw, _state) = gateway(&echo.url(), &echo.url(), &AUTH_FLAGS).await;
+    let (gw, _state) = gateway_with(&echo.url(), &echo.url(), &AUTH_FLAGS, |settings| {
+        settings.service_auth_secret = Some(SERVICE_SECRET.into());
+    })
+    .await;
+    let forged = ServiceAuth::new("someone-elses-secret-of-32-chars!!", "gateway")
+        .credential(Some("mallory"))
+        .unwrap();
     let alice = hs256(&claims("alice"), SECRET);
     let seen: Value = client()
         .get(gw.url("/v1/cart/alice"))
         .bearer_auth(&alice)
         .header("x-user-id", "mallory")
+        .header(SERVICE_CREDENTIAL, forged.clone())
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(seen["x-user-id"], "alice");
+    assert_eq!(
+        seen,
+        json!({"x-user-id": null, "issuer": "gateway", "user": "alice"})
+    );
     let anonymous: Value = client()
         .get(gw.url("/catalog"))
         .header("x-user-id", "mallory")
+        .header(SERVICE_CREDENTIAL, forged)
         .send()
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
-    assert_eq!(anonymous["x-user-id"], Value::Null);
+    assert_eq!(
+        anonymous,
+        json!({"x-user-id": null, "issuer": "gateway", "user": null})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

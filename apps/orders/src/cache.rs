@@ -11,8 +11,8 @@
 
 use std::time::Duration;
 
-use prometheus::IntCounterVec;
 use shopstack_redis::redis::Redis;
+use shopstack_telemetry::metrics::IntCounterVec;
 use uuid::Uuid;
 
 use crate::model::Order;
@@ -40,12 +40,12 @@ pub struct OrderCache {
     ttl: Duration,
     store: redis::Script,
     /// `order_cache_requests_total{result}`: hit, miss, error (Redis failed; read the database).
-    requests: IntCounterVec,
+    requests: IntCounterVec<1>,
 }
 
 impl OrderCache {
     /// `redis: None` is the embedded default: no cache, every read goes to the database.
-    pub fn new(redis: Option<Redis>, ttl: Duration, requests: IntCounterVec) -> Self {
+    pub fn new(redis: Option<Redis>, ttl: Duration, requests: IntCounterVec<1>) -> Self {
         if redis.is_some() {
             for result in ["hit", "miss", "error"] {
                 requests.with_label_values(&[result]).inc_by(0);

@@ -215,7 +215,9 @@ pub struct CommonConfig {
     #[arg(long, env = "SIM_HEADER_FAULTS", value_parser = BoolishValueParser::new())]
     pub sim_header_faults: Option<bool>,
 
-    /// Redis, e.g. redis://127.0.0.1:6379/0. Unset: the service keeps its state in memory.
+    /// Redis: one URL for one server (redis://127.0.0.1:6379/0), or a comma-separated list of
+    /// node URLs for a Redis Cluster (redis://h1:7001,redis://h2:7002,…). Unset: the service
+    /// keeps its state in memory.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 
@@ -226,6 +228,14 @@ pub struct CommonConfig {
     /// Bearer token for `/admin/*`. Unset: the admin API answers 401 to everyone.
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+
+    /// Secret shared by the gateway and the services behind it (at least 32 characters, e.g.
+    /// `openssl rand -hex 32`). Set: a service answers only requests carrying a short-lived
+    /// credential signed with it (the gateway's, naming the user it verified, or another
+    /// service's) and 401 to the rest, its admin routes included; the probes, /metrics,
+    /// /openapi.json and /docs stay open. Unset: a service answers whoever reaches it.
+    #[arg(long, env = "SERVICE_AUTH_SECRET", hide_env_values = true)]
+    pub service_auth_secret: Option<String>,
 
     /// Enable the `POST /stress` CPU/memory load generator (autoscaling demos).
     #[arg(long, env = "STRESS_ENABLED", default_value = "false", value_parser = BoolishValueParser::new())]
@@ -248,6 +258,9 @@ pub struct CommonConfig {
     #[arg(long, env = "SHUTDOWN_GRACE_MS", default_value_t = 10_000)]
     pub shutdown_grace_ms: u64,
 }
+
+/// The shortest `SERVICE_AUTH_SECRET`: HMAC-SHA256 keys of at least 256 bits (RFC 7518 §3.2).
+pub const SERVICE_AUTH_SECRET_MIN_LEN: usize = 32;
 
 /// What differs between services when resolving [`CommonConfig`].
 #[derive(Debug, Clone)]
@@ -293,6 +306,8 @@ pub struct Settings {
     pub redis_url: Option<String>,
     pub simulation: SimulationProfile,
     pub admin_token: Option<String>,
+    /// `SERVICE_AUTH_SECRET`: signs and checks the credentials between services.
+    pub service_auth_secret: Option<String>,
     pub stress_enabled: bool,
     pub stress_require_admin: bool,
     pub max_body_bytes: usize,
@@ -431,8 +446,7 @@ impl CommonConfig {
             .filter(|value| !value.trim().is_empty())
             .map(|value| normalise_redis_url(&value));
         if let Some(url) = &redis_url {
-            ::redis::parse_redis_url(url)
-                .with_context(|| format!("REDIS_URL {url:?} is not a redis:// URL"))?;
+            validate_redis_nodes(url)?;
         }
 
         let admin_token = self.admin_token.filter(|token| !token.is_empty());
@@ -440,6 +454,14 @@ impl CommonConfig {
             && token.len() < 8
         {
             bail!("ADMIN_TOKEN must be at least 8 characters");
+        }
+        // Set but empty is a mistake (an unfilled template), not "off": refused like a short one.
+        if let Some(secret) = &self.service_auth_secret
+            && secret.len() < SERVICE_AUTH_SECRET_MIN_LEN
+        {
+            bail!(
+                "SERVICE_AUTH_SECRET must be at least {SERVICE_AUTH_SECRET_MIN_LEN} characters (e.g. `openssl rand -hex 32`)"
+            );
         }
         if self.max_body_bytes < 1024 {
             bail!("MAX_BODY_BYTES must be at least 1024");
@@ -478,6 +500,7 @@ impl CommonConfig {
             redis_url,
             simulation,
             admin_token,
+            service_auth_secret: self.service_auth_secret,
             stress_enabled: self.stress_enabled,
             stress_require_admin: self.stress_require_admin,
             max_body_bytes: self.max_body_bytes,
@@ -882,14 +905,50 @@ impl Default for QueueSettings {
 }
 
 /// `redis://host:port/db` as given, or the `host:port` form of `REDIS_ADDR` (accepted for
-/// compatibility).
+/// compatibility); in a comma-separated list (a Redis Cluster's nodes), each entry so.
 pub fn normalise_redis_url(value: &str) -> String {
-    let value = value.trim();
-    if value.contains("://") {
-        value.to_owned()
-    } else {
-        format!("redis://{value}")
+    redis_nodes(value).join(",")
+}
+
+/// The entries of a `REDIS_URL`: one (a single server) or several (the seed nodes of a Redis
+/// Cluster), each a `redis://` or `rediss://` URL.
+pub fn redis_nodes(value: &str) -> Vec<String> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .map(|entry| {
+            if entry.contains("://") {
+                entry.to_owned()
+            } else {
+                format!("redis://{entry}")
+            }
+        })
+        .collect()
+}
+
+/// Every node URL parses; a cluster's nodes all use the same scheme and no database number (a
+/// Redis Cluster has database 0 only).
+fn validate_redis_nodes(url: &str) -> anyhow::Result<()> {
+    let nodes = redis_nodes(url);
+    if nodes.is_empty() {
+        bail!("REDIS_URL names no server");
     }
+    let mut schemes = Vec::new();
+    for node in &nodes {
+        let parsed = ::redis::parse_redis_url(node)
+            .with_context(|| format!("REDIS_URL entry {node:?} is not a redis:// or rediss:// URL"))?;
+        if nodes.len() > 1 && !matches!(parsed.path(), "" | "/" | "/0") {
+            bail!("REDIS_URL entry {node:?} names a database: a Redis Cluster has database 0 only");
+        }
+        if !schemes.contains(&parsed.scheme().to_owned()) {
+            schemes.push(parsed.scheme().to_owned());
+        }
+    }
+    if schemes.len() > 1 {
+        bail!("REDIS_URL mixes {schemes:?}: every node of a cluster is reached the same way");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1176,6 +1235,38 @@ mod tests {
         assert!(parsed(Some("traceidratio"), Some("1.5")).is_none());
         assert!(parsed(Some("traceidratio"), Some("half")).is_none());
         assert!(parsed(Some("jaeger_remote"), None).is_none());
+    }
+
+    #[test]
+    fn a_redis_url_list_means_the_nodes_of_a_cluster() {
+        assert_eq!(redis_nodes("redis://a:1"), ["redis://a:1"]);
+        assert_eq!(
+            redis_nodes(" redis://a:7001, b:7002 ,"),
+            ["redis://a:7001", "redis://b:7002"]
+        );
+        assert_eq!(normalise_redis_url("a:1,b:2"), "redis://a:1,redis://b:2");
+        assert!(resolve_flags(&["--redis-url", "redis://a:7001,redis://b:7002"]).is_ok());
+        for refused in [
+            "redis://a:7001/2,redis://b:7002",
+            "redis://a:7001,rediss://b:7002",
+            "redis://a:7001,http://b:7002",
+            ",",
+        ] {
+            let error = resolve_flags(&["--redis-url", refused]).unwrap_err();
+            assert!(error.contains("REDIS_URL"), "{refused:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_service_auth_secret_is_long_enough_or_refused_even_when_empty() {
+        for short in ["", "too-short"] {
+            let error = resolve_flags(&["--service-auth-secret", short]).unwrap_err();
+            assert!(error.contains("SERVICE_AUTH_SECRET"), "{short:?}: {error}");
+        }
+        let secret = "x".repeat(SERVICE_AUTH_SECRET_MIN_LEN);
+        let settings = resolve_flags(&["--service-auth-secret", &secret]).unwrap();
+        assert_eq!(settings.service_auth_secret.as_deref(), Some(secret.as_str()));
+        assert_eq!(resolve_flags(&[]).unwrap().service_auth_secret, None);
     }
 
     #[test]

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::metrics::IntGaugeVec;
 use futures::future::{BoxFuture, join_all};
-use prometheus::IntGaugeVec;
 
 /// How long one dependency check may take before it counts as down.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -84,7 +84,7 @@ impl Health {
     }
 
     /// Re-check dependencies every `interval` so `dependency_up` stays fresh between probes.
-    pub fn spawn_monitor(&self, gauge: IntGaugeVec, interval: Duration) {
+    pub fn spawn_monitor(&self, gauge: IntGaugeVec<1>, interval: Duration) {
         let health = self.clone();
         tokio::spawn(async move {
             let mut ticker = tokio::time::interval(interval);

@@ -7,7 +7,8 @@
 //!   [`pagination`]: page parameters and the pagination block.
 //! - [`health`]: dependency checks and the draining state behind the probes.
 //! - [`simulation`]: injected latency and failures; [`admin`]: the admin token check.
-//! - [`labels`]: metric label values every service agrees on.
+//! - [`metrics`]: the metric types and the registry (`prometheus-client`); [`labels`]: metric
+//!   label values every service agrees on.
 #![forbid(unsafe_code)]
 
 pub mod admin;
@@ -16,6 +17,7 @@ pub mod extract;
 pub mod health;
 pub mod ids;
 pub mod labels;
+pub mod metrics;
 pub mod money;
 pub mod pagination;
 pub mod problem;

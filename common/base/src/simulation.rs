@@ -10,11 +10,11 @@ use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use crate::metrics::{IntCounterVec, IntGauge, Registry};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{IntCounterVec, IntGauge, Opts, Registry, core::Collector};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -219,35 +219,26 @@ pub struct InjectedFault;
 #[derive(Clone)]
 pub struct Simulation {
     profile: Arc<RwLock<SimulationProfile>>,
-    injected: IntCounterVec,
+    injected: IntCounterVec<2>,
     failure_rate_ppm: IntGauge,
     latency_max_ms: IntGauge,
 }
 
 impl Simulation {
-    pub fn new(profile: SimulationProfile, registry: &Registry) -> prometheus::Result<Self> {
-        let injected = IntCounterVec::new(
-            Opts::new(
-                "simulation_faults_injected_total",
-                "Faults injected by the simulation, by route and kind (latency or error).",
-            ),
-            &["route", "kind"],
+    pub fn new(profile: SimulationProfile, registry: &Registry) -> crate::metrics::Result<Self> {
+        let injected = registry.counter_vec(
+            "simulation_faults_injected_total",
+            "Faults injected by the simulation, by route and kind (latency or error).",
+            ["route", "kind"],
         )?;
-        let failure_rate_ppm = IntGauge::new(
+        let failure_rate_ppm = registry.gauge(
             "simulation_failure_rate_ppm",
             "Configured injected failure rate in parts per million (0 when simulation is off).",
         )?;
-        let latency_max_ms = IntGauge::new(
+        let latency_max_ms = registry.gauge(
             "simulation_latency_max_ms",
             "Configured upper bound of injected latency in ms (0 when simulation is off).",
         )?;
-        for collector in [
-            Box::new(injected.clone()) as Box<dyn Collector>,
-            Box::new(failure_rate_ppm.clone()),
-            Box::new(latency_max_ms.clone()),
-        ] {
-            registry.register(collector)?;
-        }
         let simulation = Self {
             profile: Arc::new(RwLock::new(profile.clone())),
             injected,
@@ -425,7 +416,7 @@ mod tests {
 
     #[test]
     fn failure_rate_distribution_matches_profile() {
-        let registry = Registry::new();
+        let registry = Registry::with_constant_label("service", "test");
         let Ok(simulation) = Simulation::new(
             SimulationProfile {
                 enabled: true,

@@ -18,7 +18,6 @@ use async_nats::jetstream::{self, AckKind};
 use futures::StreamExt as _;
 use futures::future::BoxFuture;
 use opentelemetry::trace::TraceContextExt as _;
-use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use std::future::IntoFuture as _;
@@ -27,7 +26,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument as _;
 
 use shopstack_base::health::Health;
-use shopstack_telemetry::metrics::register;
+use shopstack_telemetry::metrics::{IntCounterVec, Registry};
 
 /// The one JetStream stream carrying every ShopStack event.
 pub const STREAM_NAME: &str = "SHOPSTACK";
@@ -132,32 +131,22 @@ pub enum EventError {
 /// `events_published_total{type,result}` and `events_consumed_total{type,result}`.
 #[derive(Clone)]
 pub struct EventMetrics {
-    pub published: IntCounterVec,
-    pub consumed: IntCounterVec,
+    pub published: IntCounterVec<2>,
+    pub consumed: IntCounterVec<2>,
 }
 
 impl EventMetrics {
-    pub fn new(registry: &Registry) -> prometheus::Result<Self> {
+    pub fn new(registry: &Registry) -> shopstack_telemetry::metrics::Result<Self> {
         Ok(Self {
-            published: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "events_published_total",
-                        "Events published, by type and result (ok, duplicate, failed, logged).",
-                    ),
-                    &["type", "result"],
-                )?,
+            published: registry.counter_vec(
+                "events_published_total",
+                "Events published, by type and result (ok, duplicate, failed, logged).",
+                ["type", "result"],
             )?,
-            consumed: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "events_consumed_total",
-                        "Events consumed, by type and result (ok, ignored, retry, invalid).",
-                    ),
-                    &["type", "result"],
-                )?,
+            consumed: registry.counter_vec(
+                "events_consumed_total",
+                "Events consumed, by type and result (ok, ignored, retry, invalid).",
+                ["type", "result"],
             )?,
         })
     }
@@ -199,7 +188,7 @@ struct Nats {
 
 impl EventBus {
     /// Events are only logged (no `NATS_URL`).
-    pub fn log_only(service: &str, registry: &Registry) -> prometheus::Result<Self> {
+    pub fn log_only(service: &str, registry: &Registry) -> shopstack_telemetry::metrics::Result<Self> {
         Ok(Self(Arc::new(BusInner {
             service: service.to_owned(),
             metrics: EventMetrics::new(registry)?,

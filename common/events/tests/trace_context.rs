@@ -52,7 +52,7 @@ async fn a_consumer_span_continues_the_producer_span_carried_in_the_message_head
     let _default = tracing::subscriber::set_default(subscriber);
 
     let nats = shopstack_testkit::nats::NatsServer::start().await.unwrap();
-    let registry = prometheus::Registry::new();
+    let registry = shopstack_telemetry::metrics::Registry::with_constant_label("service", "events-test");
     let bus = EventBus::from_url(Some(&nats.url()), "events-test", &registry, &Health::default())
         .await
         .unwrap();

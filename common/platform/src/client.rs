@@ -1,8 +1,10 @@
 //! The one outbound HTTP client of a service: pooled keep-alive connections, a client span per
-//! call, and `traceparent` + `x-request-id` injected so the callee continues the trace. (The
+//! call, `traceparent` + `x-request-id` injected so the callee continues the trace, and the
+//! service credential when `SERVICE_AUTH_SECRET` is set. (The
 //! gateway's proxy path has its own connections to its backends: `apps/gateway/src/pool.rs`.)
 
 use std::fmt::Display;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -11,6 +13,7 @@ use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use crate::request_id::{REQUEST_ID, X_REQUEST_ID};
+use crate::service_auth::{SERVICE_CREDENTIAL, ServiceAuth};
 use shopstack_telemetry::{propagation, telemetry};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -20,6 +23,8 @@ const POOL_MAX_IDLE_PER_HOST: usize = 256;
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     client: reqwest::Client,
+    /// Signs each call's service credential when `SERVICE_AUTH_SECRET` is set.
+    service_auth: Option<Arc<ServiceAuth>>,
 }
 
 impl HttpClient {
@@ -34,7 +39,16 @@ impl HttpClient {
             .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
             .build()
             .context("Failed to build the outbound HTTP client")?;
-        Ok(Self { client })
+        Ok(Self {
+            client,
+            service_auth: None,
+        })
+    }
+
+    /// Every call carries this service's credential (see [`crate::service_auth`]).
+    pub fn with_service_auth(mut self, service_auth: Option<Arc<ServiceAuth>>) -> Self {
+        self.service_auth = service_auth;
+        self
     }
 
     /// For building requests; send them with [`HttpClient::send`].
@@ -60,6 +74,9 @@ impl HttpClient {
             url.port_or_known_default().unwrap_or_default(),
         );
         propagate(&span, request.headers_mut());
+        if let Some(credential) = self.service_auth.as_ref().and_then(|auth| auth.credential(None)) {
+            request.headers_mut().insert(SERVICE_CREDENTIAL, credential);
+        }
         let result = self.client.execute(request).instrument(span.clone()).await;
         record_status(&span, result.as_ref().ok().map(reqwest::Response::status));
         result

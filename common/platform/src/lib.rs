@@ -12,7 +12,8 @@
 //!   `/stress`, `/openapi.json`, `/docs` and the common layers; [`routes`]: those routes.
 //! - [`observe`]: the request middleware (span, `x-request-id`, metrics, one log line);
 //!   [`request_id`]: the request id kept per request.
-//! - [`client`]: the outbound HTTP client that continues traces.
+//! - [`client`]: the outbound HTTP client that continues traces; [`service_auth`]: the
+//!   credentials between services (`SERVICE_AUTH_SECRET`) it signs and the API layer checks.
 //! - [`server`]: bind, serve (each connection's socket under its timeouts: `connection`),
 //!   drain and stop; [`probe`]: `<binary> healthcheck`, the container
 //!   probe.
@@ -27,6 +28,7 @@ pub mod request_id;
 pub mod routes;
 pub mod server;
 pub mod service;
+pub mod service_auth;
 
 pub use platform::Platform;
 pub use service::ApiInfo;

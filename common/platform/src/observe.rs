@@ -14,13 +14,12 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{KeyValue, StringValue, Value};
 use opentelemetry_sdk::trace::SdkTracer;
-use prometheus::IntGauge;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::platform::Platform;
 use shopstack_base::simulation::InjectedFault;
-use shopstack_telemetry::metrics::RouteMetrics;
+use shopstack_telemetry::metrics::{IntGauge, RouteMetrics, observe_latency};
 use shopstack_telemetry::propagation;
 use shopstack_telemetry::telemetry;
 
@@ -189,6 +188,14 @@ impl Drop for InFlight {
     }
 }
 
+/// The trace a request's latency links to as its exemplar: the request's own, when it is
+/// sampled — the flag its span passes on in `traceparent` (with an exporter the sampler's
+/// decision; without one the caller's flag, or sampled for a trace the request starts). A trace
+/// no one records is not linked to.
+fn exemplar_trace(context: &SpanContext) -> Option<TraceId> {
+    (context.is_valid() && context.is_sampled()).then(|| context.trace_id())
+}
+
 pub async fn observe_request(State(platform): State<Platform>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
@@ -219,6 +226,7 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
     );
     telemetry::set_parent(&span, propagation::extract(request.headers()));
     let trace_id = telemetry::record_trace_ids(&span);
+    let exemplar = exemplar_trace(&telemetry::span_context(&span));
 
     let metrics = platform.metrics();
     let in_flight = InFlight::enter(&metrics.in_flight);
@@ -234,10 +242,10 @@ pub async fn observe_request(State(platform): State<Platform>, mut request: Requ
         .requests
         .with_label_values(&[method.as_str(), route.as_str(), status.as_str()])
         .inc();
-    metrics
+    let duration = metrics
         .duration
-        .with_label_values(&[method.as_str(), route.as_str()])
-        .observe(elapsed.as_secs_f64());
+        .with_label_values(&[method.as_str(), route.as_str()]);
+    observe_latency(&duration, elapsed.as_secs_f64(), exemplar);
 
     span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
@@ -396,7 +404,8 @@ impl RouteObserver {
         let status = response.status();
         let elapsed = started.elapsed();
         self.metrics.requests.inc(status.as_str());
-        self.metrics.duration.observe(elapsed.as_secs_f64());
+        let exemplar = exemplar_trace(&trace.context);
+        observe_latency(&self.metrics.duration, elapsed.as_secs_f64(), exemplar);
         drop(_in_flight);
 
         let mut trace_hex = [0u8; 32];
@@ -516,12 +525,6 @@ impl RequestTrace {
 
     pub fn span_id(&self) -> SpanId {
         self.context.span_id()
-    }
-
-    /// The trace id when this request's span is exported (spans are exported and the sampler
-    /// kept it): the trace a metric exemplar can point at.
-    pub fn exported_trace_id(&self) -> Option<TraceId> {
-        self.span.as_ref().map(|_| self.context.trace_id())
     }
 
     /// The `traceparent` that makes this span the callee's parent.
@@ -709,7 +712,7 @@ mod tests {
                 "/catalog/p-1",
             );
             assert_eq!(trace.trace_id(), TraceId::from(0xabc));
-            assert_eq!(trace.exported_trace_id(), Some(TraceId::from(0xabc)));
+            assert!(trace.span.is_some(), "recorded");
             let span_id = trace.span_id();
             assert!(trace.traceparent_text().ends_with(b"-01"));
             trace.end(Some(StatusCode::SERVICE_UNAVAILABLE));
@@ -754,7 +757,7 @@ mod tests {
             let unsampled =
                 RequestTrace::start_with(Some(&tracer), Some(caller(TraceFlags::default())), &route(), "/");
             assert!(unsampled.traceparent_text().ends_with(b"-00"));
-            assert_eq!(unsampled.exported_trace_id(), None);
+            assert!(unsampled.span.is_none(), "not recorded");
             unsampled.end(Some(StatusCode::OK));
 
             let (never, never_collected) = exporting(Sampler::AlwaysOff);
@@ -771,7 +774,7 @@ mod tests {
             let trace = RequestTrace::start_with(None, Some(caller(TraceFlags::SAMPLED)), &route(), "/");
             assert_eq!(trace.trace_id(), TraceId::from(0xabc));
             assert_ne!(trace.span_id(), SpanId::from(0x123));
-            assert!(trace.span.is_none() && trace.exported_trace_id().is_none());
+            assert!(trace.span.is_none());
         }
     }
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::client::HttpClient;
+use crate::service_auth::ServiceAuth;
 use shopstack_base::config::{ServiceIdentity, Settings};
 use shopstack_base::health::Health;
 use shopstack_base::simulation::Simulation;
@@ -27,6 +28,8 @@ struct Inner {
     health: Health,
     simulation: Simulation,
     client: HttpClient,
+    /// `SERVICE_AUTH_SECRET` set: this service's credentials.
+    service_auth: Option<Arc<ServiceAuth>>,
     /// `/stress` allocates up to 1 GB: one run at a time.
     stress_slot: Arc<Semaphore>,
 }
@@ -35,8 +38,13 @@ impl Platform {
     pub fn new(settings: Settings) -> anyhow::Result<Self> {
         let metrics = Metrics::new(&settings.identity)?;
         let simulation = Simulation::new(settings.simulation.clone(), metrics.registry())?;
+        let service_auth = settings
+            .service_auth_secret
+            .as_deref()
+            .map(|secret| Arc::new(ServiceAuth::new(secret, &settings.identity.name)));
         Ok(Self(Arc::new(Inner {
-            client: HttpClient::new()?,
+            client: HttpClient::new()?.with_service_auth(service_auth.clone()),
+            service_auth,
             health: Health::default(),
             stress_slot: Arc::new(Semaphore::new(1)),
             settings,
@@ -67,6 +75,11 @@ impl Platform {
 
     pub fn client(&self) -> &HttpClient {
         &self.0.client
+    }
+
+    /// Signs and checks credentials between services, when `SERVICE_AUTH_SECRET` is set.
+    pub fn service_auth(&self) -> Option<&Arc<ServiceAuth>> {
+        self.0.service_auth.as_ref()
     }
 
     /// The service's Redis when `REDIS_URL`/`REDIS_ADDR` is set (connected without waiting for

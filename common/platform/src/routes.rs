@@ -20,7 +20,9 @@ use shopstack_base::simulation::{SimulationPatch, SimulationProfile};
 pub const PROBES_TAG: &str = "probes";
 pub const OPERATIONS_TAG: &str = "operations";
 
-pub(crate) fn router(platform: Platform) -> OpenApiRouter {
+/// What kubelets, load balancers and scrapers call: the probes and `/metrics`, open to anyone
+/// who reaches the service.
+pub(crate) fn probes_and_metrics(platform: Platform) -> OpenApiRouter {
     OpenApiRouter::new()
         .routes(routes!(livez))
         .routes(routes!(health))
@@ -28,6 +30,13 @@ pub(crate) fn router(platform: Platform) -> OpenApiRouter {
         .routes(routes!(ready))
         .routes(routes!(healthz))
         .routes(routes!(metrics))
+        .with_state(platform)
+}
+
+/// What operators call: the runtime simulation and `/stress` (admin token; behind the service
+/// credential like the API when `SERVICE_AUTH_SECRET` is set).
+pub(crate) fn operations(platform: Platform) -> OpenApiRouter {
+    OpenApiRouter::new()
         .routes(routes!(get_simulation, put_simulation))
         .routes(routes!(stress))
         .with_state(platform)
@@ -147,12 +156,15 @@ async fn healthz(State(platform): State<Platform>) -> Response {
     (code, axum::Json(Value::Object(body))).into_response()
 }
 
-/// Prometheus text exposition.
+/// Every metric of the service, as OpenMetrics or the Prometheus text format.
 #[utoipa::path(get, path = "/metrics", tag = OPERATIONS_TAG, responses(
-    (status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String),
+    (status = 200, description = "The Prometheus text format 0.0.4, or OpenMetrics 1.0.0 (with exemplars) when `Accept` asks for `application/openmetrics-text`", content(
+        (String = "text/plain"),
+        (String = "application/openmetrics-text"),
+    )),
 ))]
-async fn metrics(State(platform): State<Platform>) -> Response {
-    platform.metrics().render()
+async fn metrics(State(platform): State<Platform>, headers: HeaderMap) -> Response {
+    platform.metrics().render(&headers)
 }
 
 /// The live simulation profile.

@@ -51,8 +51,9 @@ pub fn set_schema_keywords(openapi: OpenApi, edits: &[(String, &str, serde_json:
 }
 
 impl Platform {
-    /// The standard service router: `api` (business routes, wrapped in the simulation) plus the
-    /// common routes, `/openapi.json`, `/docs`, and the common layers.
+    /// The standard service router: `api` (business routes, wrapped in the simulation and, with
+    /// `SERVICE_AUTH_SECRET` set, behind the service credential check) plus the common routes,
+    /// `/openapi.json`, `/docs`, and the common layers.
     pub fn service_router(&self, api: OpenApiRouter, info: ApiInfo) -> Router {
         self.service_router_with(api, info, |openapi| openapi)
     }
@@ -65,7 +66,17 @@ impl Platform {
         info: ApiInfo,
         edit: impl FnOnce(OpenApi) -> OpenApi,
     ) -> Router {
-        let (router, openapi) = self.with_common_routes(api).split_for_parts();
+        let mut guarded = self.simulated(api).merge(crate::routes::operations(self.clone()));
+        if let Some(auth) = self.service_auth() {
+            // Outside the simulation: a refused request costs a signature check, nothing more.
+            guarded = guarded.layer(axum::middleware::from_fn_with_state(
+                auth.clone(),
+                crate::service_auth::require_credential,
+            ));
+        }
+        let (router, openapi) = guarded
+            .merge(crate::routes::probes_and_metrics(self.clone()))
+            .split_for_parts();
         let openapi = edit(self.document(openapi, info));
         self.finish(router.merge(SwaggerUi::new("/docs").url("/openapi.json", openapi)))
     }
@@ -73,11 +84,17 @@ impl Platform {
     /// `api` wrapped in the simulation, merged with the common routes (for services, like the
     /// gateway, that assemble their OpenAPI document themselves).
     pub fn with_common_routes(&self, api: OpenApiRouter) -> OpenApiRouter {
+        self.simulated(api)
+            .merge(crate::routes::operations(self.clone()))
+            .merge(crate::routes::probes_and_metrics(self.clone()))
+    }
+
+    /// `api` wrapped in the simulation (injected latency and failures).
+    fn simulated(&self, api: OpenApiRouter) -> OpenApiRouter {
         api.layer(axum::middleware::from_fn_with_state(
             self.simulation().clone(),
             inject_faults,
         ))
-        .merge(crate::routes::router(self.clone()))
     }
 
     /// Fill in the document's info — ShopStack's own title, description, version, contact and

@@ -36,13 +36,12 @@ use axum::http::request::Parts;
 use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use prometheus::{IntCounterVec, Opts, Registry};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::redis::Redis;
 use shopstack_base::problem::Problem;
-use shopstack_telemetry::metrics::register;
+use shopstack_telemetry::metrics::{IntCounterVec, Registry};
 
 pub const IDEMPOTENCY_KEY: HeaderName = HeaderName::from_static("idempotency-key");
 pub const REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
@@ -172,7 +171,7 @@ pub mod problems {
 /// `idempotency_requests_total{outcome}`: keyed requests by outcome, one series for every
 /// service that honours keys.
 #[derive(Clone)]
-pub struct Outcomes(IntCounterVec);
+pub struct Outcomes(IntCounterVec<1>);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -196,18 +195,14 @@ impl Outcome {
 }
 
 impl Outcomes {
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        register(
-            registry,
-            IntCounterVec::new(
-                Opts::new(
-                    "idempotency_requests_total",
-                    "Requests carrying an Idempotency-Key, by outcome (executed, replayed, in_flight, mismatch, unavailable).",
-                ),
-                &["outcome"],
-            )?,
-        )
-        .map(Self)
+    pub fn register(registry: &Registry) -> shopstack_telemetry::metrics::Result<Self> {
+        registry
+            .counter_vec(
+                "idempotency_requests_total",
+                "Requests carrying an Idempotency-Key, by outcome (executed, replayed, in_flight, mismatch, unavailable).",
+                ["outcome"],
+            )
+            .map(Self)
     }
 
     pub fn record(&self, outcome: Outcome) {
@@ -473,7 +468,7 @@ impl Idempotency {
         registry: &Registry,
         max_body_bytes: usize,
         max_keys: usize,
-    ) -> prometheus::Result<Self> {
+    ) -> shopstack_telemetry::metrics::Result<Self> {
         Ok(Self {
             backend: match redis {
                 Some(redis) => Backend::Redis(redis),

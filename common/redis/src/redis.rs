@@ -1,18 +1,22 @@
 //! A Redis connection that never makes a request hang.
 //!
-//! One multiplexed, auto-reconnecting connection per service. A background probe pings Redis;
+//! One multiplexed, auto-reconnecting connection per service: to one server, or — when
+//! `REDIS_URL` lists several nodes — to a Redis Cluster (the `redis` crate's cluster client,
+//! which follows MOVED/ASK redirections and failovers; every script touches one hash slot). A background probe pings Redis;
 //! while it is down the probe retries with backoff (100 ms doubling to 2 s, ±10 % jitter) and every command fails at once with [`RedisUnavailable`] — the caller answers a
 //! fast 503 — and everything recovers by itself when Redis is back. Each command runs in a
 //! client span (`redis <op>`), so Redis shows up in traces under the request that used it.
 
-use shopstack_base::config::normalise_redis_url;
+use shopstack_base::config::redis_nodes;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rand::Rng;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::{ClusterClient, ClusterConfig};
+use redis::cluster_async::ClusterConnection;
 use tracing::Instrument;
 
 /// Longest a single command may take before it counts as a failure.
@@ -20,15 +24,53 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(800);
 const PROBE_INTERVAL: Duration = Duration::from_secs(1);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
+/// Attempts of one command on a cluster (a MOVED/ASK redirection or a failover's TRYAGAIN).
+const CLUSTER_RETRIES: u32 = 4;
 
 /// Redis could not serve the command; nothing is known to have changed.
 #[derive(Debug, thiserror::Error)]
 #[error("redis unavailable: {0}")]
 pub struct RedisUnavailable(pub String);
 
+/// A connection to one server or to a cluster; commands and scripts run on either alike.
+#[derive(Clone)]
+pub enum Connection {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> redis::RedisFuture<'a, redis::Value> {
+        match self {
+            Connection::Server(connection) => connection.req_packed_command(cmd),
+            Connection::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> redis::RedisFuture<'a, Vec<redis::Value>> {
+        match self {
+            Connection::Server(connection) => connection.req_packed_commands(pipeline, offset, count),
+            Connection::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Connection::Server(connection) => connection.get_db(),
+            Connection::Cluster(connection) => connection.get_db(),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Redis {
-    manager: ConnectionManager,
+    connection: Connection,
     healthy: Arc<AtomicBool>,
     /// Wakes the probe as soon as a command sees Redis fail.
     failed: Arc<tokio::sync::Notify>,
@@ -40,25 +82,59 @@ pub struct Redis {
 
 impl Redis {
     /// Set up the connection without waiting for Redis: the service starts even when it's down.
+    /// `url`: one server's URL, or a comma-separated list of a cluster's nodes.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
-        let url = normalise_redis_url(url);
-        let client =
-            redis::Client::open(url.as_str()).with_context(|| format!("REDIS_URL {url:?} is not valid"))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_min_delay(BACKOFF_START)
-            .set_max_delay(BACKOFF_MAX)
-            .set_exponent_base(2.0)
-            .set_number_of_retries(2);
-        let manager = ConnectionManager::new_lazy_with_config(client, config)
-            .context("Failed to set up the Redis connection")?;
+        let nodes = redis_nodes(url);
+        let connection = match nodes.as_slice() {
+            [] => anyhow::bail!("REDIS_URL names no server"),
+            [url] => {
+                let client = redis::Client::open(url.as_str())
+                    .with_context(|| format!("REDIS_URL {url:?} is not valid"))?;
+                let config = ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                    .set_response_timeout(Some(COMMAND_TIMEOUT))
+                    .set_min_delay(BACKOFF_START)
+                    .set_max_delay(BACKOFF_MAX)
+                    .set_exponent_base(2.0)
+                    .set_number_of_retries(2);
+                Connection::Server(
+                    ConnectionManager::new_lazy_with_config(client, config)
+                        .context("Failed to set up the Redis connection")?,
+                )
+            }
+            nodes => {
+                let client = ClusterClient::builder(nodes.iter().map(String::as_str))
+                    .connection_timeout(CONNECT_TIMEOUT)
+                    .response_timeout(COMMAND_TIMEOUT)
+                    // Redirections and a failover's "try again" are retried inside the command's
+                    // own time bound ([`COMMAND_TIMEOUT`] in `run`).
+                    .retries(CLUSTER_RETRIES)
+                    .build()
+                    .context("REDIS_URL: not a valid list of Redis Cluster nodes")?;
+                // Connects in the background, as a single server's connection does: the service
+                // starts while the cluster is still down.
+                Connection::Cluster(
+                    client.get_pending_async_connection_with_config(
+                        ClusterConfig::new()
+                            .set_connection_timeout(CONNECT_TIMEOUT)
+                            .set_response_timeout(COMMAND_TIMEOUT),
+                    ),
+                )
+            }
+        };
+        let endpoint = nodes
+            .iter()
+            .map(|node| redacted(node))
+            .collect::<Vec<_>>()
+            .join(",");
         let redis = Self {
-            manager,
+            connection,
             healthy: Arc::new(AtomicBool::new(false)),
             failed: Arc::new(tokio::sync::Notify::new()),
-            endpoint: redacted(&url),
-            server: server_of(&url),
+            endpoint,
+            // A cluster's commands go to the node owning their keys, which the client picks:
+            // the spans name the first node given.
+            server: server_of(nodes.first().map(String::as_str).unwrap_or_default()),
         };
         if redis.ping().await {
             redis.healthy.store(true, Ordering::SeqCst);
@@ -70,13 +146,18 @@ impl Redis {
         Ok(redis)
     }
 
+    /// Whether this is a Redis Cluster: a script's keys must then share one hash slot.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self.connection, Connection::Cluster(_))
+    }
+
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
     }
 
     /// One PING, bounded by [`COMMAND_TIMEOUT`].
     pub async fn ping(&self) -> bool {
-        let mut connection = self.manager.clone();
+        let mut connection = self.connection.clone();
         matches!(
             tokio::time::timeout(
                 COMMAND_TIMEOUT,
@@ -128,7 +209,7 @@ impl Redis {
         run: F,
     ) -> Result<T, RedisUnavailable>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
     {
         if !self.is_healthy() {
@@ -145,7 +226,7 @@ impl Redis {
             server.address = %self.server.0,
             server.port = self.server.1,
         );
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, run(self.manager.clone()))
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, run(self.connection.clone()))
             .instrument(span.clone())
             .await;
         let error = match result {
@@ -217,8 +298,8 @@ mod tests {
 
     #[test]
     fn accepts_redis_addr_addresses() {
-        assert_eq!(normalise_redis_url("localhost:6379"), "redis://localhost:6379");
-        assert_eq!(normalise_redis_url("redis://r:6379/2"), "redis://r:6379/2");
+        assert_eq!(redis_nodes("localhost:6379"), ["redis://localhost:6379"]);
+        assert_eq!(redis_nodes("redis://r:6379/2"), ["redis://r:6379/2"]);
     }
 
     #[test]

@@ -557,14 +557,6 @@ pub fn span_context(span: &tracing::Span) -> SpanContext {
         .unwrap_or_else(|| span.context().span().span_context().clone())
 }
 
-/// `span`'s trace id when the span is exported — this process exports spans and the sampler
-/// kept it —: the trace a metric exemplar can point at. Without an exporter it costs one check.
-pub fn exported_trace_id(span: &tracing::Span) -> Option<TraceId> {
-    exporting_tracer()?;
-    let context = span_context(span);
-    (context.is_valid() && context.is_sampled()).then(|| context.trace_id())
-}
-
 /// Continue `parent`'s trace in `span` (a caller's context, read from its `traceparent`); call
 /// it before any span is created inside `span`. An invalid parent (no `traceparent`) leaves
 /// `span` the root of its own trace.

@@ -8,6 +8,7 @@
 //! | [`process`] | a service binary as a child process |
 //! | [`probe`] | the container probe's tests (`healthcheck_tests!`) |
 //! | [`redis`], [`nats`], [`postgres`] | private servers on free ports, stopped by PID |
+//! | [`redis_cluster`], [`nats_cluster`] | a 6-node Redis Cluster and a 3-node NATS JetStream cluster, the same way |
 //! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
 //! | [`http`] | the HTTP client and JSON helpers |
 //! | [`idempotency`] | the `Idempotency-Key` contract every keyed write passes |
@@ -24,12 +25,14 @@ pub mod idempotency;
 pub mod logs;
 pub mod metrics;
 pub mod nats;
+pub mod nats_cluster;
 pub mod openapi;
 pub mod ports;
 pub mod postgres;
 pub mod probe;
 pub mod process;
 pub mod redis;
+pub mod redis_cluster;
 pub mod server;
 pub mod services;
 pub mod settings;

@@ -43,6 +43,8 @@ pub(crate) const SERVICE_VARIABLES: &[&str] = &[
     "REDIS_ADDR",
     "DATABASE_URL",
     "NATS_URL",
+    "SERVICE_AUTH_SECRET",
+    "JWT_SECRET",
 ];
 
 /// A service binary running as a child process, for tests that need a real process per service

@@ -37,6 +37,7 @@ pub fn settings(name: &str) -> Settings {
         redis_url: None,
         simulation: SimulationProfile::OFF,
         admin_token: Some(ADMIN_TOKEN.into()),
+        service_auth_secret: None,
         stress_enabled: true,
         stress_require_admin: false,
         max_body_bytes: 64 * 1024,

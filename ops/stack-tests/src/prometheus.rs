@@ -108,6 +108,8 @@ impl Prometheus {
             .arg(format!("--web.listen-address={addr}"))
             .arg("--storage.tsdb.retention.time=1h")
             .arg("--log.level=warn")
+            // As docker-compose.yml runs it: the services' latency exemplars are kept.
+            .arg("--enable-feature=exemplar-storage")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -209,6 +211,29 @@ impl Prometheus {
                 };
                 (text("name"), text("health"), text("lastError"))
             })
+            .collect())
+    }
+
+    /// The exemplars stored for the series `selector` matches over the last `window`: each
+    /// exemplar's labels.
+    pub async fn exemplars(&self, selector: &str, window: Duration) -> anyhow::Result<Vec<Value>> {
+        let end = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs_f64();
+        let (start, end) = (format!("{:.3}", end - window.as_secs_f64()), format!("{end:.3}"));
+        let data = self
+            .api(
+                "/api/v1/query_exemplars",
+                &[("query", selector), ("start", &start), ("end", &end)],
+            )
+            .await?;
+        Ok(data
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|series| series.get("exemplars").and_then(Value::as_array))
+            .flatten()
+            .filter_map(|exemplar| exemplar.get("labels").cloned())
             .collect())
     }
 

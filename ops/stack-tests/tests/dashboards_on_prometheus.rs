@@ -3,7 +3,9 @@
 //! `observability/prometheus/prometheus.yml` and evaluates the recording rules, traffic
 //! (including real errors, injected faults and upstream timeouts) flows through the gateway,
 //! and then every PromQL query of every dashboard — and every template-variable query — is
-//! evaluated through Prometheus's HTTP API and must return at least one series.
+//! evaluated through Prometheus's HTTP API and must return at least one series. Prometheus
+//! scrapes OpenMetrics and stores exemplars, as in the Docker stack: the latency panels' links
+//! to traces have exemplars to show.
 //!
 //! Panels for metrics that other work has not landed yet are listed in [`PENDING`], with the
 //! work that brings them: they may be empty, and the test says so out loud.
@@ -351,6 +353,28 @@ async fn every_dashboard_query_returns_data_from_the_real_services() {
         }
     }
     let targets = prometheus.targets().await.unwrap();
+    // The latency panels' exemplars: stored, each the trace id of a request, for every service.
+    for service in ["gateway", "catalog", "cart", "orders"] {
+        let selector = format!("http_request_duration_seconds_bucket{{service=\"{service}\"}}");
+        let exemplars = prometheus
+            .exemplars(&selector, Duration::from_secs(600))
+            .await
+            .unwrap();
+        if exemplars.is_empty() {
+            failures.push(format!("no exemplars stored for {selector}"));
+        }
+        for labels in exemplars {
+            let trace_id = labels.get("trace_id").and_then(Value::as_str).unwrap_or_default();
+            let only_a_trace_id = labels.as_object().is_some_and(|labels| labels.len() == 1)
+                && trace_id.len() == 32
+                && trace_id.bytes().all(|byte| byte.is_ascii_hexdigit());
+            if !only_a_trace_id {
+                failures.push(format!(
+                    "exemplar of {selector} is not a trace id alone: {labels}"
+                ));
+            }
+        }
+    }
 
     eprintln!(
         "{} PromQL queries and {} recording rules checked after {rounds} traffic rounds; targets: {targets:?}",

@@ -1,8 +1,9 @@
 //! The observability files agree with each other and with the services, where no running
 //! Loki, Tempo or Docker engine is needed to tell: dashboards only use provisioned data
 //! sources and defined variables, their links lead to dashboards that exist, Loki queries only
-//! select on the labels the log shipper sets, every alert has a promtool test, and the compose
-//! file runs every component with limits and healthchecks.
+//! select on the labels the log shipper sets, every alert has a promtool test, the compose
+//! file runs every component with limits and healthchecks, and latency exemplars are stored and
+//! lead to their trace.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -345,4 +346,67 @@ fn every_service_binary_answers_the_container_healthcheck() {
         checked += 1;
     }
     assert!(checked >= 3);
+}
+
+#[test]
+fn latency_exemplars_are_stored_and_lead_to_their_trace_in_tempo() {
+    // Prometheus keeps the exemplars the services expose.
+    let prometheus = &compose_services()["prometheus"];
+    assert!(
+        prometheus.contains("--enable-feature=exemplar-storage"),
+        "{prometheus}"
+    );
+
+    // The Prometheus data source turns an exemplar's trace_id into a link to Tempo.
+    let sources = provisioned_datasources();
+    let text = read(&observability_path(
+        "grafana/provisioning/datasources/datasources.yml",
+    ));
+    let destinations = text
+        .split("exemplarTraceIdDestinations:")
+        .nth(1)
+        .expect("the Prometheus data source names where exemplars lead");
+    let mut lines = destinations.lines().skip(1).map(str::trim);
+    assert_eq!(
+        lines.next(),
+        Some("- name: trace_id"),
+        "the exemplar label the services set"
+    );
+    let uid = lines
+        .next()
+        .and_then(|line| line.strip_prefix("datasourceUid:"))
+        .map(str::trim)
+        .expect("a datasourceUid");
+    assert_eq!(sources.get(uid).map(String::as_str), Some("tempo"));
+
+    // Every latency time series of the request histogram asks for exemplars on one query.
+    let mut panels = 0;
+    for board in boards() {
+        for panel in board.panels() {
+            let latency_targets: Vec<&serde_json::Value> = panel["targets"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|target| {
+                    target["expr"]
+                        .as_str()
+                        .is_some_and(|expr| expr.contains("http_request_duration_seconds_bucket"))
+                })
+                .collect();
+            if panel["type"] != "timeseries" || latency_targets.is_empty() {
+                continue;
+            }
+            panels += 1;
+            let with_exemplars = latency_targets
+                .iter()
+                .filter(|target| target["exemplar"] == true)
+                .count();
+            assert_eq!(
+                with_exemplars, 1,
+                "{} / {}: one query shows the exemplars",
+                board.file, panel["title"]
+            );
+        }
+    }
+    assert!(panels >= 3, "{panels} latency panels");
 }

@@ -77,3 +77,71 @@ async fn redis_store_meets_the_contract() {
     let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
     store_contract(Arc::new(store), "contract-user").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_store_meets_the_contract() {
+    let cluster = tokio::task::spawn_blocking(shopstack_testkit::redis_cluster::RedisCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&cluster.url())
+        .await
+        .unwrap();
+    assert!(connection.is_cluster());
+    let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
+    // Users whose carts land on different masters.
+    for user in ["contract-user", "another-user", "user-123"] {
+        store_contract(Arc::new(store.clone()), user).await;
+    }
+}
+
+#[tokio::test]
+async fn a_cart_written_before_the_hash_tag_keeps_its_version() {
+    let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    // The layout before: the version in `cartmeta:<user>`.
+    redis::pipe()
+        .cmd("HSET")
+        .arg("cart:old-user")
+        .arg("prod-1")
+        .arg(3)
+        .cmd("HSET")
+        .arg("cartmeta:old-user")
+        .arg("version")
+        .arg(7)
+        .cmd("EXPIRE")
+        .arg("cartmeta:old-user")
+        .arg(600)
+        .exec_async(&mut raw)
+        .await
+        .unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&redis.url())
+        .await
+        .unwrap();
+    let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
+    let cart = store.load("old-user").await.unwrap();
+    assert_eq!((cart.version, cart.quantity_of("prod-1")), (7, 3));
+    let moved: (bool, i64) = redis::pipe()
+        .cmd("EXISTS")
+        .arg("cartmeta:old-user")
+        .cmd("TTL")
+        .arg("cartmeta:{cart:old-user}")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert!(!moved.0, "the old key is gone");
+    assert!(moved.1 > 500, "the TTL moved with it ({})", moved.1);
+    // A writer holding the old version still wins, and nothing else does.
+    assert_eq!(
+        store
+            .write_line("old-user", "prod-2", 1, 7)
+            .await
+            .unwrap()
+            .version,
+        8
+    );
+}

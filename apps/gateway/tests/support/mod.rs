@@ -12,7 +12,6 @@ use axum::extract::Request;
 use axum::middleware::Next;
 use axum::routing::get;
 use gateway::GatewayState;
-use prometheus::{Encoder, TextEncoder};
 use shopstack_base::config::Settings;
 use shopstack_testkit::metrics::{metric_sum, parse_metrics};
 use shopstack_testkit::server::TestServer;
@@ -125,11 +124,14 @@ pub async fn gateway_with(
 /// Sum of a metric's samples whose labels include every `(name, value)` in `labels`, read from
 /// the Prometheus text the gateway serves.
 pub fn metric(state: &GatewayState, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut text = Vec::new();
-    TextEncoder::new()
-        .encode(&state.platform.metrics().registry().gather(), &mut text)
+    let mut text = String::new();
+    state
+        .platform
+        .metrics()
+        .registry()
+        .encode_text(&mut text)
         .unwrap();
-    let samples = parse_metrics(&String::from_utf8(text).unwrap()).unwrap();
+    let samples = parse_metrics(&text).unwrap();
     metric_sum(&samples, name, labels)
 }
 

@@ -1,0 +1,228 @@
+//! A private Redis Cluster for a test: 3 masters and 3 replicas (`redis-server
+//! --cluster-enabled yes`, joined by `redis-cli --cluster create`) on free loopback ports,
+//! every node stopped by PID.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+/// One node of a [`RedisCluster`].
+pub struct ClusterNode {
+    pub port: u16,
+    child: Option<Child>,
+}
+
+impl ClusterNode {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+/// Six `redis-server`s forming one cluster (3 masters, each with a replica), data kept in an
+/// append-only file fsynced on every write so a node that restarts keeps what it acknowledged.
+/// Stopped by PID and their directory removed when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<ClusterNode>,
+    dir: PathBuf,
+}
+
+/// How long a replica waits before it takes over a master that stopped answering; short, so a
+/// test sees the failover within seconds.
+const NODE_TIMEOUT_MS: u64 = 1_000;
+
+impl RedisCluster {
+    /// Start six nodes and join them; waits (up to 30 s) until every node reports the cluster
+    /// `ok` with all 16,384 slots served.
+    pub fn start() -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!(
+            "shopstack-redis-cluster-{}",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let mut cluster = Self {
+            nodes: Vec::new(),
+            dir,
+        };
+        for _ in 0..6 {
+            let port = cluster_port()?;
+            cluster.nodes.push(ClusterNode { port, child: None });
+        }
+        for index in 0..cluster.nodes.len() {
+            cluster.start_node(index)?;
+        }
+        let addresses: Vec<String> = cluster
+            .nodes
+            .iter()
+            .map(|node| format!("127.0.0.1:{}", node.port))
+            .collect();
+        let created = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addresses)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output()
+            .context("redis-cli is needed for this test (Debian's redis-tools)")?;
+        anyhow::ensure!(
+            created.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&created.stdout),
+            String::from_utf8_lossy(&created.stderr)
+        );
+        cluster.wait_until_ok(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// The comma-separated node list a service takes in `REDIS_URL`.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(ClusterNode::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn start_node(&mut self, index: usize) -> anyhow::Result<()> {
+        let port = self.nodes[index].port;
+        let node_dir = self.dir.join(port.to_string());
+        std::fs::create_dir_all(&node_dir)?;
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                &NODE_TIMEOUT_MS.to_string(),
+                "--appendonly",
+                "yes",
+                "--appendfsync",
+                "always",
+                "--save",
+                "",
+            ])
+            .arg("--dir")
+            .arg(&node_dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("Failed to start redis-server (is it installed?)")?;
+        self.nodes[index].child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "redis-server did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// `redis-cli -p <port> <args…>`'s output, or `None` when the node does not answer.
+    fn ask(port: u16, args: &[&str]) -> Option<String> {
+        let output = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+            .args(args)
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        output
+            .status
+            .success()
+            .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    /// Wait until every running node reports `cluster_state:ok` and all slots assigned.
+    pub fn wait_until_ok(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let ok = self.nodes.iter().filter(|node| node.is_running()).all(|node| {
+                Self::ask(node.port, &["cluster", "info"]).is_some_and(|info| {
+                    info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
+                })
+            });
+            if ok {
+                return Ok(());
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "the Redis Cluster did not become ok within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The indexes of the nodes that are masters now (as the first running node sees it).
+    pub fn masters(&self) -> Vec<usize> {
+        let Some(view) = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .find_map(|node| Self::ask(node.port, &["cluster", "nodes"]))
+        else {
+            return Vec::new();
+        };
+        view.lines()
+            .filter(|line| {
+                let flags = line.split(' ').nth(2).unwrap_or_default();
+                flags.contains("master") && !flags.contains("fail")
+            })
+            .filter_map(|line| {
+                let address = line.split(' ').nth(1)?;
+                let port: u16 = address.split(['@', ':']).nth(1)?.parse().ok()?;
+                self.nodes.iter().position(|node| node.port == port)
+            })
+            .collect()
+    }
+
+    /// SIGKILL node `index` (a crash, not a shutdown) and wait for it to be gone.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut child) = self.nodes[index].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Start node `index` again on its port and directory (it rejoins with its `nodes.conf`).
+    pub fn restart(&mut self, index: usize) -> anyhow::Result<()> {
+        self.kill(index);
+        self.start_node(index)
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for index in 0..self.nodes.len() {
+            self.kill(index);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A free loopback port whose cluster bus port (the port + 10,000) is free too.
+fn cluster_port() -> anyhow::Result<u16> {
+    for _ in 0..200 {
+        let candidate: u16 = 20_000 + (rand_u16() % 25_000);
+        let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+        if free(candidate) && free(candidate + 10_000) {
+            return Ok(candidate);
+        }
+    }
+    anyhow::bail!("no free port pair (port, port + 10000) for a Redis Cluster node")
+}
+
+fn rand_u16() -> u16 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u16::from_le_bytes([bytes[0], bytes[1]])
+}
