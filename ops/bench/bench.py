@@ -401,17 +401,24 @@ class Bench:
         sink = OtlpSink(self.bins)
         catalog = self.catalog({"LOG_LEVEL": "warn"})
         quiet = self.gateway(catalog, extra={"LOG_LEVEL": "warn"})
+        # The OpenTelemetry SDK's batch span processor and OTLP/gRPC exporter, every request's
+        # span kept (100 %) or one in ten (wrk sends no traceparent: each request is a root).
         loud = self.gateway(catalog, extra={"LOG_LEVEL": "info", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url(),
                                             "OTEL_TRACES_SAMPLER": "always_on"})
+        sampled = self.gateway(catalog, extra={"LOG_LEVEL": "info", "OTEL_EXPORTER_OTLP_ENDPOINT": sink.url(),
+                                               "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                                               "OTEL_TRACES_SAMPLER_ARG": "0.1"})
         try:
             path = f"/catalog/{PRODUCT}"
             cases = [("telemetry-off", quiet.url(path), {"proxy": quiet.process.pid, "catalog": catalog.process.pid}),
-                     ("telemetry-on", loud.url(path), {"proxy": loud.process.pid, "catalog": catalog.process.pid})]
+                     ("telemetry-on", loud.url(path), {"proxy": loud.process.pid, "catalog": catalog.process.pid}),
+                     ("telemetry-on-10", sampled.url(path), {"proxy": sampled.process.pid, "catalog": catalog.process.pid})]
             if repeat % 2:
                 cases.reverse()
             for name, url, processes in cases:
                 self.run_case(name, url, processes=processes)
         finally:
+            sampled.stop()
             loud.stop()
             quiet.stop()
             catalog.stop()
@@ -613,6 +620,7 @@ class Bench:
             per_repeat = [g["p99"] - n["p99"] for g, n in pairs]
             goal("gateway added p99 − nginx added p99 (ms)", statistics.median(per_repeat), 0.0, "lower", per_repeat)
         ratio("telemetry on / off throughput", "telemetry-on", "telemetry-off", target=0.9)
+        ratio("telemetry on at 10 % sampling / off throughput", "telemetry-on-10", "telemetry-off", target=0.9)
         ratio("cart on Redis / in memory throughput", "cart-redis", "cart-memory", target=0.5)
         if "goose" in self.generators and "locust" in self.generators and self.generators["locust"]["per_cpu_second"]:
             value = self.generators["goose"]["per_cpu_second"] / self.generators["locust"]["per_cpu_second"]

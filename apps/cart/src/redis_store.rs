@@ -137,7 +137,7 @@ impl CartStore for RedisStore {
             let [cart, meta, legacy] = self.keys(user_id);
             let (version, pairs): (u64, Vec<String>) = self
                 .redis
-                .run("cart.load", |mut connection| async move {
+                .run("EVALSHA", "cart.load", |mut connection| async move {
                     self.load
                         .key(cart)
                         .key(meta)
@@ -163,7 +163,7 @@ impl CartStore for RedisStore {
             let ttl = self.ttl_secs();
             let result = self
                 .redis
-                .run("cart.write_line", |mut connection| async move {
+                .run("EVALSHA", "cart.write_line", |mut connection| async move {
                     self.write_line
                         .key(cart)
                         .key(meta)
@@ -191,7 +191,7 @@ impl CartStore for RedisStore {
             let ttl = self.ttl_secs();
             let result = self
                 .redis
-                .run("cart.clear", |mut connection| async move {
+                .run("EVALSHA", "cart.clear", |mut connection| async move {
                     self.clear
                         .key(cart)
                         .key(meta)

@@ -611,7 +611,7 @@ impl InventoryStore for RedisInventory {
         Box::pin(async move {
             let answer: Vec<String> = self
                 .redis
-                .run("inventory.seed", |mut connection| async move {
+                .run("EVALSHA", "inventory.seed", |mut connection| async move {
                     let mut invocation = self.seed.key(INITIALISED_KEY);
                     invocation
                         .arg(if may_initialise { "1" } else { "0" })
@@ -644,7 +644,7 @@ impl InventoryStore for RedisInventory {
                 .collect();
             let values: Vec<Option<i64>> = self
                 .redis
-                .run("inventory.stock", |mut connection| async move {
+                .run("MGET", "inventory.stock", |mut connection| async move {
                     redis::cmd("MGET").arg(&keys).query_async(&mut connection).await
                 })
                 .await
@@ -656,7 +656,7 @@ impl InventoryStore for RedisInventory {
     fn set_stock<'a>(&'a self, product_id: &'a str, stock: i64) -> BoxFuture<'a, Result<(), InventoryError>> {
         Box::pin(async move {
             self.redis
-                .run("inventory.set_stock", |mut connection| async move {
+                .run("SET", "inventory.set_stock", |mut connection| async move {
                     redis::cmd("SET")
                         .arg(format!("{STOCK_PREFIX}{product_id}"))
                         .arg(stock)
@@ -679,7 +679,7 @@ impl InventoryStore for RedisInventory {
             let expires_at = now_ms() + ttl.as_millis() as u64;
             let (hold, stock): (i64, i64) = self
                 .redis
-                .run("inventory.set_hold", |mut connection| async move {
+                .run("EVALSHA", "inventory.set_hold", |mut connection| async move {
                     self.set_hold
                         .key(format!("{STOCK_PREFIX}{product_id}"))
                         .key(format!("{HOLD_PREFIX}{owner}"))
@@ -712,7 +712,7 @@ impl InventoryStore for RedisInventory {
         Box::pin(async move {
             let pairs: Vec<String> = self
                 .redis
-                .run("inventory.holds", |mut connection| async move {
+                .run("HGETALL", "inventory.holds", |mut connection| async move {
                     redis::cmd("HGETALL")
                         .arg(format!("{HOLD_PREFIX}{owner}"))
                         .query_async(&mut connection)
@@ -728,7 +728,7 @@ impl InventoryStore for RedisInventory {
         Box::pin(async move {
             let pairs: Vec<String> = self
                 .redis
-                .run("inventory.release", |mut connection| async move {
+                .run("EVALSHA", "inventory.release", |mut connection| async move {
                     self.release_owner
                         .key(format!("{HOLD_PREFIX}{owner}"))
                         .key(EXPIRY_KEY)
@@ -753,7 +753,7 @@ impl InventoryStore for RedisInventory {
             let items = merge_lines(items);
             let outcome: Vec<redis::Value> = self
                 .redis
-                .run("inventory.commit", |mut connection| async move {
+                .run("EVALSHA", "inventory.commit", |mut connection| async move {
                     let mut invocation = self.commit.key(format!("{HOLD_PREFIX}{owner}"));
                     invocation
                         .key(EXPIRY_KEY)
@@ -790,7 +790,7 @@ impl InventoryStore for RedisInventory {
             let items = merge_lines(items);
             let applied: redis::Value = self
                 .redis
-                .run("inventory.restock", |mut connection| async move {
+                .run("EVALSHA", "inventory.restock", |mut connection| async move {
                     let mut invocation = self.restock.key(format!("{RESTOCKED_PREFIX}{order_id}"));
                     invocation.arg(STOCK_PREFIX).arg(ORDER_MARKER_TTL.as_secs());
                     for item in &items {
@@ -819,7 +819,7 @@ impl InventoryStore for RedisInventory {
         Box::pin(async move {
             let pairs: Vec<redis::Value> = self
                 .redis
-                .run("inventory.reap", |mut connection| async move {
+                .run("EVALSHA", "inventory.reap", |mut connection| async move {
                     self.reap
                         .key(EXPIRY_KEY)
                         .arg(now_ms())

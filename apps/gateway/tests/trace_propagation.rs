@@ -1,6 +1,7 @@
-//! One request through gateway → cart → catalog is one trace, exported over OTLP/gRPC by three
-//! processes: a test receiver collects the spans and checks the trace id, the parent/child
-//! links, the service names and the HTTP attributes. The gateway, a proxy, makes one span per
+//! One request through gateway → cart → catalog is one trace, exported by the OpenTelemetry SDK
+//! of three processes over OTLP/gRPC or OTLP/HTTP: a test receiver (tonic, or an axum route
+//! decoding the protobuf) collects the spans and checks the trace id, the parent/child links,
+//! the service names, the resource and the HTTP attributes. The gateway, a proxy, makes one span per
 //! request (as Envoy does by default): its server span is the backend's parent and names the
 //! backend; the services make a client span for each call of their own.
 //!
@@ -12,6 +13,10 @@
 //! Redis: run once on the embedded stores and once with a private `redis-server` (`REDIS_URL`
 //! given to the services): then the cart's and the catalog's Redis commands must appear as
 //! client spans under their service's server span.
+//!
+//! Also here: a checkout down to the orders service's SQL statements and NATS publish, with
+//! nothing private in any span or log line; `OTEL_SDK_DISABLED`; an unknown protocol refused;
+//! OTLP log records.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
@@ -21,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -28,14 +34,16 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 
-/// A span as received, with the `service.name` of the resource that sent it.
+/// A span as received, with the `service.name` and the attributes of the resource that sent it.
 #[derive(Debug, Clone)]
 struct Received {
     service: String,
+    resource: Vec<KeyValue>,
     span: Span,
 }
 
@@ -79,10 +87,12 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// The test OTLP/gRPC receiver: keeps every span it is sent.
+/// The test OTLP receiver, over gRPC or HTTP/protobuf: keeps every span and log record it is
+/// sent.
 #[derive(Clone, Default)]
 struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
+    logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
 }
 
 #[tonic::async_trait]
@@ -91,23 +101,7 @@ impl TraceService for Receiver {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        let mut received = Vec::new();
-        for resource_spans in request.into_inner().resource_spans {
-            let service = resource_spans
-                .resource
-                .as_ref()
-                .and_then(|resource| attribute(&resource.attributes, "service.name"))
-                .unwrap_or_default();
-            for scope_spans in resource_spans.scope_spans {
-                for span in scope_spans.spans {
-                    received.push(Received {
-                        service: service.clone(),
-                        span,
-                    });
-                }
-            }
-        }
-        self.spans.lock().unwrap().extend(received);
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
         }))
@@ -115,11 +109,34 @@ impl TraceService for Receiver {
 }
 
 impl Receiver {
-    /// Serve OTLP/gRPC (HTTP/2 cleartext) on a free loopback port; returns the endpoint URL.
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        let mut received = Vec::new();
+        for resource_spans in request.resource_spans {
+            let resource = resource_spans
+                .resource
+                .map(|resource| resource.attributes)
+                .unwrap_or_default();
+            let service = attribute(&resource, "service.name").unwrap_or_default();
+            for scope_spans in resource_spans.scope_spans {
+                for span in scope_spans.spans {
+                    received.push(Received {
+                        service: service.clone(),
+                        resource: resource.clone(),
+                        span,
+                    });
+                }
+            }
+        }
+        self.spans.lock().unwrap().extend(received);
+    }
+
+    /// Serve OTLP/gRPC (HTTP/2 cleartext, gzip accepted) on a free loopback port; returns the
+    /// endpoint URL.
     async fn start(&self) -> String {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let service = TraceServiceServer::new(self.clone());
+        let service =
+            TraceServiceServer::new(self.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
@@ -134,6 +151,75 @@ impl Receiver {
             }
         });
         format!("http://{addr}")
+    }
+
+    /// Serve OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `POST /v1/logs`) on a free
+    /// loopback port; returns the endpoint URL of every signal.
+    async fn start_http(&self) -> String {
+        use axum::body::Bytes;
+        use axum::http::header::CONTENT_TYPE;
+        use prost::Message as _;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let traces = self.clone();
+        let logs = self.clone();
+        let answer = |body: Vec<u8>| ([(CONTENT_TYPE, "application/x-protobuf")], body);
+        let app = axum::Router::new()
+            .route(
+                "/v1/traces",
+                axum::routing::post(move |body: Bytes| async move {
+                    traces.keep(ExportTraceServiceRequest::decode(body).unwrap());
+                    answer(
+                        ExportTraceServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec(),
+                    )
+                }),
+            )
+            .route(
+                "/v1/logs",
+                axum::routing::post(move |body: Bytes| async move {
+                    logs.logs
+                        .lock()
+                        .unwrap()
+                        .push(ExportLogsServiceRequest::decode(body).unwrap());
+                    answer(
+                        ExportLogsServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec(),
+                    )
+                }),
+            );
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    /// Every log record received: (resource attributes, record).
+    fn log_records(&self) -> Vec<(Vec<KeyValue>, LogRecord)> {
+        let mut records = Vec::new();
+        for request in self.logs.lock().unwrap().iter() {
+            for resource_logs in &request.resource_logs {
+                let resource = resource_logs
+                    .resource
+                    .as_ref()
+                    .map(|resource| resource.attributes.clone())
+                    .unwrap_or_default();
+                for scope_logs in &resource_logs.scope_logs {
+                    for record in &scope_logs.log_records {
+                        records.push((resource.clone(), record.clone()));
+                    }
+                }
+            }
+        }
+        records
+    }
+
+    fn all_spans(&self) -> Vec<Received> {
+        self.spans.lock().unwrap().clone()
     }
 
     fn trace(&self, trace_id: &[u8]) -> Vec<Received> {
@@ -249,24 +335,60 @@ async fn on_one_cpu_the_last_spans_are_flushed_at_shutdown() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_is_one_trace_across_gateway_cart_and_catalog() {
-    trace_one_request(None).await;
+    trace_one_request(None, Transport::GrpcGzip).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_the_redis_commands_are_child_spans_of_the_request() {
     let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
-    trace_one_request(Some(redis.url())).await;
+    trace_one_request(Some(redis.url()), Transport::GrpcGzip).await;
 }
 
-async fn trace_one_request(redis_url: Option<String>) {
-    let receiver = Receiver::default();
-    let endpoint = receiver.start().await;
+/// The same trace over OTLP/HTTP with protobuf bodies, each service named by
+/// `OTEL_SERVICE_NAME` (over `SERVICE_NAME`) and described by `OTEL_RESOURCE_ATTRIBUTES`, whose
+/// keys the services' own defaults do not overwrite.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http_protobuf_the_services_keep_the_configured_names_and_resource() {
+    let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
+    trace_one_request(Some(redis.url()), Transport::HttpNamed).await;
+}
 
+/// How the services export in one run of [`trace_one_request`].
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    /// OTLP/gRPC, gzip-compressed, the services under their own names.
+    GrpcGzip,
+    /// OTLP/HTTP with protobuf, the services named `shop-<name>` by `OTEL_SERVICE_NAME`.
+    HttpNamed,
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES` of the [`Transport::HttpNamed`] run: two keys the services also
+/// set themselves (which must stay as given) and one of the user's own.
+const RESOURCE_ATTRIBUTES: &str =
+    "deployment.environment.name=rehearsal,service.version=9.9.9,team=blue%2Cgreen";
+
+async fn trace_one_request(redis_url: Option<String>, transport: Transport) {
+    let receiver = Receiver::default();
     let mut common_env: Vec<(&str, String)> = vec![
-        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
         ("SIMULATION", "off".into()),
     ];
+    let named = |service: &str| match transport {
+        Transport::GrpcGzip => service.to_owned(),
+        Transport::HttpNamed => format!("shop-{service}"),
+    };
+    match transport {
+        Transport::GrpcGzip => {
+            common_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.start().await));
+            common_env.push(("OTEL_EXPORTER_OTLP_COMPRESSION", "gzip".into()));
+        }
+        Transport::HttpNamed => {
+            common_env.push(("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.start_http().await));
+            common_env.push(("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".into()));
+            common_env.push(("OTEL_RESOURCE_ATTRIBUTES", RESOURCE_ATTRIBUTES.into()));
+            common_env.push(("SERVICE_NAME", "not-this-name".into()));
+        }
+    }
     if let Some(url) = &redis_url {
         common_env.push(("REDIS_URL", url.clone()));
     }
@@ -285,20 +407,29 @@ async fn trace_one_request(redis_url: Option<String>) {
             .unwrap()
         }
     };
-    let catalog = start(workspace_binary("catalog"), vec![]).await;
+    let name_env = |service: &str| match transport {
+        Transport::GrpcGzip => vec![],
+        Transport::HttpNamed => vec![("OTEL_SERVICE_NAME", named(service))],
+    };
+    let catalog = start(workspace_binary("catalog"), name_env("catalog")).await;
     let cart = start(
         workspace_binary("cart"),
-        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+        [vec![("CATALOG_SERVICE_URL", catalog.url(""))], name_env("cart")].concat(),
     )
     .await;
     let gateway = start(
         PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
-        vec![
-            ("CATALOG_SERVICE_URL", catalog.url("")),
-            ("CART_SERVICE_URL", cart.url("")),
-        ],
+        [
+            vec![
+                ("CATALOG_SERVICE_URL", catalog.url("")),
+                ("CART_SERVICE_URL", cart.url("")),
+            ],
+            name_env("gateway"),
+        ]
+        .concat(),
     )
     .await;
+    let (gateway_name, cart_name, catalog_name) = (named("gateway"), named("cart"), named("catalog"));
 
     // The caller's own span: the gateway must continue its trace.
     let trace_id = fresh_trace_id();
@@ -337,9 +468,9 @@ async fn trace_one_request(redis_url: Option<String>) {
             .count();
         let complete = servers >= 3
             && clients >= 1
-            && ["gateway", "cart", "catalog"]
+            && [&gateway_name, &cart_name, &catalog_name]
                 .iter()
-                .all(|name| services.contains(name));
+                .all(|name| services.contains(&name.as_str()));
         if complete || Instant::now() >= deadline {
             break spans;
         }
@@ -350,7 +481,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     eprintln!("spans of trace {}:\n  {listing}", hex(&trace_id));
 
     // gateway server span: the child of the caller's span.
-    let gateway_server = find(&spans, "gateway", SpanKind::Server, &caller_span_id)
+    let gateway_server = find(&spans, &gateway_name, SpanKind::Server, &caller_span_id)
         .unwrap_or_else(|| panic!("no gateway server span under the caller's span:\n  {listing}"));
     assert_eq!(
         gateway_server.attribute("http.route").as_deref(),
@@ -369,7 +500,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     assert_eq!(
         gateway_server.attribute("peer.service").as_deref(),
         Some("cart"),
-        "the backend it went to"
+        "the backend it went to (as the gateway's routing table names it)"
     );
     assert_eq!(
         gateway_server.attribute("url.path").as_deref(),
@@ -378,12 +509,12 @@ async fn trace_one_request(redis_url: Option<String>) {
     assert!(
         !spans
             .iter()
-            .any(|span| span.service == "gateway" && span.kind() == SpanKind::Client),
+            .any(|span| span.service == gateway_name && span.kind() == SpanKind::Client),
         "a proxied request is one gateway span:\n  {listing}"
     );
 
     // cart server span: the child of the gateway's span (traceparent crossed the hop).
-    let cart_server = find(&spans, "cart", SpanKind::Server, &gateway_server.span.span_id)
+    let cart_server = find(&spans, &cart_name, SpanKind::Server, &gateway_server.span.span_id)
         .unwrap_or_else(|| panic!("no cart server span under the gateway's span:\n  {listing}"));
     assert_eq!(
         cart_server.attribute("http.route").as_deref(),
@@ -398,7 +529,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     let cart_client = spans
         .iter()
         .find(|span| {
-            span.service == "cart"
+            span.service == cart_name
                 && span.kind() == SpanKind::Client
                 && span.attribute("peer.service").as_deref() == Some("catalog")
                 && descends_from(&spans, span, &cart_server.span.span_id)
@@ -412,7 +543,7 @@ async fn trace_one_request(redis_url: Option<String>) {
     assert!(called_method.is_some(), "{}", cart_client.describe());
 
     // catalog server span: the child of the cart's client span, for the same route.
-    let catalog_server = find(&spans, "catalog", SpanKind::Server, &cart_client.span.span_id)
+    let catalog_server = find(&spans, &catalog_name, SpanKind::Server, &cart_client.span.span_id)
         .unwrap_or_else(|| panic!("no catalog server span under the cart's client span:\n  {listing}"));
     assert_eq!(
         catalog_server.span.name, cart_client.span.name,
@@ -463,11 +594,11 @@ async fn trace_one_request(redis_url: Option<String>) {
     // Redis, when configured: each service's Redis commands are client spans under its own
     // server span (the cart's cart writes and reservations, the catalog's stock lookups).
     if redis_url.is_some() {
-        for (service, server) in [("cart", cart_server), ("catalog", catalog_server)] {
+        for (service, server) in [(&cart_name, cart_server), (&catalog_name, catalog_server)] {
             let redis_spans: Vec<&Received> = spans
                 .iter()
                 .filter(|span| {
-                    span.service == service && span.attribute("db.system.name").as_deref() == Some("redis")
+                    span.service == *service && span.attribute("db.system.name").as_deref() == Some("redis")
                 })
                 .collect();
             assert!(
@@ -476,6 +607,15 @@ async fn trace_one_request(redis_url: Option<String>) {
             );
             for span in redis_spans {
                 assert_eq!(span.kind(), SpanKind::Client, "{}", span.describe());
+                // The database semantic conventions: the command, and where it went.
+                let operation = span.attribute("db.operation.name").unwrap_or_default();
+                assert!(
+                    !operation.is_empty() && operation.chars().all(|c| c.is_ascii_uppercase()),
+                    "a Redis command name: {}",
+                    span.describe()
+                );
+                assert_eq!(span.attribute("server.address").as_deref(), Some("127.0.0.1"));
+                assert!(span.attribute("server.port").is_some(), "{}", span.describe());
                 assert!(
                     descends_from(&spans, span, &server.span.span_id),
                     "Redis span outside {service}'s request: {}",
@@ -492,7 +632,433 @@ async fn trace_one_request(redis_url: Option<String>) {
         );
     }
 
+    // One name everywhere: the resource of every span, /healthz and the log lines.
+    if transport == Transport::HttpNamed {
+        for span in &spans {
+            let resource = |key: &str| attribute(&span.resource, key);
+            assert_eq!(
+                resource("deployment.environment.name").as_deref(),
+                Some("rehearsal")
+            );
+            assert_eq!(resource("service.version").as_deref(), Some("9.9.9"));
+            assert_eq!(resource("team").as_deref(), Some("blue,green"));
+            assert_eq!(resource("telemetry.sdk.name").as_deref(), Some("opentelemetry"));
+        }
+        let health: serde_json::Value = client
+            .get(gateway.url("/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(health["service"], gateway_name.as_str(), "{health}");
+        for (process, name) in [
+            (&gateway, &gateway_name),
+            (&cart, &cart_name),
+            (&catalog, &catalog_name),
+        ] {
+            let lines = process.output();
+            let request_lines: Vec<serde_json::Value> = lines
+                .iter()
+                .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+                .filter(|line| line["trace_id"] == hex(&trace_id).as_str())
+                .collect();
+            assert!(
+                !request_lines.is_empty(),
+                "{name}: no log line of the trace in {lines:?}"
+            );
+            assert!(
+                request_lines.iter().all(|line| line["service"] == name.as_str()),
+                "{name}: {request_lines:?}"
+            );
+        }
+    }
+
     drop(gateway);
     drop(cart);
+    drop(catalog);
+}
+
+/// The gateway's HS256 secret in the checkout test.
+const JWT_SECRET: &str = "trace-test-hs256-secret-of-at-least-32-bytes";
+
+/// A token for `sub`, as `gateway mint-token` prints it.
+fn mint_token(sub: &str) -> String {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_gateway"))
+        .args(["mint-token", "--sub", sub, "--ttl", "10m"])
+        .env_clear()
+        .env("JWT_SECRET", JWT_SECRET)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap().trim().to_owned()
+}
+
+/// A checkout through the gateway is one trace down to the orders service's SQL statements
+/// and the NATS publish of its `order.created` (which the outbox relay sends later, in the
+/// order's trace); and nothing private the client sent — the shipping address, the bearer
+/// token, the `Authorization` header, the `Idempotency-Key` — is in any span the services
+/// export or in any line they log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkout_is_one_trace_down_to_its_sql_and_nats_publish_and_nothing_private_leaves() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let nats = shopstack_testkit::nats::NatsServer::start().await.unwrap();
+    let data = std::env::temp_dir().join(format!(
+        "trace-checkout-{}-{}",
+        std::process::id(),
+        hex(&fresh_trace_id())
+    ));
+    std::fs::create_dir_all(&data).unwrap();
+    let database_url = format!("sqlite://{}", data.join("orders.db").display());
+
+    let common_env: Vec<(&str, String)> = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".into()),
+        ("SIMULATION", "off".into()),
+        ("NATS_URL", nats.url()),
+    ];
+    let start = move |binary: PathBuf, extra: Vec<(&'static str, String)>| {
+        let env = common_env.clone();
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> = env
+                    .iter()
+                    .chain(extra.iter())
+                    .map(|(key, value)| (*key, value.as_str()))
+                    .collect();
+                ServiceProcess::spawn(&binary, &env).unwrap()
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let catalog = start(workspace_binary("catalog"), vec![]).await;
+    let cart = start(
+        workspace_binary("cart"),
+        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+    )
+    .await;
+    let orders = start(
+        workspace_binary("orders"),
+        vec![
+            ("CATALOG_SERVICE_URL", catalog.url("")),
+            ("CART_SERVICE_URL", cart.url("")),
+            ("DATABASE_URL", database_url),
+        ],
+    )
+    .await;
+    let gateway = start(
+        PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+        vec![
+            ("CATALOG_SERVICE_URL", catalog.url("")),
+            ("CART_SERVICE_URL", cart.url("")),
+            ("ORDERS_SERVICE_URL", orders.url("")),
+            ("JWT_SECRET", JWT_SECRET.into()),
+        ],
+    )
+    .await;
+
+    let user = "trace-shopper";
+    let token = mint_token(user);
+    let authorization = format!("Bearer {token}");
+    let shipping_address = "221B Baker Street, Flat Private-7731, London";
+    let idempotency_key = "idem-private-key-5521";
+    let client = shopstack_testkit::http::client();
+    let added = client
+        .post(gateway.url(&format!("/v1/cart/{user}")))
+        .header("authorization", &authorization)
+        .json(&serde_json::json!({"product_id": "prod-110", "quantity": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(added.status(), 200, "{:?}", added.text().await);
+
+    let trace_id = fresh_trace_id();
+    let caller_span_id = [0x5a, 0x17, 0x00, 0x00, 0x00, 0x00, 0x00, 0x02];
+    let checkout = client
+        .post(gateway.url("/api/orders/checkout"))
+        .header(
+            "traceparent",
+            format!("00-{}-{}-01", hex(&trace_id), hex(&caller_span_id)),
+        )
+        .header("authorization", &authorization)
+        .header("idempotency-key", idempotency_key)
+        .json(&serde_json::json!({"user_id": user, "shipping_address": shipping_address}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(checkout.status(), 201, "{:?}", checkout.text().await);
+
+    // Wait (bounded) for the orders service's SQL spans, the publish of order.created and the
+    // server spans of the gateway and orders.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let spans = loop {
+        let spans = receiver.trace(&trace_id);
+        // (The cart's own events — `cart.cleared` — are published in the same trace.)
+        let published = spans.iter().any(|span| {
+            span.kind() == SpanKind::Producer
+                && span.attribute("messaging.destination.name").as_deref() == Some("order.created")
+        });
+        let sql = spans.iter().any(|span| {
+            span.service == "orders" && span.attribute("db.system.name").as_deref() == Some("sqlite")
+        });
+        // The services export on their own schedules: wait for every side of the request too.
+        let servers = ["gateway", "orders"].iter().all(|service| {
+            spans
+                .iter()
+                .any(|span| span.service == *service && span.kind() == SpanKind::Server)
+        });
+        if (published && sql && servers) || Instant::now() >= deadline {
+            break spans;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let listing: Vec<String> = spans.iter().map(Received::describe).collect();
+    let listing = listing.join("\n  ");
+
+    let gateway_server = find(&spans, "gateway", SpanKind::Server, &caller_span_id)
+        .unwrap_or_else(|| panic!("no gateway server span under the caller's span:\n  {listing}"));
+    let orders_server = find(&spans, "orders", SpanKind::Server, &gateway_server.span.span_id)
+        .unwrap_or_else(|| panic!("no orders server span under the gateway's:\n  {listing}"));
+    assert_eq!(
+        orders_server.attribute("http.route").as_deref(),
+        Some("/api/orders/checkout")
+    );
+
+    // Each SQL statement is a client span of the request, with the statement's text and no
+    // values: the order's insert names its columns and placeholders, never the address.
+    let statements: Vec<&Received> = spans
+        .iter()
+        .filter(|span| span.attribute("db.system.name").as_deref() == Some("sqlite"))
+        .collect();
+    let insert = statements
+        .iter()
+        .find(|span| {
+            span.attribute("db.operation.name").as_deref() == Some("INSERT")
+                && span.attribute("db.collection.name").as_deref() == Some("orders")
+        })
+        .unwrap_or_else(|| panic!("no INSERT INTO orders span:\n  {listing}"));
+    assert_eq!(insert.span.name, "INSERT orders");
+    let text = insert.attribute("db.query.text").unwrap_or_default();
+    assert!(
+        text.starts_with("INSERT INTO orders") && text.contains("$5"),
+        "{text}"
+    );
+    for statement in &statements {
+        assert_eq!(statement.kind(), SpanKind::Client, "{}", statement.describe());
+        assert!(
+            descends_from(&spans, statement, &orders_server.span.span_id),
+            "SQL outside the checkout request: {}",
+            statement.describe()
+        );
+    }
+
+    // The publish of order.created: a producer span in the order's trace (the outbox relay
+    // sends it after the request, under the context the event was written with).
+    let publish = spans
+        .iter()
+        .find(|span| {
+            span.kind() == SpanKind::Producer
+                && span.attribute("messaging.destination.name").as_deref() == Some("order.created")
+        })
+        .unwrap_or_else(|| panic!("no publish of order.created:\n  {listing}"));
+    assert_eq!(publish.service, "orders");
+    assert_eq!(publish.span.name, "publish order.created");
+    assert_eq!(publish.attribute("messaging.system").as_deref(), Some("nats"));
+    assert_eq!(
+        publish.attribute("messaging.operation.type").as_deref(),
+        Some("send")
+    );
+    assert!(
+        descends_from(&spans, publish, &orders_server.span.span_id),
+        "{}",
+        publish.describe()
+    );
+
+    // Nothing private in any span of any trace, nor in any log line.
+    let secrets = [
+        shipping_address,
+        token.as_str(),
+        authorization.as_str(),
+        idempotency_key,
+    ];
+    let everything = format!("{:?}", receiver.all_spans());
+    let mut logged: Vec<String> = Vec::new();
+    for process in [&gateway, &cart, &catalog, &orders] {
+        logged.extend(process.output());
+    }
+    assert!(!logged.is_empty());
+    for secret in secrets {
+        assert!(!everything.contains(secret), "{secret:?} is in an exported span");
+        for line in &logged {
+            assert!(!line.contains(secret), "{secret:?} is in a log line: {line}");
+        }
+    }
+
+    drop(gateway);
+    drop(orders);
+    drop(cart);
+    drop(catalog);
+    let _ = std::fs::remove_dir_all(&data);
+}
+
+/// `OTEL_SDK_DISABLED=true` exports nothing, whatever else is set (the log lines still carry
+/// their trace ids); an OTLP protocol the services do not speak is refused at start-up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_sdk_disabled_nothing_is_exported_and_an_unknown_protocol_is_refused() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_TRACES_EXPORTER", "otlp"),
+        ("OTEL_BSP_SCHEDULE_DELAY", "50"),
+        ("OTEL_SDK_DISABLED", "true"),
+        ("SIMULATION", "off"),
+    ];
+    let catalog = ServiceProcess::spawn(&workspace_binary("catalog"), &env).unwrap();
+    let trace_id = fresh_trace_id();
+    let client = shopstack_testkit::http::client();
+    for _ in 0..5 {
+        let response = client
+            .get(catalog.url("/products/prod-110"))
+            .header(
+                "traceparent",
+                format!("00-{}-5a17000000000003-01", hex(&trace_id)),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success() || response.status() == 404,
+            "{}",
+            response.status()
+        );
+    }
+    // Many times the batch delay: a span would have been sent by now.
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(receiver.all_spans().is_empty(), "exported with the SDK disabled");
+    let lines = catalog.output();
+    assert!(
+        lines.iter().any(|line| line.contains(&hex(&trace_id))),
+        "trace ids are still logged: {lines:?}"
+    );
+    drop(catalog);
+
+    let refused = tokio::process::Command::new(workspace_binary("catalog"))
+        .env("PORT", "0")
+        .env("OTEL_EXPORTER_OTLP_PROTOCOL", "http/xml")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("OTEL_EXPORTER_OTLP_PROTOCOL") && stderr.contains("http/xml"),
+        "{stderr}"
+    );
+}
+
+/// With `OTEL_LOGS_EXPORTER=otlp` each log line is also an OTLP log record, carrying the trace
+/// of the request it was written in — the gateway's request line included, which is written
+/// outside any `tracing` span — whether or not the process exports spans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_records_are_exported_over_otlp_with_their_trace() {
+    let receiver = Receiver::default();
+    let endpoint = receiver.start_http().await;
+    let common = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+        ("OTEL_LOGS_EXPORTER", "otlp".to_owned()),
+        ("OTEL_BLRP_SCHEDULE_DELAY", "100".to_owned()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+        ("SIMULATION", "off".to_owned()),
+    ];
+    let spawn = |binary: PathBuf, extra: Vec<(&'static str, String)>| {
+        let env: Vec<(&'static str, String)> = common.iter().cloned().chain(extra).collect();
+        tokio::task::spawn_blocking(move || {
+            let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+            ServiceProcess::spawn(&binary, &env).unwrap()
+        })
+    };
+    // The catalog exports no spans (its lines' trace ids come from the ids-only spans).
+    let catalog = spawn(
+        workspace_binary("catalog"),
+        vec![("OTEL_TRACES_EXPORTER", "none".into())],
+    )
+    .await
+    .unwrap();
+    let gateway = spawn(
+        PathBuf::from(env!("CARGO_BIN_EXE_gateway")),
+        vec![("CATALOG_SERVICE_URL", catalog.url(""))],
+    )
+    .await
+    .unwrap();
+    let trace_id = fresh_trace_id();
+    let response = shopstack_testkit::http::client()
+        .get(gateway.url("/catalog/prod-110"))
+        .header(
+            "traceparent",
+            format!("00-{}-5a17000000000004-01", hex(&trace_id)),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let of_the_trace = |records: &[(Vec<KeyValue>, LogRecord)]| -> Vec<(String, String)> {
+        records
+            .iter()
+            .filter(|(_, record)| record.trace_id == trace_id)
+            .map(|(resource, record)| {
+                let body = record.body.as_ref().and_then(text).unwrap_or_default();
+                (attribute(resource, "service.name").unwrap_or_default(), body)
+            })
+            .collect()
+    };
+    let records = loop {
+        let records = of_the_trace(&receiver.log_records());
+        let services: Vec<&str> = records.iter().map(|(service, _)| service.as_str()).collect();
+        if (services.contains(&"gateway") && services.contains(&"catalog")) || Instant::now() >= deadline {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for service in ["gateway", "catalog"] {
+        assert!(
+            records
+                .iter()
+                .any(|(from, body)| from == service && body == "request completed"),
+            "no request line of {service} with the trace: {records:?}"
+        );
+    }
+    // The gateway's request line, assembled by hand, has its members as attributes too.
+    let gateway_line = receiver
+        .log_records()
+        .into_iter()
+        .find(|(resource, record)| {
+            record.trace_id == trace_id && attribute(resource, "service.name").as_deref() == Some("gateway")
+        })
+        .map(|(_, record)| record)
+        .unwrap();
+    assert_eq!(
+        attribute(&gateway_line.attributes, "route").as_deref(),
+        Some("/catalog/{id}")
+    );
+    assert_eq!(
+        attribute(&gateway_line.attributes, "status").as_deref(),
+        Some("200")
+    );
+    assert_eq!(
+        attribute(&gateway_line.attributes, "trace_id"),
+        Some(hex(&trace_id))
+    );
+    drop(gateway);
     drop(catalog);
 }

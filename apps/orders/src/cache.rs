@@ -67,7 +67,7 @@ impl OrderCache {
     pub async fn get(&self, id: Uuid) -> Option<Order> {
         let redis = self.redis.as_ref()?;
         let cached: Result<Option<String>, _> = redis
-            .run("order_cache.get", |mut connection| async move {
+            .run("HGET", "order_cache.get", |mut connection| async move {
                 redis::cmd("HGET")
                     .arg(key(id))
                     .arg("order")
@@ -119,7 +119,7 @@ impl OrderCache {
         let ttl_ms = u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX);
         let version = order.version;
         let written: Result<i64, _> = redis
-            .run("order_cache.put", |mut connection| async move {
+            .run("EVALSHA", "order_cache.put", |mut connection| async move {
                 self.store
                     .key(key(id))
                     .arg(version)

@@ -20,7 +20,8 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
     SqliteTypeInfo, SqliteValueRef,
 };
-use sqlx::{Database, Decode, Encode, Postgres, SqlSafeStr as _, Sqlite, Transaction, Type};
+use sqlx::{Database, Decode, Encode, Postgres, SqlSafeStr, Sqlite, Transaction, Type};
+use tracing::Instrument as _;
 use uuid::Uuid;
 
 /// Where the embedded default keeps its file.
@@ -240,6 +241,123 @@ impl<'r> Decode<'r, Postgres> for DbId {
 /// was written.
 pub fn now() -> DateTime<Utc> {
     Utc::now().trunc_subsecs(6)
+}
+
+/// One SQL statement with its client span: [`sqlx::query`], executed inside the span the
+/// database semantic conventions describe. The span carries the statement's text as written —
+/// placeholders (`$1`), never the values bound to them, which travel separately.
+pub struct Statement<'q, DB: Database> {
+    query: sqlx::query::Query<'q, DB, <DB as Database>::Arguments>,
+    span: tracing::Span,
+}
+
+/// [`sqlx::query`] in a client span (see [`Statement`]).
+pub fn query<'q, DB: Database>(sql: impl SqlSafeStr) -> Statement<'q, DB> {
+    let sql = sql.into_sql_str();
+    let span = statement_span(DB::NAME, sql.as_str());
+    Statement {
+        query: sqlx::query(sql),
+        span,
+    }
+}
+
+/// The client span of one statement: `db.system.name`, `db.operation.name` (its first word),
+/// `db.collection.name` (the table it names first, when it names one) and `db.query.text`.
+fn statement_span(engine: &str, sql: &str) -> tracing::Span {
+    let system = match engine {
+        "PostgreSQL" => "postgresql",
+        "SQLite" => "sqlite",
+        other => other,
+    };
+    let words: Vec<&str> = sql.split_whitespace().take(64).collect();
+    let operation = words
+        .first()
+        .map(|word| word.to_ascii_uppercase())
+        .unwrap_or_default();
+    let table = words
+        .windows(2)
+        .find(|pair| {
+            ["FROM", "INTO", "UPDATE"]
+                .iter()
+                .any(|keyword| pair[0].eq_ignore_ascii_case(keyword))
+        })
+        .map(|pair| pair[1].trim_matches(|c: char| !(c.is_ascii_alphanumeric() || c == '_')))
+        .filter(|table| !table.is_empty());
+    let span = tracing::info_span!(
+        "db.statement",
+        otel.name = %format_args!("{operation} {}", table.unwrap_or(system)),
+        otel.kind = "client",
+        otel.status_code = tracing::field::Empty,
+        db.system.name = system,
+        db.operation.name = %operation,
+        db.collection.name = tracing::field::Empty,
+        db.query.text = sql,
+    );
+    if let Some(table) = table {
+        span.record("db.collection.name", table);
+    }
+    span
+}
+
+impl<'q, DB: Database> Statement<'q, DB> {
+    pub fn bind<'t, T: Encode<'t, DB> + Type<DB>>(self, value: T) -> Self {
+        Self {
+            query: self.query.bind(value),
+            span: self.span,
+        }
+    }
+
+    pub async fn execute<'e, 'c: 'e, E>(self, executor: E) -> sqlx::Result<DB::QueryResult>
+    where
+        'q: 'e,
+        <DB as Database>::Arguments: 'e + sqlx::IntoArguments<DB>,
+        E: sqlx::Executor<'c, Database = DB>,
+    {
+        let result = self.query.execute(executor).instrument(self.span.clone()).await;
+        failed_in(&self.span, result)
+    }
+
+    pub async fn fetch_all<'e, 'c: 'e, E>(self, executor: E) -> sqlx::Result<Vec<DB::Row>>
+    where
+        'q: 'e,
+        <DB as Database>::Arguments: 'e + sqlx::IntoArguments<DB>,
+        E: sqlx::Executor<'c, Database = DB>,
+    {
+        let result = self.query.fetch_all(executor).instrument(self.span.clone()).await;
+        failed_in(&self.span, result)
+    }
+
+    pub async fn fetch_one<'e, 'c: 'e, E>(self, executor: E) -> sqlx::Result<DB::Row>
+    where
+        'q: 'e,
+        <DB as Database>::Arguments: 'e + sqlx::IntoArguments<DB>,
+        E: sqlx::Executor<'c, Database = DB>,
+    {
+        let result = self.query.fetch_one(executor).instrument(self.span.clone()).await;
+        failed_in(&self.span, result)
+    }
+
+    pub async fn fetch_optional<'e, 'c: 'e, E>(self, executor: E) -> sqlx::Result<Option<DB::Row>>
+    where
+        'q: 'e,
+        <DB as Database>::Arguments: 'e + sqlx::IntoArguments<DB>,
+        E: sqlx::Executor<'c, Database = DB>,
+    {
+        let result = self
+            .query
+            .fetch_optional(executor)
+            .instrument(self.span.clone())
+            .await;
+        failed_in(&self.span, result)
+    }
+}
+
+/// Mark the statement's span failed when it did.
+fn failed_in<T>(span: &tracing::Span, result: sqlx::Result<T>) -> sqlx::Result<T> {
+    if result.is_err() {
+        span.record("otel.status_code", "ERROR");
+    }
+    result
 }
 
 /// True when `error` is a unique-constraint violation (on either engine).

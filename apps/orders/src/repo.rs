@@ -10,7 +10,7 @@ use shopstack_events::events::Event;
 use sqlx::Row as _;
 use uuid::Uuid;
 
-use crate::db::{BeginWrite as _, Db, DbId, is_unique_violation, now};
+use crate::db::{BeginWrite as _, Db, DbId, is_unique_violation, now, query};
 use crate::model::{Order, OrderItem, OrderSource, OrderStatus, PricedLine};
 use crate::on_db;
 
@@ -216,7 +216,7 @@ pub async fn insert_order(
     let event_id = Uuid::parse_str(&event.id).unwrap_or_else(|_| Uuid::now_v7());
     on_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
-        let owned = sqlx::query(
+        let owned = query(
             "UPDATE order_sagas SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = 'committed'",
         )
         .bind(saga_state.as_str())
@@ -229,7 +229,7 @@ pub async fn insert_order(
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
+        query(
             "INSERT INTO orders (id, user_id, status, total_amount_cents, currency, shipping_address, \
              billing_address, notes, source, version, restock_pending, created_at, updated_at) \
              VALUES ($1, $2, 'pending', $3, $4, $5, $6, $7, $8, 1, FALSE, $9, $9)",
@@ -246,7 +246,7 @@ pub async fn insert_order(
         .execute(&mut *tx)
         .await?;
         for (position, line) in order.lines.iter().enumerate() {
-            sqlx::query(
+            query(
                 "INSERT INTO order_items (id, order_id, position, product_id, quantity, unit_price_cents, \
                  subtotal_cents, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8)",
             )
@@ -261,7 +261,7 @@ pub async fn insert_order(
             .execute(&mut *tx)
             .await?;
         }
-        sqlx::query(
+        query(
             "INSERT INTO outbox (event_id, event_type, aggregate_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(DbId(event_id))
@@ -283,7 +283,7 @@ pub async fn get_order(db: &Db, id: Uuid) -> sqlx::Result<Option<Order>> {
          FROM orders o LEFT JOIN order_items i ON i.order_id = o.id WHERE o.id = $1 ORDER BY i.position"
     );
     let rows = on_db!(db, pool => {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(DbId(id)).fetch_all(pool).await?;
+        let rows = query(sqlx::AssertSqlSafe(sql)).bind(DbId(id)).fetch_all(pool).await?;
         let mut joined = Vec::with_capacity(rows.len());
         for row in &rows {
             joined.push(joined_row!(row));
@@ -308,13 +308,13 @@ pub async fn list_orders(db: &Db, filter: &OrderFilter, page: Page) -> sqlx::Res
     let limit = i64::from(page.page_size);
     let offset = i64::try_from(page.offset()).unwrap_or(i64::MAX);
     let (total, rows) = on_db!(db, pool => {
-        let total: i64 = sqlx::query(sqlx::AssertSqlSafe(count_sql))
+        let total: i64 = query(sqlx::AssertSqlSafe(count_sql))
             .bind(&filter.user_id)
             .bind(status)
             .fetch_one(pool)
             .await?
             .try_get("total")?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(page_sql))
+        let rows = query(sqlx::AssertSqlSafe(page_sql))
             .bind(&filter.user_id)
             .bind(status)
             .bind(limit)
@@ -345,7 +345,7 @@ pub async fn change_status(
     let event_id = Uuid::parse_str(&event.id).unwrap_or_else(|_| Uuid::now_v7());
     on_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
-        let changed = sqlx::query(
+        let changed = query(
             "UPDATE orders SET status = $1, version = version + 1, restock_pending = $2, updated_at = $3 \
              WHERE id = $4 AND version = $5",
         )
@@ -361,7 +361,7 @@ pub async fn change_status(
             tx.rollback().await?;
             return Ok(false);
         }
-        sqlx::query(
+        query(
             "INSERT INTO outbox (event_id, event_type, aggregate_id, payload, created_at) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(DbId(event_id))
@@ -379,7 +379,7 @@ pub async fn change_status(
 /// The stock of cancelled order `id` is back in the catalog.
 pub async fn clear_restock_pending(db: &Db, id: Uuid) -> sqlx::Result<()> {
     on_db!(db, pool => {
-        sqlx::query("UPDATE orders SET restock_pending = FALSE WHERE id = $1")
+        query("UPDATE orders SET restock_pending = FALSE WHERE id = $1")
             .bind(DbId(id))
             .execute(pool)
             .await
@@ -390,7 +390,7 @@ pub async fn clear_restock_pending(db: &Db, id: Uuid) -> sqlx::Result<()> {
 /// Cancelled orders whose stock has not been returned yet.
 pub async fn pending_restocks(db: &Db, limit: i64) -> sqlx::Result<Vec<Uuid>> {
     on_db!(db, pool => {
-        let rows = sqlx::query("SELECT id FROM orders WHERE restock_pending ORDER BY id LIMIT $1")
+        let rows = query("SELECT id FROM orders WHERE restock_pending ORDER BY id LIMIT $1")
             .bind(limit)
             .fetch_all(pool)
             .await?;
@@ -403,7 +403,7 @@ pub async fn pending_restocks(db: &Db, limit: i64) -> sqlx::Result<Vec<Uuid>> {
 /// Orders per status.
 pub async fn status_counts(db: &Db) -> sqlx::Result<Vec<(String, i64)>> {
     on_db!(db, pool => {
-        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
+        let rows = query("SELECT status, COUNT(*) AS n FROM orders GROUP BY status")
             .fetch_all(pool)
             .await?;
         rows.iter()
@@ -444,7 +444,7 @@ pub async fn insert_saga(db: &Db, saga: &Saga) -> Result<(), SagaConflict> {
         .as_ref()
         .map(|lines| serde_json::to_string(lines).unwrap_or_default());
     let result = on_db!(db, pool => {
-        sqlx::query(
+        query(
             "INSERT INTO order_sagas (order_id, kind, user_id, idempotency_key, request, cart_version, lines, \
              state, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $9)",
         )
@@ -474,7 +474,7 @@ pub async fn saga_by_key(db: &Db, user_id: &str, kind: OrderSource, key: &str) -
         "SELECT {SAGA_COLUMNS} FROM order_sagas WHERE user_id = $1 AND kind = $2 AND idempotency_key = $3"
     );
     on_db!(db, pool => {
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(kind.as_str()).bind(key).fetch_optional(pool).await? {
+        match query(sqlx::AssertSqlSafe(sql)).bind(user_id).bind(kind.as_str()).bind(key).fetch_optional(pool).await? {
             Some(row) => Ok(Some(saga_row!(&row))),
             None => Ok(None),
         }
@@ -487,7 +487,7 @@ pub async fn open_checkout(db: &Db, user_id: &str) -> sqlx::Result<Option<Saga>>
         "SELECT {SAGA_COLUMNS} FROM order_sagas WHERE user_id = $1 AND kind = 'checkout' AND state <> 'completed'"
     );
     on_db!(db, pool => {
-        match sqlx::query(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_optional(pool).await? {
+        match query(sqlx::AssertSqlSafe(sql)).bind(user_id).fetch_optional(pool).await? {
             Some(row) => Ok(Some(saga_row!(&row))),
             None => Ok(None),
         }
@@ -503,7 +503,7 @@ pub async fn update_saga(
 ) -> sqlx::Result<()> {
     let lines = serde_json::to_string(lines).unwrap_or_default();
     on_db!(db, pool => {
-        sqlx::query("UPDATE order_sagas SET cart_version = $1, lines = $2, updated_at = $3 WHERE order_id = $4")
+        query("UPDATE order_sagas SET cart_version = $1, lines = $2, updated_at = $3 WHERE order_id = $4")
             .bind(cart_version)
             .bind(lines)
             .bind(now())
@@ -517,7 +517,7 @@ pub async fn update_saga(
 /// Move a saga from `from` to `to`; false when it is no longer in `from`.
 pub async fn transition_saga(db: &Db, order_id: Uuid, from: SagaState, to: SagaState) -> sqlx::Result<bool> {
     on_db!(db, pool => {
-        sqlx::query("UPDATE order_sagas SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = $4")
+        query("UPDATE order_sagas SET state = $1, updated_at = $2 WHERE order_id = $3 AND state = $4")
             .bind(to.as_str())
             .bind(now())
             .bind(DbId(order_id))
@@ -532,7 +532,7 @@ pub async fn transition_saga(db: &Db, order_id: Uuid, from: SagaState, to: SagaS
 /// `undoing`) untouched since `before`; false when someone else moved it meanwhile.
 pub async fn claim_for_undo(db: &Db, order_id: Uuid, before: DateTime<Utc>) -> sqlx::Result<bool> {
     on_db!(db, pool => {
-        sqlx::query(
+        query(
             "UPDATE order_sagas SET state = 'undoing', updated_at = $1 WHERE order_id = $2 \
              AND state IN ('started', 'committed', 'undoing') AND updated_at < $3",
         )
@@ -549,7 +549,7 @@ pub async fn claim_for_undo(db: &Db, order_id: Uuid, before: DateTime<Utc>) -> s
 /// the user's checkout lock) are free again.
 pub async fn delete_saga(db: &Db, order_id: Uuid, state: SagaState) -> sqlx::Result<bool> {
     on_db!(db, pool => {
-        sqlx::query("DELETE FROM order_sagas WHERE order_id = $1 AND state = $2")
+        query("DELETE FROM order_sagas WHERE order_id = $1 AND state = $2")
             .bind(DbId(order_id))
             .bind(state.as_str())
             .execute(pool)
@@ -565,7 +565,7 @@ pub async fn stale_sagas(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Re
          ORDER BY updated_at LIMIT $2"
     );
     on_db!(db, pool => {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(before).bind(limit).fetch_all(pool).await?;
+        let rows = query(sqlx::AssertSqlSafe(sql)).bind(before).bind(limit).fetch_all(pool).await?;
         let mut sagas = Vec::with_capacity(rows.len());
         for row in &rows {
             sagas.push(saga_row!(row));
@@ -577,7 +577,7 @@ pub async fn stale_sagas(db: &Db, before: DateTime<Utc>, limit: i64) -> sqlx::Re
 /// Drop finished sagas older than `before` (their idempotency keys expire).
 pub async fn prune_sagas(db: &Db, before: DateTime<Utc>) -> sqlx::Result<u64> {
     on_db!(db, pool => {
-        sqlx::query("DELETE FROM order_sagas WHERE state = 'completed' AND updated_at < $1")
+        query("DELETE FROM order_sagas WHERE state = 'completed' AND updated_at < $1")
             .bind(before)
             .execute(pool)
             .await
@@ -591,7 +591,7 @@ pub async fn prune_sagas(db: &Db, before: DateTime<Utc>) -> sqlx::Result<u64> {
 /// The oldest events not yet published, in the order they were written.
 pub async fn unpublished(db: &Db, limit: i64) -> sqlx::Result<Vec<OutboxRow>> {
     on_db!(db, pool => {
-        let rows = sqlx::query("SELECT id, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1")
+        let rows = query("SELECT id, payload FROM outbox WHERE published_at IS NULL ORDER BY id LIMIT $1")
             .bind(limit)
             .fetch_all(pool)
             .await?;
@@ -606,7 +606,7 @@ pub async fn mark_published(db: &Db, ids: &[i64]) -> sqlx::Result<()> {
     on_db!(db, pool => {
         let mut tx = pool.begin_write().await?;
         for id in ids {
-            sqlx::query("UPDATE outbox SET published_at = $1, attempts = attempts + 1 WHERE id = $2")
+            query("UPDATE outbox SET published_at = $1, attempts = attempts + 1 WHERE id = $2")
                 .bind(at)
                 .bind(id)
                 .execute(&mut *tx)
@@ -618,7 +618,7 @@ pub async fn mark_published(db: &Db, ids: &[i64]) -> sqlx::Result<()> {
 
 pub async fn mark_failed(db: &Db, id: i64, error: &str) -> sqlx::Result<()> {
     on_db!(db, pool => {
-        sqlx::query("UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
+        query("UPDATE outbox SET attempts = attempts + 1, last_error = $1 WHERE id = $2")
             .bind(error)
             .bind(id)
             .execute(pool)
@@ -630,7 +630,7 @@ pub async fn mark_failed(db: &Db, id: i64, error: &str) -> sqlx::Result<()> {
 /// Events written but not yet published.
 pub async fn outbox_backlog(db: &Db) -> sqlx::Result<i64> {
     on_db!(db, pool => {
-        sqlx::query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
+        query("SELECT COUNT(*) AS n FROM outbox WHERE published_at IS NULL")
             .fetch_one(pool)
             .await?
             .try_get("n")
@@ -640,7 +640,7 @@ pub async fn outbox_backlog(db: &Db) -> sqlx::Result<i64> {
 /// Drop published events older than `before`.
 pub async fn prune_outbox(db: &Db, before: DateTime<Utc>) -> sqlx::Result<u64> {
     on_db!(db, pool => {
-        sqlx::query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
+        query("DELETE FROM outbox WHERE published_at IS NOT NULL AND published_at < $1")
             .bind(before)
             .execute(pool)
             .await

@@ -47,9 +47,27 @@ pub struct CommonConfig {
     #[arg(long, env = "MAX_CONNECTIONS")]
     pub max_connections: Option<usize>,
 
-    /// Service name in logs, traces, metrics and /healthz [default: the binary's name].
+    /// Service name in logs, traces, metrics and /healthz, when neither `OTEL_SERVICE_NAME` nor
+    /// `service.name` in `OTEL_RESOURCE_ATTRIBUTES` names it [default: the binary's name].
     #[arg(long, env = "SERVICE_NAME")]
     pub service_name: Option<String>,
+
+    /// The service's name in logs, traces, metrics and /healthz; wins over `service.name` in
+    /// `OTEL_RESOURCE_ATTRIBUTES` and over `SERVICE_NAME`.
+    #[arg(long, env = "OTEL_SERVICE_NAME")]
+    pub otel_service_name: Option<String>,
+
+    /// Attributes of the resource every exported span and log record names: `key=value` pairs
+    /// separated by commas, values percent-encoded where needed. A key set here is kept as
+    /// written; `SERVICE_VERSION`, `ENVIRONMENT`, `POD_NAME` and `NODE_NAME` fill only the keys
+    /// it leaves out.
+    #[arg(long, env = "OTEL_RESOURCE_ATTRIBUTES")]
+    pub resource_attributes: Option<String>,
+
+    /// `true` turns the OpenTelemetry SDK off: nothing is exported, whatever the other `OTEL_*`
+    /// variables say (trace ids are still made and logged). `false` or empty: on.
+    #[arg(long, env = "OTEL_SDK_DISABLED", default_value = "false")]
+    pub sdk_disabled: String,
 
     /// Service version in traces and /healthz.
     #[arg(long, env = "SERVICE_VERSION", default_value = env!("CARGO_PKG_VERSION"))]
@@ -75,19 +93,78 @@ pub struct CommonConfig {
     #[arg(long, env = "LOG_FILE")]
     pub log_file: Option<PathBuf>,
 
-    /// OTLP/gRPC endpoint for traces, e.g. http://localhost:4317. `OTLP_ENDPOINT` is accepted too.
-    /// Unset: spans are still created (trace ids appear in logs) but not exported.
+    /// Where spans are exported: `otlp`, `console` (stdout) or `none` [default: `otlp` when an
+    /// OTLP endpoint is set, else `none`].
+    #[arg(long, env = "OTEL_TRACES_EXPORTER")]
+    pub traces_exporter: Option<String>,
+
+    /// Where log records are exported besides the JSON lines: `otlp`, `console` or `none`.
+    #[arg(long, env = "OTEL_LOGS_EXPORTER", default_value = "none")]
+    pub logs_exporter: String,
+
+    /// OTLP endpoint of every signal, e.g. http://localhost:4317 (gRPC) or
+    /// http://localhost:4318 (HTTP; `/v1/traces` and `/v1/logs` are appended). `https://` uses
+    /// TLS. `OTLP_ENDPOINT` is accepted too. Unset: spans are still created (trace ids appear in
+    /// logs) but not exported.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
+
+    /// OTLP endpoint for spans, used as written (wins over OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")]
+    pub otlp_traces_endpoint: Option<String>,
+
+    /// OTLP endpoint for log records, used as written (wins over OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT")]
+    pub otlp_logs_endpoint: Option<String>,
+
+    /// OTLP transport: `grpc` or `http/protobuf` [default: grpc].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<String>,
+
+    /// OTLP transport for spans (wins over OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL")]
+    pub otlp_traces_protocol: Option<String>,
+
+    /// OTLP transport for log records (wins over OTEL_EXPORTER_OTLP_PROTOCOL).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL")]
+    pub otlp_logs_protocol: Option<String>,
 
     /// Headers sent with each OTLP export (an API key, say): `key=value` pairs separated by
     /// commas, values percent-encoded where needed.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_HEADERS", hide_env_values = true)]
     pub otlp_headers: Option<String>,
 
+    /// Headers sent with each span export (instead of OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_HEADERS", hide_env_values = true)]
+    pub otlp_traces_headers: Option<String>,
+
+    /// Headers sent with each log export (instead of OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_LOGS_HEADERS", hide_env_values = true)]
+    pub otlp_logs_headers: Option<String>,
+
     /// Longest an OTLP export may take, retries included, in ms.
     #[arg(long, env = "OTEL_EXPORTER_OTLP_TIMEOUT", default_value_t = 10_000)]
     pub otlp_timeout_ms: u64,
+
+    /// Longest a span export may take, in ms (wins over OTEL_EXPORTER_OTLP_TIMEOUT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT")]
+    pub otlp_traces_timeout_ms: Option<u64>,
+
+    /// Longest a log export may take, in ms (wins over OTEL_EXPORTER_OTLP_TIMEOUT).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT")]
+    pub otlp_logs_timeout_ms: Option<u64>,
+
+    /// Compression of OTLP exports: `gzip` or `none` [default: none].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_COMPRESSION")]
+    pub otlp_compression: Option<String>,
+
+    /// Compression of span exports (wins over OTEL_EXPORTER_OTLP_COMPRESSION).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_TRACES_COMPRESSION")]
+    pub otlp_traces_compression: Option<String>,
+
+    /// Compression of log exports (wins over OTEL_EXPORTER_OTLP_COMPRESSION).
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_LOGS_COMPRESSION")]
+    pub otlp_logs_compression: Option<String>,
 
     /// The trace sampler: always_on, always_off, traceidratio, parentbased_always_on (default),
     /// parentbased_always_off or parentbased_traceidratio.
@@ -102,7 +179,7 @@ pub struct CommonConfig {
     #[arg(long, env = "OTEL_BSP_SCHEDULE_DELAY", default_value_t = 5_000)]
     pub bsp_schedule_delay_ms: u64,
 
-    /// Spans that may wait to be exported; past it new spans are dropped and counted.
+    /// Spans that may wait to be exported; past it new spans are dropped.
     #[arg(long, env = "OTEL_BSP_MAX_QUEUE_SIZE", default_value_t = 2_048)]
     pub bsp_max_queue_size: usize,
 
@@ -216,10 +293,12 @@ pub struct Settings {
     pub max_connections: Option<usize>,
     pub log_level: String,
     pub log_file: Option<PathBuf>,
-    pub otlp_endpoint: Option<Url>,
-    /// Sent with each OTLP export: lowercase names, decoded values.
-    pub otlp_headers: Vec<(String, String)>,
-    pub otlp_timeout: Duration,
+    /// Where spans go (`OTEL_TRACES_EXPORTER` and the OTLP settings of traces).
+    pub traces_export: SignalExport,
+    /// Where log records go besides the JSON lines (`OTEL_LOGS_EXPORTER`).
+    pub logs_export: SignalExport,
+    /// `OTEL_RESOURCE_ATTRIBUTES`, decoded, in the order given.
+    pub resource_attributes: Vec<(String, String)>,
     /// Decides which spans are recorded and exported (`OTEL_TRACES_SAMPLER`).
     pub sampler: Sampler,
     pub span_queue: QueueSettings,
@@ -240,35 +319,83 @@ impl CommonConfig {
     /// Apply the service's defaults and the aliases accepted for compatibility, then validate
     /// everything.
     pub fn resolve(self, defaults: ServiceDefaults) -> anyhow::Result<Settings> {
-        let name = self.service_name.unwrap_or_else(|| defaults.name.to_string());
-        if name.trim().is_empty() {
-            bail!("SERVICE_NAME must not be empty");
-        }
+        let resource_attributes = self
+            .resource_attributes
+            .as_deref()
+            .map(parse_resource_attributes)
+            .transpose()
+            .context("OTEL_RESOURCE_ATTRIBUTES")?
+            .unwrap_or_default();
+        // The standard names win over ShopStack's own, so a setup written for any
+        // OpenTelemetry SDK names the service the same here; the one name is then used in the
+        // logs, /healthz, the metrics and the traces alike.
+        let resource_name = resource_attributes
+            .iter()
+            .find(|(key, _)| key == "service.name")
+            .map(|(_, value)| value.clone());
+        let name = match (self.otel_service_name, resource_name, self.service_name) {
+            (Some(name), _, _) if !name.trim().is_empty() => name,
+            (Some(_), _, _) => bail!("OTEL_SERVICE_NAME must not be empty"),
+            (None, Some(name), _) if !name.trim().is_empty() => name,
+            (None, Some(_), _) => bail!("OTEL_RESOURCE_ATTRIBUTES: service.name must not be empty"),
+            (None, None, Some(name)) if name.trim().is_empty() => bail!("SERVICE_NAME must not be empty"),
+            (None, None, name) => name.unwrap_or_else(|| defaults.name.to_string()),
+        };
         tracing_subscriber::EnvFilter::try_new(&self.log_level)
             .with_context(|| format!("LOG_LEVEL={:?} is not a valid level or filter", self.log_level))?;
 
         // OTLP_ENDPOINT is accepted for compatibility; the standard name wins when both are set.
-        let otlp_endpoint = self
-            .otlp_endpoint
-            .or_else(|| std::env::var("OTLP_ENDPOINT").ok())
-            .filter(|value| !value.trim().is_empty())
-            .map(|value| parse_http_url(&value).context("OTEL_EXPORTER_OTLP_ENDPOINT"))
-            .transpose()?;
-        if otlp_endpoint.as_ref().is_some_and(|url| url.scheme() == "https") {
-            bail!(
-                "OTEL_EXPORTER_OTLP_ENDPOINT: https:// is not supported (the services carry no TLS client); export to a collector over http://"
-            );
-        }
-        let otlp_headers = self
-            .otlp_headers
-            .as_deref()
-            .map(parse_otlp_headers)
-            .transpose()
-            .context("OTEL_EXPORTER_OTLP_HEADERS")?
-            .unwrap_or_default();
-        if self.otlp_timeout_ms == 0 {
-            bail!("OTEL_EXPORTER_OTLP_TIMEOUT must be more than 0 ms");
-        }
+        let otlp = OtlpOptions {
+            endpoint: non_empty(self.otlp_endpoint)
+                .or_else(|| non_empty(std::env::var("OTLP_ENDPOINT").ok())),
+            protocol: self.otlp_protocol,
+            headers: self.otlp_headers,
+            timeout_ms: Some(self.otlp_timeout_ms),
+            compression: self.otlp_compression,
+        };
+        let traces = SignalOptions {
+            signal: "TRACES",
+            path: "/v1/traces",
+            exporter_variable: "OTEL_TRACES_EXPORTER",
+            exporter: non_empty(self.traces_exporter),
+            otlp: OtlpOptions {
+                endpoint: non_empty(self.otlp_traces_endpoint),
+                protocol: self.otlp_traces_protocol,
+                headers: self.otlp_traces_headers,
+                timeout_ms: self.otlp_traces_timeout_ms,
+                compression: self.otlp_traces_compression,
+            },
+        };
+        let logs = SignalOptions {
+            signal: "LOGS",
+            path: "/v1/logs",
+            exporter_variable: "OTEL_LOGS_EXPORTER",
+            exporter: non_empty(Some(self.logs_exporter)).or_else(|| Some("none".to_owned())),
+            otlp: OtlpOptions {
+                endpoint: non_empty(self.otlp_logs_endpoint),
+                protocol: self.otlp_logs_protocol,
+                headers: self.otlp_logs_headers,
+                timeout_ms: self.otlp_logs_timeout_ms,
+                compression: self.otlp_logs_compression,
+            },
+        };
+        // Everything is checked even when the SDK is off, so that turning it on cannot fail.
+        let traces_export = traces.resolve(&otlp)?;
+        let logs_export = logs.resolve(&otlp)?;
+        // The specification's boolean: `true` in any case; empty is unset.
+        let sdk_disabled = match self.sdk_disabled.trim().to_ascii_lowercase().as_str() {
+            "true" => true,
+            "false" | "" => false,
+            _ => bail!(
+                "OTEL_SDK_DISABLED={:?} is neither true nor false",
+                self.sdk_disabled
+            ),
+        };
+        let (traces_export, logs_export) = if sdk_disabled {
+            (SignalExport::None, SignalExport::None)
+        } else {
+            (traces_export, logs_export)
+        };
         let sampler = parse_sampler(self.traces_sampler.as_deref(), self.traces_sampler_arg.as_deref())?;
         let span_queue = QueueSettings {
             schedule_delay: Duration::from_millis(self.bsp_schedule_delay_ms),
@@ -365,9 +492,9 @@ impl CommonConfig {
             max_connections: self.max_connections,
             log_level: self.log_level,
             log_file: self.log_file,
-            otlp_endpoint,
-            otlp_headers,
-            otlp_timeout: Duration::from_millis(self.otlp_timeout_ms),
+            traces_export,
+            logs_export,
+            resource_attributes,
             sampler,
             span_queue,
             redis_url,
@@ -381,6 +508,206 @@ impl CommonConfig {
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
         })
     }
+}
+
+/// Where one signal — spans or log records — is exported.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SignalExport {
+    /// Not exported (spans still get their ids, which the log lines carry).
+    None,
+    /// Written to stdout by the SDK's console exporter (for a look while developing).
+    Console,
+    /// Sent to an OTLP receiver.
+    Otlp(OtlpTarget),
+}
+
+/// An OTLP receiver of one signal and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpTarget {
+    pub protocol: OtlpProtocol,
+    /// The whole URL: for HTTP, with the signal's path (`/v1/traces`) already added where the
+    /// endpoint of every signal was given.
+    pub endpoint: Url,
+    /// Lowercase names, decoded values.
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+    pub gzip: bool,
+}
+
+/// The OTLP transports the services speak (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    /// `grpc` or `http/protobuf`; anything else is refused, naming `variable`.
+    pub fn parse(variable: &str, value: &str) -> anyhow::Result<Self> {
+        match value.trim() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" => Ok(Self::HttpProtobuf),
+            "http/json" => bail!("{variable}=\"http/json\" is not supported: use grpc or http/protobuf"),
+            other => bail!("{variable}={other:?} is not an OTLP protocol: use grpc or http/protobuf"),
+        }
+    }
+
+    /// The endpoint used when `OTEL_{SIGNAL}_EXPORTER=otlp` names no endpoint (the
+    /// specification's), without the signal path.
+    fn default_endpoint(self) -> &'static str {
+        match self {
+            Self::Grpc => "http://localhost:4317",
+            Self::HttpProtobuf => "http://localhost:4318",
+        }
+    }
+}
+
+/// The OTLP settings of every signal, or of one (`OTEL_EXPORTER_OTLP_*` or
+/// `OTEL_EXPORTER_OTLP_{SIGNAL}_*`).
+struct OtlpOptions {
+    endpoint: Option<String>,
+    protocol: Option<String>,
+    headers: Option<String>,
+    timeout_ms: Option<u64>,
+    compression: Option<String>,
+}
+
+/// One signal's exporter and its own OTLP settings.
+struct SignalOptions {
+    /// `TRACES` or `LOGS`, as in the variable names.
+    signal: &'static str,
+    /// What OTLP/HTTP appends to the endpoint of every signal.
+    path: &'static str,
+    exporter_variable: &'static str,
+    exporter: Option<String>,
+    otlp: OtlpOptions,
+}
+
+impl SignalOptions {
+    /// The signal's own setting, else every signal's: (variable, value).
+    fn pick<'a>(
+        &'a self,
+        generic: &'a OtlpOptions,
+        setting: &str,
+        field: impl Fn(&OtlpOptions) -> Option<&str>,
+    ) -> Option<(String, &'a str)> {
+        let own =
+            field(&self.otlp).map(|value| (format!("OTEL_EXPORTER_OTLP_{}_{setting}", self.signal), value));
+        own.or_else(|| field(generic).map(|value| (format!("OTEL_EXPORTER_OTLP_{setting}"), value)))
+            .filter(|(_, value)| !value.trim().is_empty())
+    }
+
+    /// Check every setting of the signal and say where it goes. Without an exporter named,
+    /// spans go to OTLP when an endpoint is set (as they always have) and nowhere otherwise.
+    fn resolve(&self, generic: &OtlpOptions) -> anyhow::Result<SignalExport> {
+        let protocol = match self.pick(generic, "PROTOCOL", |options| options.protocol.as_deref()) {
+            Some((variable, value)) => OtlpProtocol::parse(&variable, value)?,
+            None => OtlpProtocol::Grpc,
+        };
+        let gzip = match self.pick(generic, "COMPRESSION", |options| options.compression.as_deref()) {
+            Some((_, value)) if value.trim() == "gzip" => true,
+            Some((_, value)) if value.trim() == "none" => false,
+            Some((variable, value)) => bail!("{variable}={value:?} is not a compression: use gzip or none"),
+            None => false,
+        };
+        let headers = match self.pick(generic, "HEADERS", |options| options.headers.as_deref()) {
+            Some((variable, value)) => parse_otlp_headers(value).context(variable)?,
+            None => Vec::new(),
+        };
+        let (timeout_variable, timeout_ms) = match self.otlp.timeout_ms {
+            Some(ms) => (format!("OTEL_EXPORTER_OTLP_{}_TIMEOUT", self.signal), ms),
+            None => (
+                "OTEL_EXPORTER_OTLP_TIMEOUT".to_owned(),
+                generic.timeout_ms.unwrap_or(10_000),
+            ),
+        };
+        if timeout_ms == 0 {
+            bail!("{timeout_variable} must be more than 0 ms");
+        }
+        // The signal's own endpoint is used as written; every signal's gets the signal's path
+        // over HTTP (the OTLP exporter specification's rule).
+        let endpoint = match (&self.otlp.endpoint, &generic.endpoint) {
+            (Some(own), _) => Some(
+                parse_http_url(own)
+                    .with_context(|| format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", self.signal))?,
+            ),
+            (None, Some(every)) => {
+                parse_http_url(every).context("OTEL_EXPORTER_OTLP_ENDPOINT")?;
+                Some(
+                    self.signal_url(protocol, every)
+                        .context("OTEL_EXPORTER_OTLP_ENDPOINT")?,
+                )
+            }
+            (None, None) => None,
+        };
+        let exporter = match &self.exporter {
+            Some(name) => name.trim(),
+            None if endpoint.is_some() => "otlp",
+            None => "none",
+        };
+        Ok(match exporter {
+            "none" => SignalExport::None,
+            "console" => SignalExport::Console,
+            "otlp" => {
+                let endpoint = match endpoint {
+                    Some(endpoint) => endpoint,
+                    None => self.signal_url(protocol, protocol.default_endpoint())?,
+                };
+                SignalExport::Otlp(OtlpTarget {
+                    protocol,
+                    endpoint,
+                    headers,
+                    timeout: Duration::from_millis(timeout_ms),
+                    gzip,
+                })
+            }
+            other => bail!(
+                "{}={other:?} is not an exporter: use otlp, console or none",
+                self.exporter_variable
+            ),
+        })
+    }
+
+    /// The URL of this signal at `base`, the endpoint of every signal.
+    fn signal_url(&self, protocol: OtlpProtocol, base: &str) -> anyhow::Result<Url> {
+        match protocol {
+            OtlpProtocol::Grpc => parse_http_url(base),
+            OtlpProtocol::HttpProtobuf => {
+                parse_http_url(&format!("{}{}", base.trim().trim_end_matches('/'), self.path))
+            }
+        }
+    }
+}
+
+/// `Some` only for text that is not blank.
+fn non_empty(value: Option<String>) -> Option<String> {
+    value.filter(|value| !value.trim().is_empty())
+}
+
+/// `OTEL_RESOURCE_ATTRIBUTES`: `key=value` pairs separated by commas, keys and values
+/// percent-decoded and trimmed (the OpenTelemetry specification's format); a pair without `=`
+/// or with an empty key is refused.
+pub fn parse_resource_attributes(value: &str) -> anyhow::Result<Vec<(String, String)>> {
+    let decode = |text: &str| {
+        percent_encoding::percent_decode_str(text.trim())
+            .decode_utf8()
+            .map(|text| text.into_owned())
+            .with_context(|| format!("{text:?} is not UTF-8 once decoded"))
+    };
+    value
+        .split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .with_context(|| format!("{pair:?} is not key=value"))?;
+            let key = decode(key)?;
+            if key.is_empty() {
+                bail!("{pair:?} has no key");
+            }
+            Ok((key, decode(value)?))
+        })
+        .collect()
 }
 
 /// The sampler when `OTEL_TRACES_SAMPLER` is unset: parent-based, always on.
@@ -555,7 +882,7 @@ impl ConnectionTimeouts {
     }
 }
 
-/// When batches are sent, and how many spans may wait.
+/// The SDK batch span processor's settings: when batches are sent, and how many spans may wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QueueSettings {
     /// The batch being filled is sent at least this often (`OTEL_BSP_SCHEDULE_DELAY`).
@@ -681,12 +1008,175 @@ mod tests {
     }
 
     #[test]
-    fn an_https_otlp_endpoint_is_refused_at_startup() {
-        let error = resolve_flags(&["--otlp-endpoint", "https://collector:4317"])
-            .err()
-            .unwrap_or_default();
-        assert!(error.contains("https"), "{error}");
-        assert!(resolve_flags(&["--otlp-endpoint", "http://collector:4317"]).is_ok());
+    fn otlp_export_is_grpc_by_default_and_http_protobuf_on_request() {
+        let traces = |flags: &[&str]| resolve_flags(flags).map(|settings| settings.traces_export);
+        assert_eq!(
+            traces(&[]),
+            Ok(SignalExport::None),
+            "no endpoint: nothing exported"
+        );
+        let Ok(SignalExport::Otlp(grpc)) = traces(&["--otlp-endpoint", "https://collector:4317"]) else {
+            panic!("an endpoint alone exports spans over OTLP");
+        };
+        assert_eq!(grpc.protocol, OtlpProtocol::Grpc);
+        assert_eq!(grpc.endpoint.as_str(), "https://collector:4317/");
+        assert!(!grpc.gzip);
+
+        let Ok(SignalExport::Otlp(http)) = traces(&[
+            "--otlp-endpoint",
+            "http://collector:4318/",
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-compression",
+            "gzip",
+            "--otlp-headers",
+            "api-key=one",
+            "--otlp-traces-headers",
+            "api-key=two",
+            "--otlp-traces-timeout-ms",
+            "250",
+        ]) else {
+            panic!("http/protobuf");
+        };
+        assert_eq!(http.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(http.endpoint.as_str(), "http://collector:4318/v1/traces");
+        assert!(http.gzip);
+        assert_eq!(http.headers, [("api-key".to_owned(), "two".to_owned())]);
+        assert_eq!(http.timeout, Duration::from_millis(250));
+
+        // The signal's own endpoint is used as written.
+        let Ok(SignalExport::Otlp(own)) = traces(&[
+            "--otlp-traces-endpoint",
+            "http://collector:4318/custom",
+            "--otlp-traces-protocol",
+            "http/protobuf",
+        ]) else {
+            panic!("a traces endpoint");
+        };
+        assert_eq!(own.endpoint.as_str(), "http://collector:4318/custom");
+
+        // Named exporters; `otlp` without an endpoint goes to the specification's default.
+        let Ok(SignalExport::Otlp(default)) = traces(&["--traces-exporter", "otlp"]) else {
+            panic!("otlp without an endpoint");
+        };
+        assert_eq!(default.endpoint.as_str(), "http://localhost:4317/");
+        assert_eq!(
+            traces(&["--traces-exporter", "console"]),
+            Ok(SignalExport::Console)
+        );
+        assert_eq!(
+            traces(&[
+                "--traces-exporter",
+                "none",
+                "--otlp-endpoint",
+                "http://collector:4317"
+            ]),
+            Ok(SignalExport::None)
+        );
+        let logs = resolve_flags(&[
+            "--logs-exporter",
+            "otlp",
+            "--otlp-endpoint",
+            "http://c:4318",
+            "--otlp-protocol",
+            "http/protobuf",
+        ])
+        .map(|settings| settings.logs_export);
+        let Ok(SignalExport::Otlp(logs)) = logs else {
+            panic!("OTLP logs: {logs:?}");
+        };
+        assert_eq!(logs.endpoint.as_str(), "http://c:4318/v1/logs");
+    }
+
+    #[test]
+    fn unknown_protocols_exporters_and_compressions_are_refused_at_startup() {
+        for (flags, named) in [
+            (&["--otlp-protocol", "http"][..], "OTEL_EXPORTER_OTLP_PROTOCOL"),
+            (
+                &["--otlp-traces-protocol", "http/json"],
+                "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            ),
+            (
+                &["--otlp-logs-protocol", "grcp"],
+                "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+            ),
+            (&["--traces-exporter", "jaeger"], "OTEL_TRACES_EXPORTER"),
+            (&["--logs-exporter", "loki"], "OTEL_LOGS_EXPORTER"),
+            (&["--otlp-compression", "zstd"], "OTEL_EXPORTER_OTLP_COMPRESSION"),
+            (
+                &["--otlp-endpoint", "collector:4317"],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+            ),
+            (
+                &["--otlp-traces-timeout-ms", "0"],
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+            ),
+            (&["--resource-attributes", "team"], "OTEL_RESOURCE_ATTRIBUTES"),
+            // Checked even with the SDK off, so turning it on cannot fail.
+            (
+                &["--sdk-disabled", "TRUE", "--otlp-protocol", "udp"],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+            ),
+        ] {
+            let error = resolve_flags(flags).err().unwrap_or_default();
+            assert!(error.contains(named), "{flags:?}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_disabled_sdk_exports_nothing() {
+        let settings = resolve_flags(&[
+            "--sdk-disabled",
+            "True",
+            "--otlp-endpoint",
+            "http://c:4317",
+            "--logs-exporter",
+            "otlp",
+        ])
+        .map(|settings| (settings.traces_export, settings.logs_export));
+        assert_eq!(settings, Ok((SignalExport::None, SignalExport::None)));
+        // Empty is unset (as a compose file's `${OTEL_SDK_DISABLED:-}` leaves it).
+        let enabled = resolve_flags(&["--sdk-disabled", "", "--otlp-endpoint", "http://c:4317"])
+            .map(|settings| settings.traces_export != SignalExport::None);
+        assert_eq!(enabled, Ok(true));
+        assert!(resolve_flags(&["--sdk-disabled", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_service_is_named_by_otel_service_name_then_the_resource_then_service_name() {
+        let name = |flags: &[&str]| resolve_flags(flags).map(|settings| settings.identity.name);
+        assert_eq!(name(&[]), Ok("test".to_owned()));
+        assert_eq!(name(&["--service-name", "own"]), Ok("own".to_owned()));
+        assert_eq!(
+            name(&[
+                "--service-name",
+                "own",
+                "--resource-attributes",
+                "service.name=res,team=blue"
+            ]),
+            Ok("res".to_owned())
+        );
+        assert_eq!(
+            name(&[
+                "--service-name",
+                "own",
+                "--resource-attributes",
+                "service.name=res",
+                "--otel-service-name",
+                "otel"
+            ]),
+            Ok("otel".to_owned())
+        );
+        assert!(name(&["--otel-service-name", " "]).is_err());
+        let attributes = resolve_flags(&["--resource-attributes", "team=blue%2Cgreen, region = eu ,"])
+            .map(|settings| settings.resource_attributes);
+        assert_eq!(
+            attributes,
+            Ok(vec![
+                ("team".to_owned(), "blue,green".to_owned()),
+                ("region".to_owned(), "eu".to_owned())
+            ])
+        );
     }
 
     #[test]

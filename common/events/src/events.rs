@@ -21,6 +21,7 @@ use futures::future::BoxFuture;
 use opentelemetry::trace::TraceContextExt as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use std::future::IntoFuture as _;
 use tokio::sync::Mutex;
 use tokio::task::JoinHandle;
 use tracing::Instrument as _;
@@ -409,18 +410,17 @@ impl EventBus {
                 .map(|_| Err(EventError::Unavailable(error.to_string())))
                 .collect();
         }
+        // One producer span per message, from its send to JetStream's acknowledgement.
+        let spans: Vec<tracing::Span> = events.iter().map(publish_span).collect();
         let mut pending = Vec::with_capacity(events.len());
-        for event in events {
-            pending.push(match send(nats, event).await {
-                Ok(ack) => Ok(ack),
-                Err(error) => Err(error),
-            });
+        for (event, span) in events.iter().zip(&spans) {
+            pending.push(send(nats, event, span).instrument(span.clone()).await);
         }
         let mut results = Vec::with_capacity(events.len());
         let mut any_failed = false;
-        for (event, sent) in events.iter().zip(pending) {
+        for ((event, sent), span) in events.iter().zip(pending).zip(spans) {
             let result = match sent {
-                Ok(ack) => match ack.await {
+                Ok(ack) => match ack.into_future().instrument(span.clone()).await {
                     Ok(ack) => {
                         let label = if ack.duplicate { "duplicate" } else { "ok" };
                         metrics
@@ -435,6 +435,7 @@ impl EventBus {
                 Err(error) => Err(error),
             };
             if let Err(error) = &result {
+                span.record("otel.status_code", "ERROR");
                 any_failed = true;
                 metrics
                     .published
@@ -554,7 +555,26 @@ impl EventBus {
             messaging.message.id = %event.id,
             messaging.consumer.group.name = durable,
         );
-        shopstack_telemetry::telemetry::set_parent(&span, event.trace_context());
+        // The producer's span, from the message headers; the event's own trace context (the
+        // operation that caused it) for a message published without them.
+        let parent = message
+            .headers
+            .as_ref()
+            .and_then(|headers| headers.get("traceparent"))
+            .map(|traceparent| {
+                let mut carrier = HashMap::new();
+                carrier.insert("traceparent".to_owned(), traceparent.as_str().to_owned());
+                if let Some(tracestate) = message
+                    .headers
+                    .as_ref()
+                    .and_then(|headers| headers.get("tracestate"))
+                {
+                    carrier.insert("tracestate".to_owned(), tracestate.as_str().to_owned());
+                }
+                opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&carrier))
+            })
+            .unwrap_or_else(|| event.trace_context());
+        shopstack_telemetry::telemetry::set_parent(&span, parent);
         let event_type = event.event_type.clone();
         let event_id = event.id.clone();
         let outcome = handler(event).instrument(span.clone()).await;
@@ -578,17 +598,48 @@ impl EventBus {
     }
 }
 
-async fn send(nats: &Nats, event: &Event) -> Result<jetstream::context::PublishAckFuture, EventError> {
+/// The producer span of one publish (the messaging semantic conventions), in the trace of the
+/// operation that caused the event — also when the outbox relay publishes it later.
+fn publish_span(event: &Event) -> tracing::Span {
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = %format_args!("publish {}", event.nats_subject()),
+        otel.kind = "producer",
+        otel.status_code = tracing::field::Empty,
+        messaging.system = "nats",
+        messaging.destination.name = %event.nats_subject(),
+        messaging.operation.type = "send",
+        messaging.operation.name = "publish",
+        messaging.message.id = %event.id,
+    );
+    shopstack_telemetry::telemetry::set_parent(&span, event.trace_context());
+    span
+}
+
+/// Send one event; its headers carry `span`'s trace context (W3C `traceparent`/`tracestate`),
+/// so a consumer's span is the producer span's child.
+async fn send(
+    nats: &Nats,
+    event: &Event,
+    span: &tracing::Span,
+) -> Result<jetstream::context::PublishAckFuture, EventError> {
     let payload = serde_json::to_vec(event).map_err(|error| EventError::Encode(error.to_string()))?;
     let mut message = jetstream::message::PublishMessage::build()
         .payload(payload.into())
         .message_id(&event.id)
         .header("Content-Type", "application/cloudevents+json");
-    if let Some(traceparent) = &event.traceparent {
-        message = message.header("traceparent", traceparent.as_str());
-    }
-    if let Some(tracestate) = &event.tracestate {
-        message = message.header("tracestate", tracestate.as_str());
+    let context = shopstack_telemetry::telemetry::span_context(span);
+    if context.is_valid() {
+        let traceparent = shopstack_telemetry::propagation::traceparent_text(
+            context.trace_id(),
+            context.span_id(),
+            context.is_sampled(),
+        );
+        message = message.header("traceparent", String::from_utf8_lossy(&traceparent).as_ref());
+        let tracestate = context.trace_state().header();
+        if !tracestate.is_empty() {
+            message = message.header("tracestate", tracestate.as_str());
+        }
     }
     nats.jetstream
         .send_publish(event.nats_subject().to_owned(), message)

@@ -1,28 +1,27 @@
 //! The request middleware every service wears outermost: a server span continuing the caller's
 //! trace, `x-request-id`, the request metrics and one JSON log line per request.
 
+use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use opentelemetry::KeyValue;
 use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceFlags, TraceId,
+    Span as _, SpanContext, SpanId, SpanKind, Status, TraceContextExt as _, TraceId, Tracer as _,
 };
-use opentelemetry_sdk::trace::{SamplingDecision, ShouldSample as _};
+use opentelemetry::{KeyValue, StringValue, Value};
+use opentelemetry_sdk::trace::SdkTracer;
 use tracing::Instrument;
 use tracing::field::Empty;
 
 use crate::platform::Platform;
 use shopstack_base::simulation::InjectedFault;
 use shopstack_telemetry::metrics::{IntGauge, RouteMetrics, observe_latency};
-use shopstack_telemetry::otlp;
 use shopstack_telemetry::propagation;
 use shopstack_telemetry::telemetry;
-use shopstack_telemetry::telemetry::SpanExport;
 
 pub use crate::request_id::{REQUEST_ID, X_REQUEST_ID};
 pub const X_TRACE_ID: HeaderName = HeaderName::from_static("x-trace-id");
@@ -351,6 +350,11 @@ impl RouteObserver {
             line_prefix.extend_from_slice(name);
             telemetry::write_json_string(&mut line_prefix, text);
         }
+        // Values shared, not copied, by every span of the route.
+        let shared = |value: Value| match value {
+            Value::String(text) => Value::String(StringValue::from(Arc::<str>::from(text.as_str()))),
+            other => other,
+        };
         let mut span_attributes = vec![
             KeyValue::new("http.request.method", method.as_str().to_owned()),
             KeyValue::new("http.route", route),
@@ -358,8 +362,11 @@ impl RouteObserver {
         span_attributes.extend(attributes);
         Self {
             span: Arc::new(RouteSpan {
-                name: format!("{method} {route}"),
-                attributes: otlp::encode_attributes(&span_attributes),
+                name: Cow::Owned(format!("{method} {route}")),
+                attributes: span_attributes
+                    .into_iter()
+                    .map(|attribute| KeyValue::new(attribute.key, shared(attribute.value)))
+                    .collect(),
             }),
             line_prefix: String::from_utf8(line_prefix).unwrap_or_default(),
             metrics: platform.metrics().for_route(method.as_str(), route),
@@ -397,16 +404,19 @@ impl RouteObserver {
         let status = response.status();
         let elapsed = started.elapsed();
         self.metrics.requests.inc(status.as_str());
-        let exemplar = trace.sampled.then_some(trace.trace_id);
+        let exemplar = exemplar_trace(&trace.context);
         observe_latency(&self.metrics.duration, elapsed.as_secs_f64(), exemplar);
         drop(_in_flight);
 
         let mut trace_hex = [0u8; 32];
-        propagation::write_hex(&mut trace_hex, &trace.trace_id.to_bytes());
+        propagation::write_hex(&mut trace_hex, &trace.trace_id().to_bytes());
         let mut span_hex = [0u8; 16];
-        propagation::write_hex(&mut span_hex, &trace.span_id.to_bytes());
+        propagation::write_hex(&mut span_hex, &trace.span_id().to_bytes());
         let trace_id = std::str::from_utf8(&trace_hex).unwrap_or_default();
         let span_id = std::str::from_utf8(&span_hex).unwrap_or_default();
+        // The line is written outside any `tracing` span: an exported log record takes the
+        // request's trace from here.
+        let _log_record_context = telemetry::trace_context_for_log_records(|| trace.context.clone());
         trace.end(Some(status));
 
         // The same line as `observe_request` writes, with the span's fields written here.
@@ -452,193 +462,107 @@ impl RouteObserver {
     }
 }
 
-/// What every span of a route has: its name, and its attributes written once as OTLP fields.
+/// What every span of a route has: its name and its attributes, made once.
 #[derive(Debug)]
 struct RouteSpan {
     /// `"GET /catalog/{id}"`.
-    name: String,
-    attributes: Vec<u8>,
+    name: Cow<'static, str>,
+    attributes: Vec<KeyValue>,
 }
 
-/// The trace ids of a request observed without a `tracing` span, and its server span when this
-/// process exports spans and the sampler keeps it. Without an exporter no span is recorded, only
-/// its ids (`telemetry::new_span_context`).
-///
-/// The span is not an SDK span: its ids come from `new_span_context`, the provider's sampler
-/// decides, and it is written as OTLP straight into the span queue's batch when it ends (with
-/// the route's attributes copied as written once). As an SDK span — a `SpanBuilder`, the
-/// attributes cloned in and dropped, `SpanData` built and encoded — it would cost half of what
-/// exporting adds to a proxied request (docs/performance.md). What is exported is
-/// the same message; the trace tests read it from a real receiver.
+/// The trace ids of a request observed without a `tracing` span, and its server span — an SDK
+/// span, the tracer's sampler deciding — when this process exports spans. Without an exporter
+/// no span is built, only its ids (`telemetry::new_span_context`): the request line and the
+/// backend's `traceparent` need nothing more.
 pub struct RequestTrace {
-    trace_id: TraceId,
-    span_id: SpanId,
-    sampled: bool,
-    /// Boxed: this lives in request futures that are moved.
-    span: Option<Box<RecordedSpan>>,
-}
-
-/// A sampled server span being recorded.
-struct RecordedSpan {
-    export: &'static SpanExport,
-    route: Arc<RouteSpan>,
-    path: String,
     context: SpanContext,
-    /// `SpanId::INVALID` when the request started the trace.
-    parent_span_id: SpanId,
-    start_time: SystemTime,
-    /// Whatever the sampler adds (the built-in samplers add none).
-    sampler_attributes: Vec<KeyValue>,
-}
-
-/// How a recorded span ended.
-enum SpanEnd {
-    Answered(StatusCode),
-    /// No answer was made (the request failed before one).
-    NoAnswer,
-    /// The request's future was dropped (the caller went away): exported as the SDK exports a
-    /// span dropped unended — no status.
-    Abandoned,
+    /// Boxed: this lives in request futures that are moved. `None` when nothing is exported or
+    /// the sampler dropped the span.
+    span: Option<Box<opentelemetry_sdk::trace::Span>>,
 }
 
 impl RequestTrace {
     /// A server span of `route` for `path`, under `parent` (the caller's) or starting a trace.
-    fn start(parent: Option<SpanContext>, route: &Arc<RouteSpan>, path: &str) -> Self {
-        Self::start_exporting_to(telemetry::span_export(), parent, route, path)
+    fn start(parent: Option<SpanContext>, route: &RouteSpan, path: &str) -> Self {
+        Self::start_with(telemetry::exporting_tracer(), parent, route, path)
     }
 
-    fn start_exporting_to(
-        export: Option<&'static SpanExport>,
+    fn start_with(
+        tracer: Option<&SdkTracer>,
         parent: Option<SpanContext>,
-        route: &Arc<RouteSpan>,
+        route: &RouteSpan,
         path: &str,
     ) -> Self {
-        let context = telemetry::new_span_context(parent.as_ref());
-        let Some(export) = export else {
+        let Some(tracer) = tracer else {
             return Self {
-                trace_id: context.trace_id(),
-                span_id: context.span_id(),
-                sampled: context.is_sampled(),
+                context: telemetry::new_span_context(parent.as_ref()),
                 span: None,
             };
         };
-        let parent = parent.filter(SpanContext::is_valid);
-        let parent_context = parent
-            .as_ref()
-            .map(|parent| opentelemetry::Context::new().with_remote_span_context(parent.clone()));
-        let decision = export.sampler.should_sample(
-            parent_context.as_ref(),
-            context.trace_id(),
-            &route.name,
-            &SpanKind::Server,
-            &[],
-            &[],
-        );
-        let sampled = decision.decision == SamplingDecision::RecordAndSample;
-        let flags = parent
-            .as_ref()
-            .map_or(TraceFlags::default(), SpanContext::trace_flags)
-            .with_sampled(sampled);
-        let context = SpanContext::new(
-            context.trace_id(),
-            context.span_id(),
-            flags,
-            false,
-            decision.trace_state,
-        );
+        let parent = match parent.filter(SpanContext::is_valid) {
+            Some(parent) => opentelemetry::Context::new().with_remote_span_context(parent),
+            None => opentelemetry::Context::new(),
+        };
+        let mut attributes = Vec::with_capacity(route.attributes.len() + 2);
+        attributes.extend(route.attributes.iter().cloned());
+        attributes.push(KeyValue::new("url.path", path.to_owned()));
+        let span = tracer
+            .span_builder(route.name.clone())
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes)
+            .start_with_context(tracer, &parent);
+        let context = span.span_context().clone();
         Self {
-            trace_id: context.trace_id(),
-            span_id: context.span_id(),
-            sampled,
-            // Spans the sampler records without sampling are exported by no processor: not kept.
-            span: sampled.then(|| {
-                Box::new(RecordedSpan {
-                    export,
-                    route: Arc::clone(route),
-                    path: path.to_owned(),
-                    parent_span_id: parent.as_ref().map_or(SpanId::INVALID, SpanContext::span_id),
-                    context,
-                    start_time: SystemTime::now(),
-                    sampler_attributes: decision.attributes,
-                })
-            }),
+            context,
+            // A span the sampler dropped records nothing: not kept.
+            span: span.is_recording().then(|| Box::new(span)),
         }
     }
 
     pub fn trace_id(&self) -> TraceId {
-        self.trace_id
+        self.context.trace_id()
     }
 
     pub fn span_id(&self) -> SpanId {
-        self.span_id
+        self.context.span_id()
     }
 
     /// The `traceparent` that makes this span the callee's parent.
     pub fn traceparent(&self) -> HeaderValue {
-        propagation::traceparent(self.trace_id, self.span_id, self.sampled)
+        propagation::traceparent(
+            self.context.trace_id(),
+            self.context.span_id(),
+            self.context.is_sampled(),
+        )
     }
 
     /// [`RequestTrace::traceparent`]'s text, for a request written by hand.
     pub fn traceparent_text(&self) -> [u8; 55] {
-        propagation::traceparent_text(self.trace_id, self.span_id, self.sampled)
+        propagation::traceparent_text(
+            self.context.trace_id(),
+            self.context.span_id(),
+            self.context.is_sampled(),
+        )
     }
 
     /// End the span (exporting it, when spans are exported) with the answer's status, or as
-    /// failed when there was no answer (`None`).
+    /// failed when there was no answer (`None`). A `RequestTrace` dropped without this (the
+    /// caller went away) ends its span without a status.
     pub fn end(mut self, status: Option<StatusCode>) {
-        if let Some(span) = self.span.take() {
-            span.record(status.map_or(SpanEnd::NoAnswer, SpanEnd::Answered));
-        }
-    }
-}
-
-impl Drop for RequestTrace {
-    fn drop(&mut self) {
-        if let Some(span) = self.span.take() {
-            span.record(SpanEnd::Abandoned);
-        }
-    }
-}
-
-impl RecordedSpan {
-    /// Write the span into the span queue's batch.
-    fn record(self, end: SpanEnd) {
-        let end_time = SystemTime::now();
-        let export = self.export;
-        let status = match end {
-            SpanEnd::Answered(status) if status.is_server_error() => Status::error(""),
-            SpanEnd::NoAnswer => Status::error(""),
-            SpanEnd::Answered(_) | SpanEnd::Abandoned => Status::Unset,
-        };
-        export.recorder.record(&export.scope, |out| {
-            otlp::write_span_head(
-                out,
-                &otlp::SpanHead {
-                    context: &self.context,
-                    parent_span_id: self.parent_span_id,
-                    parent_is_remote: self.parent_span_id != SpanId::INVALID,
-                    name: &self.route.name,
-                    kind: &SpanKind::Server,
-                    start_time: self.start_time,
-                    end_time,
-                },
-            );
-            out.extend_from_slice(&self.route.attributes);
-            otlp::write_string_attribute(out, "url.path", &self.path);
-            for attribute in &self.sampler_attributes {
-                otlp::write_attribute(out, attribute.key.as_str(), &attribute.value);
+        let Some(mut span) = self.span.take() else { return };
+        match status {
+            Some(status) => {
+                span.set_attribute(KeyValue::new(
+                    "http.response.status_code",
+                    i64::from(status.as_u16()),
+                ));
+                if status.is_server_error() {
+                    span.set_status(Status::error(""));
+                }
             }
-            if let SpanEnd::Answered(status) = end {
-                let code = opentelemetry::Value::I64(i64::from(status.as_u16()));
-                otlp::write_attribute(out, "http.response.status_code", &code);
-            }
-            otlp::write_span_tail(
-                out,
-                &status,
-                &self.context,
-                self.parent_span_id != SpanId::INVALID,
-            );
-        });
+            None => span.set_status(Status::error("")),
+        }
+        span.end();
     }
 }
 
@@ -703,70 +627,56 @@ mod tests {
         );
     }
 
-    mod recorded_spans {
+    mod request_spans {
         use std::sync::{Arc, Mutex};
-        use std::time::Duration;
 
         use axum::http::{Method, StatusCode};
-        use opentelemetry::trace::{SpanContext, SpanId, TraceFlags, TraceId, TraceState};
-        use opentelemetry::{InstrumentationScope, KeyValue};
-        use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-        use opentelemetry_proto::tonic::common::v1::any_value;
-        use opentelemetry_proto::tonic::trace::v1::{Span, span, status};
-        use opentelemetry_sdk::trace::{Sampler, SpanProcessor as _};
-        use prost::Message as _;
+        use opentelemetry::KeyValue;
+        use opentelemetry::trace::{
+            SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState, TracerProvider as _,
+        };
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider, SpanData};
 
         use super::super::{RequestTrace, RouteSpan};
-        use shopstack_telemetry::otlp;
-        use shopstack_telemetry::span_queue::{QueueSettings, SpanQueue};
-        use shopstack_telemetry::telemetry::SpanExport;
 
-        /// A span queue whose requests are kept, and the export a `RequestTrace` records into.
-        fn exporting(sampler: Sampler) -> (SpanQueue, &'static SpanExport, Arc<Mutex<Vec<bytes::Bytes>>>) {
-            let sent = Arc::new(Mutex::new(Vec::new()));
-            let keep = Arc::clone(&sent);
-            let send = move |request| {
-                keep.lock().unwrap().push(request);
+        /// Keeps the spans it is handed.
+        #[derive(Clone, Default, Debug)]
+        struct Collected(Arc<Mutex<Vec<SpanData>>>);
+
+        impl opentelemetry_sdk::trace::SpanProcessor for Collected {
+            fn on_start(&self, _span: &mut opentelemetry_sdk::trace::Span, _cx: &opentelemetry::Context) {}
+            fn on_end(&self, span: SpanData) {
+                self.0.lock().unwrap().push(span);
+            }
+            fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
                 Ok(())
-            };
-            let settings = QueueSettings {
-                schedule_delay: Duration::from_secs(3_600),
-                ..QueueSettings::default()
-            };
-            let queue = SpanQueue::new(send, settings).unwrap();
-            let export = Box::leak(Box::new(SpanExport {
-                sampler,
-                scope: InstrumentationScope::builder("shopstack").build(),
-                recorder: queue.recorder(),
-            }));
-            (queue, export, sent)
+            }
+            fn shutdown_with_timeout(
+                &self,
+                _timeout: std::time::Duration,
+            ) -> opentelemetry_sdk::error::OTelSdkResult {
+                Ok(())
+            }
         }
 
-        fn spans(queue: &SpanQueue, sent: &Mutex<Vec<bytes::Bytes>>) -> Vec<Span> {
-            queue.force_flush().unwrap();
-            sent.lock()
-                .unwrap()
-                .iter()
-                .flat_map(|request| {
-                    ExportTraceServiceRequest::decode(request.clone())
-                        .unwrap()
-                        .resource_spans
-                })
-                .flat_map(|resource| resource.scope_spans)
-                .inspect(|scope| assert_eq!(scope.scope.as_ref().unwrap().name, "shopstack"))
-                .flat_map(|scope| scope.spans)
-                .collect()
+        fn exporting(sampler: Sampler) -> (opentelemetry_sdk::trace::SdkTracer, Collected) {
+            let collected = Collected::default();
+            let provider = SdkTracerProvider::builder()
+                .with_sampler(sampler)
+                .with_span_processor(collected.clone())
+                .build();
+            (provider.tracer("shopstack"), collected)
         }
 
-        fn route() -> Arc<RouteSpan> {
-            Arc::new(RouteSpan {
-                name: format!("{} /catalog/{{id}}", Method::GET),
-                attributes: otlp::encode_attributes(&[
+        fn route() -> RouteSpan {
+            RouteSpan {
+                name: format!("{} /catalog/{{id}}", Method::GET).into(),
+                attributes: vec![
                     KeyValue::new("http.request.method", "GET"),
                     KeyValue::new("http.route", "/catalog/{id}"),
                     KeyValue::new("peer.service", "catalog"),
-                ]),
-            })
+                ],
+            }
         }
 
         fn caller(flags: TraceFlags) -> SpanContext {
@@ -779,17 +689,10 @@ mod tests {
             )
         }
 
-        fn attributes(span: &Span) -> Vec<(String, String)> {
+        fn attributes(span: &SpanData) -> Vec<(String, String)> {
             span.attributes
                 .iter()
-                .map(|attribute| {
-                    let value = match attribute.value.as_ref().and_then(|value| value.value.as_ref()) {
-                        Some(any_value::Value::StringValue(text)) => text.clone(),
-                        Some(any_value::Value::IntValue(number)) => number.to_string(),
-                        other => format!("{other:?}"),
-                    };
-                    (attribute.key.clone(), value)
-                })
+                .map(|attribute| (attribute.key.to_string(), attribute.value.to_string()))
                 .collect()
         }
 
@@ -800,28 +703,29 @@ mod tests {
         }
 
         #[test]
-        fn a_server_span_is_exported_with_the_callers_trace_and_the_routes_attributes() {
-            let (queue, export, sent) = exporting(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
-            let trace = RequestTrace::start_exporting_to(
-                Some(export),
+        fn a_server_span_is_an_sdk_span_with_the_callers_trace_and_the_routes_attributes() {
+            let (tracer, collected) = exporting(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let trace = RequestTrace::start_with(
+                Some(&tracer),
                 Some(caller(TraceFlags::SAMPLED)),
                 &route(),
                 "/catalog/p-1",
             );
             assert_eq!(trace.trace_id(), TraceId::from(0xabc));
+            assert!(trace.span.is_some(), "recorded");
             let span_id = trace.span_id();
             assert!(trace.traceparent_text().ends_with(b"-01"));
             trace.end(Some(StatusCode::SERVICE_UNAVAILABLE));
 
-            let spans = spans(&queue, &sent);
+            let spans = collected.0.lock().unwrap();
             assert_eq!(spans.len(), 1);
             let span = &spans[0];
             assert_eq!(span.name, "GET /catalog/{id}");
-            assert_eq!(span.kind, span::SpanKind::Server as i32);
-            assert_eq!(span.trace_id, TraceId::from(0xabc).to_bytes());
-            assert_eq!(span.span_id, span_id.to_bytes());
-            assert_eq!(span.parent_span_id, SpanId::from(0x123).to_bytes());
-            assert!(span.start_time_unix_nano > 0 && span.end_time_unix_nano >= span.start_time_unix_nano);
+            assert_eq!(span.span_kind, SpanKind::Server);
+            assert_eq!(span.span_context.trace_id(), TraceId::from(0xabc));
+            assert_eq!(span.span_context.span_id(), span_id);
+            assert_eq!(span.parent_span_id, SpanId::from(0x123));
+            assert!(span.parent_span_is_remote);
             assert_eq!(
                 attributes(span),
                 pairs(&[
@@ -832,63 +736,45 @@ mod tests {
                     ("http.response.status_code", "503"),
                 ])
             );
-            assert_eq!(
-                span.status.as_ref().unwrap().code,
-                status::StatusCode::Error as i32
-            );
-            assert_eq!(span.flags, 0x301, "sampled, and the parent is known to be remote");
+            assert!(matches!(span.status, Status::Error { .. }));
         }
 
         #[test]
         fn a_root_span_without_an_answer_fails_and_an_abandoned_one_has_no_status() {
-            let (queue, export, sent) = exporting(Sampler::AlwaysOn);
-            RequestTrace::start_exporting_to(Some(export), None, &route(), "/a").end(None);
-            drop(RequestTrace::start_exporting_to(
-                Some(export),
-                None,
-                &route(),
-                "/b",
-            ));
-            let spans = spans(&queue, &sent);
+            let (tracer, collected) = exporting(Sampler::AlwaysOn);
+            RequestTrace::start_with(Some(&tracer), None, &route(), "/a").end(None);
+            drop(RequestTrace::start_with(Some(&tracer), None, &route(), "/b"));
+            let spans = collected.0.lock().unwrap();
             assert_eq!(spans.len(), 2);
-            assert!(
-                spans
-                    .iter()
-                    .all(|span| span.parent_span_id.is_empty() && span.flags == 0x101)
-            );
-            assert_eq!(
-                spans[0].status.as_ref().unwrap().code,
-                status::StatusCode::Error as i32
-            );
-            assert_eq!(
-                spans[1].status.as_ref().unwrap().code,
-                status::StatusCode::Unset as i32
-            );
-            assert_eq!(
-                attributes(&spans[1]).last().map(|(key, _)| key.as_str()),
-                Some("url.path")
-            );
+            assert!(spans.iter().all(|span| span.parent_span_id == SpanId::INVALID));
+            assert!(matches!(spans[0].status, Status::Error { .. }));
+            assert_eq!(spans[1].status, Status::Unset);
         }
 
         #[test]
         fn the_sampler_decides_and_its_decision_goes_to_the_next_hop() {
-            let (queue, export, sent) = exporting(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
-            let unsampled = RequestTrace::start_exporting_to(
-                Some(export),
-                Some(caller(TraceFlags::default())),
-                &route(),
-                "/",
-            );
+            let (tracer, collected) = exporting(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+            let unsampled =
+                RequestTrace::start_with(Some(&tracer), Some(caller(TraceFlags::default())), &route(), "/");
             assert!(unsampled.traceparent_text().ends_with(b"-00"));
+            assert!(unsampled.span.is_none(), "not recorded");
             unsampled.end(Some(StatusCode::OK));
 
-            let (never_queue, never, never_sent) = exporting(Sampler::AlwaysOff);
-            let dropped = RequestTrace::start_exporting_to(Some(never), None, &route(), "/");
+            let (never, never_collected) = exporting(Sampler::AlwaysOff);
+            let dropped = RequestTrace::start_with(Some(&never), None, &route(), "/");
             assert!(dropped.traceparent_text().ends_with(b"-00"));
             dropped.end(Some(StatusCode::OK));
 
-            assert!(spans(&queue, &sent).is_empty());
-            assert!(spans(&never_queue, &never_sent).is_empty());
+            assert!(collected.0.lock().unwrap().is_empty());
+            assert!(never_collected.0.lock().unwrap().is_empty());
+        }
+
+        #[test]
+        fn without_an_exporter_a_request_has_ids_and_no_span() {
+            let trace = RequestTrace::start_with(None, Some(caller(TraceFlags::SAMPLED)), &route(), "/");
+            assert_eq!(trace.trace_id(), TraceId::from(0xabc));
+            assert_ne!(trace.span_id(), SpanId::from(0x123));
+            assert!(trace.span.is_none());
         }
     }
 }

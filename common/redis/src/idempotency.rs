@@ -514,7 +514,7 @@ impl Idempotency {
                 let script = self.claim_script.clone();
                 let (storage_key, value) = (ticket.storage_key.clone(), ticket.marker.clone());
                 let existing: Option<String> = redis
-                    .run("idempotency.claim", |mut connection| async move {
+                    .run("EVALSHA", "idempotency.claim", |mut connection| async move {
                         script
                             .key(storage_key)
                             .arg(value)
@@ -549,7 +549,7 @@ impl Idempotency {
                 let script = self.complete_script.clone();
                 let (storage_key, marker) = (ticket.storage_key.clone(), ticket.marker.clone());
                 let result = redis
-                    .run("idempotency.complete", |mut connection| async move {
+                    .run("EVALSHA", "idempotency.complete", |mut connection| async move {
                         script
                             .key(storage_key)
                             .arg(marker)

@@ -75,6 +75,9 @@ pub struct Redis {
     /// Wakes the probe as soon as a command sees Redis fail.
     failed: Arc<tokio::sync::Notify>,
     endpoint: String,
+    /// The host and port commands go to, as client spans name them (`server.address`,
+    /// `server.port`).
+    server: (String, u16),
 }
 
 impl Redis {
@@ -129,6 +132,9 @@ impl Redis {
             healthy: Arc::new(AtomicBool::new(false)),
             failed: Arc::new(tokio::sync::Notify::new()),
             endpoint,
+            // A cluster's commands go to the node owning their keys, which the client picks:
+            // the spans name the first node given.
+            server: server_of(nodes.first().map(String::as_str).unwrap_or_default()),
         };
         if redis.ping().await {
             redis.healthy.store(true, Ordering::SeqCst);
@@ -192,9 +198,16 @@ impl Redis {
         });
     }
 
-    /// Run one command (or script) against Redis in a client span. Fails at once while Redis
-    /// is known to be down, and after [`COMMAND_TIMEOUT`] at most otherwise.
-    pub async fn run<T, F, Fut>(&self, operation: &'static str, command: F) -> Result<T, RedisUnavailable>
+    /// Run one command (or script) against Redis in a client span. `command` is the Redis
+    /// command sent (`EVALSHA` for a script), `summary` what it does (`cart.write_line`); the
+    /// span follows the database semantic conventions. Fails at once while Redis is known to be
+    /// down, and after [`COMMAND_TIMEOUT`] at most otherwise.
+    pub async fn run<T, F, Fut>(
+        &self,
+        command: &'static str,
+        summary: &'static str,
+        run: F,
+    ) -> Result<T, RedisUnavailable>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: Future<Output = redis::RedisResult<T>>,
@@ -204,14 +217,16 @@ impl Redis {
         }
         let span = tracing::info_span!(
             "redis",
-            otel.name = %format_args!("redis {operation}"),
+            otel.name = %format_args!("{command} {summary}"),
             otel.kind = "client",
             otel.status_code = tracing::field::Empty,
             db.system.name = "redis",
-            db.operation.name = operation,
-            server.address = %self.endpoint,
+            db.operation.name = command,
+            db.query.summary = %format_args!("{command} {summary}"),
+            server.address = %self.server.0,
+            server.port = self.server.1,
         );
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, command(self.connection.clone()))
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, run(self.connection.clone()))
             .instrument(span.clone())
             .await;
         let error = match result {
@@ -219,7 +234,7 @@ impl Redis {
             Ok(Err(error)) if !is_connection_error(&error) => {
                 // A script or type error is a bug, not an outage: don't mark Redis down.
                 span.record("otel.status_code", "ERROR");
-                tracing::error!(parent: &span, %error, operation, "redis command failed");
+                tracing::error!(parent: &span, %error, operation = summary, "redis command failed");
                 return Err(RedisUnavailable(error.to_string()));
             }
             Ok(Err(error)) => error.to_string(),
@@ -247,6 +262,17 @@ fn jittered(delay: Duration) -> Duration {
 }
 
 /// The URL without its password, for logs.
+/// The host and port of a `redis://` URL (6379 when it names none).
+fn server_of(url: &str) -> (String, u16) {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) => (
+            parsed.host_str().unwrap_or_default().to_owned(),
+            parsed.port().unwrap_or(6379),
+        ),
+        Err(_) => (String::new(), 6379),
+    }
+}
+
 fn redacted(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
@@ -260,6 +286,15 @@ fn redacted(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn commands_name_the_servers_host_and_port() {
+        assert_eq!(
+            server_of("redis://:secret@cache:6380/1"),
+            ("cache".to_owned(), 6380)
+        );
+        assert_eq!(server_of("redis://127.0.0.1/0"), ("127.0.0.1".to_owned(), 6379));
+    }
 
     #[test]
     fn accepts_redis_addr_addresses() {

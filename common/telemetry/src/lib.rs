@@ -1,7 +1,8 @@
-//! Logs, traces and metrics of a ShopStack service: the JSON log line, OpenTelemetry spans and their OTLP export, W3C propagation, and the Prometheus registry.
+//! Logs, traces and metrics of a ShopStack service: the JSON log line, the OpenTelemetry SDK with its OTLP exporters, W3C propagation, and the Prometheus registry.
 //!
-//! - [`telemetry`]: the subscriber (JSON log layer, trace layers) and a span's trace context.
-//! - [`logsink`]: the log writer thread; [`otlp`] and [`span_queue`]: OTLP/gRPC span export.
+//! - [`telemetry`]: the subscriber (JSON log layer, trace layers, log records), the SDK's tracer
+//!   and logger providers with their OTLP exporters, and a span's trace context.
+//! - [`logsink`]: the log writer thread.
 //! - [`propagation`]: `traceparent`/`tracestate` in and out of headers.
 //! - [`metrics`]: the service's metric registry, the HTTP metrics and `/metrics` (OpenMetrics
 //!   with exemplars, or the Prometheus text format); `process`: the `process_*` metrics.
@@ -9,9 +10,7 @@
 
 pub mod logsink;
 pub mod metrics;
-pub mod otlp;
 #[cfg(target_os = "linux")]
 mod process;
 pub mod propagation;
-pub mod span_queue;
 pub mod telemetry;

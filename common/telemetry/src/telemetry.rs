@@ -1,10 +1,12 @@
-//! Logs and traces: one JSON object per line, and OpenTelemetry spans that carry the same ids.
+//! Logs and traces: one JSON object per line, and OpenTelemetry spans that carry the same ids,
+//! exported — with the log records, when asked — by the OpenTelemetry SDK's batch processors and
+//! `opentelemetry-otlp`'s exporters, configured from the settings checked at start-up.
 //!
 //! Building the subscriber ([`build_subscriber`]) is split from installing it ([`init`], once per
 //! process) so tests can install a capturing variant (the test kit's `init_telemetry`).
 //!
 //! Spans are always created — with or without an OTLP endpoint — so every request log line has a
-//! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. With an endpoint,
+//! `trace_id` and `span_id`, and an inbound `traceparent` keeps its trace id. With an exporter,
 //! the OpenTelemetry layer makes each span an SDK span and exports it; without one, nothing would
 //! read those SDK spans, so `TraceIdsLayer` only gives each span its ids ([`span_context`],
 //! [`set_parent`] and [`record_trace_ids`] read and set them the same way in both cases).
@@ -13,13 +15,20 @@ use std::io::Write;
 use std::sync::OnceLock;
 
 use anyhow::Context as _;
+use opentelemetry::logs::{AnyValue, LogRecord as _};
 use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
+use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
+use opentelemetry_otlp::{
+    Compression, Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
+};
 use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
-use opentelemetry_sdk::trace::{Sampler, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::resource::TelemetryResourceDetector;
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
 use rand::Rng as _;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -33,24 +42,25 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::{Layer, Registry};
 
 use crate::logsink::{LogSink, LogSinkGuard};
-use crate::otlp::OtlpExporter;
-use crate::span_queue::{SpanQueue, SpanRecorder};
-use shopstack_base::config::{ServiceIdentity, Settings};
+use shopstack_base::config::{OtlpProtocol, OtlpTarget, ServiceIdentity, Settings, SignalExport};
 
 /// Keeps the exporters and the log writer alive; call [`TelemetryGuard::shutdown`] last.
 pub struct TelemetryGuard {
-    provider: SdkTracerProvider,
+    tracer_provider: SdkTracerProvider,
+    logger_provider: Option<SdkLoggerProvider>,
     logs: LogSinkGuard,
 }
 
 impl TelemetryGuard {
-    /// Flush pending spans, then the log lines still waiting to be written.
+    /// Export the spans and log records still waiting, then write the last log lines.
     pub fn shutdown(self) {
-        if let Err(error) = self.provider.force_flush() {
-            tracing::warn!(%error, "flushing spans at shutdown failed");
-        }
-        if let Err(error) = self.provider.shutdown() {
+        if let Err(error) = self.tracer_provider.shutdown() {
             tracing::warn!(%error, "shutting down the tracer provider failed");
+        }
+        if let Some(provider) = self.logger_provider
+            && let Err(error) = provider.shutdown()
+        {
+            tracing::warn!(%error, "shutting down the logger provider failed");
         }
         drop(self.logs);
     }
@@ -59,21 +69,12 @@ impl TelemetryGuard {
 /// The instrumentation scope of every span the services make.
 const SCOPE_NAME: &str = "shopstack";
 
-/// What a span recorded without the SDK (the service kit's `observe::RequestTrace`) needs when this
-/// process exports spans: the provider's sampler and the queue of its batches.
-#[derive(Debug)]
-pub struct SpanExport {
-    pub sampler: Sampler,
-    pub scope: InstrumentationScope,
-    pub recorder: SpanRecorder,
-}
+static EXPORTING_TRACER: OnceLock<SdkTracer> = OnceLock::new();
 
-static SPAN_EXPORT: OnceLock<SpanExport> = OnceLock::new();
-
-/// Set when this process exports spans; `None` when nothing is exported, so spans recorded
-/// without `tracing` are not built at all.
-pub fn span_export() -> Option<&'static SpanExport> {
-    SPAN_EXPORT.get()
+/// The tracer of this process when it exports spans; `None` when nothing reads them, so code
+/// that records spans without `tracing` (the gateway's proxied routes) builds none.
+pub fn exporting_tracer() -> Option<&'static SdkTracer> {
+    EXPORTING_TRACER.get()
 }
 
 /// Install logging and tracing for a service process.
@@ -93,21 +94,194 @@ pub fn init(settings: &Settings) -> anyhow::Result<TelemetryGuard> {
     }
     let (sink, logs) =
         LogSink::start(&settings.identity.name, outputs).context("Failed to start the log writer thread")?;
-    let (provider, recorder) = tracer_provider(settings)?;
-    let exporting = recorder.map(|recorder| {
-        let _ = SPAN_EXPORT.set(SpanExport {
-            sampler: settings.sampler.clone(),
-            scope: InstrumentationScope::builder(SCOPE_NAME).build(),
-            recorder,
-        });
-        provider.tracer(SCOPE_NAME)
+    let resource = resource(settings);
+    let tracer_provider = tracer_provider(settings, resource.clone())?;
+    let exporting = (settings.traces_export != SignalExport::None).then(|| {
+        let tracer = tracer_provider.tracer_with_scope(
+            InstrumentationScope::builder(SCOPE_NAME)
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        );
+        let _ = EXPORTING_TRACER.set(tracer.clone());
+        tracer
     });
-    let subscriber = build_subscriber(&settings.identity, &settings.log_level, sink, exporting)?;
+    let logger_provider = logger_provider(settings, resource)?;
+    LOGS_EXPORTED.store(logger_provider.is_some(), std::sync::atomic::Ordering::Relaxed);
+    let subscriber = build_subscriber_with_logs(
+        &settings.identity,
+        &settings.log_level,
+        sink,
+        exporting,
+        logger_provider.clone(),
+    )?;
     tracing::subscriber::set_global_default(subscriber)
         .context("Failed to install the tracing subscriber (already installed?)")?;
     opentelemetry::global::set_text_map_propagator(TraceContextPropagator::new());
-    opentelemetry::global::set_tracer_provider(provider.clone());
-    Ok(TelemetryGuard { provider, logs })
+    opentelemetry::global::set_tracer_provider(tracer_provider.clone());
+    Ok(TelemetryGuard {
+        tracer_provider,
+        logger_provider,
+        logs,
+    })
+}
+
+/// The resource every exported span and log record names: `OTEL_RESOURCE_ATTRIBUTES` as given,
+/// the service's own attributes for the keys it leaves out, and the one service name
+/// (`ServiceIdentity::name`, which already took `OTEL_SERVICE_NAME` and the resource's
+/// `service.name` into account).
+pub fn resource(settings: &Settings) -> Resource {
+    let identity = &settings.identity;
+    let given = &settings.resource_attributes;
+    let defaults = [
+        ("service.version", &identity.version),
+        ("deployment.environment.name", &identity.environment),
+        ("k8s.pod.name", &identity.pod_name),
+        ("k8s.node.name", &identity.node_name),
+    ]
+    .into_iter()
+    .filter(|(key, _)| !given.iter().any(|(given, _)| given == key))
+    .map(|(key, value)| KeyValue::new(key, value.clone()));
+    Resource::builder_empty()
+        .with_detector(Box::new(TelemetryResourceDetector))
+        .with_attributes(defaults)
+        .with_attributes(
+            given
+                .iter()
+                .map(|(key, value)| KeyValue::new(key.clone(), value.clone())),
+        )
+        .with_service_name(identity.name.clone())
+        .build()
+}
+
+/// The tracer provider: the sampler of `OTEL_TRACES_SAMPLER`, and the SDK's batch span processor
+/// in front of the exporter `OTEL_TRACES_EXPORTER` names (none: no processor at all).
+fn tracer_provider(settings: &Settings, resource: Resource) -> anyhow::Result<SdkTracerProvider> {
+    let builder = SdkTracerProvider::builder()
+        .with_resource(resource)
+        .with_sampler(settings.sampler.clone());
+    let queue = &settings.span_queue;
+    let batch = BatchConfigBuilder::default()
+        .with_scheduled_delay(queue.schedule_delay)
+        .with_max_queue_size(queue.max_queue_size)
+        .with_max_export_batch_size(queue.max_export_batch_size)
+        .build();
+    let builder = match &settings.traces_export {
+        SignalExport::None => builder,
+        SignalExport::Console => builder.with_span_processor(
+            BatchSpanProcessor::builder(opentelemetry_stdout::SpanExporter::default())
+                .with_batch_config(batch)
+                .build(),
+        ),
+        SignalExport::Otlp(target) => builder.with_span_processor(
+            BatchSpanProcessor::builder(span_exporter(target)?)
+                .with_batch_config(batch)
+                .build(),
+        ),
+    };
+    Ok(builder.build())
+}
+
+/// The logger provider when log records are exported (`OTEL_LOGS_EXPORTER`).
+fn logger_provider(settings: &Settings, resource: Resource) -> anyhow::Result<Option<SdkLoggerProvider>> {
+    let builder = SdkLoggerProvider::builder()
+        .with_resource(resource)
+        .with_log_processor(JsonMembersAsAttributes);
+    Ok(match &settings.logs_export {
+        SignalExport::None => None,
+        SignalExport::Console => Some(
+            builder
+                .with_batch_exporter(opentelemetry_stdout::LogExporter::default())
+                .build(),
+        ),
+        SignalExport::Otlp(target) => Some(builder.with_batch_exporter(log_exporter(target)?).build()),
+    })
+}
+
+/// gRPC metadata from the OTLP headers.
+fn grpc_metadata(headers: &[(String, String)]) -> anyhow::Result<tonic::metadata::MetadataMap> {
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    for (name, value) in headers {
+        let key = tonic::metadata::AsciiMetadataKey::from_bytes(name.as_bytes())
+            .with_context(|| format!("OTLP header {name:?} is not gRPC metadata"))?;
+        let value = value
+            .parse()
+            .with_context(|| format!("the value of OTLP header {name:?} is not gRPC metadata"))?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+/// TLS for an `https://` gRPC endpoint: the system's root certificates.
+fn grpc_tls(target: &OtlpTarget) -> Option<tonic::transport::ClientTlsConfig> {
+    (target.endpoint.scheme() == "https")
+        .then(|| tonic::transport::ClientTlsConfig::new().with_native_roots())
+}
+
+/// The OTLP span exporter of `target`. Every setting is given explicitly: it was read and
+/// checked with the others at start-up (`CommonConfig::resolve`).
+fn span_exporter(target: &OtlpTarget) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    let built = match target.protocol {
+        OtlpProtocol::Grpc => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(target.endpoint.as_str())
+                .with_timeout(target.timeout)
+                .with_metadata(grpc_metadata(&target.headers)?);
+            if let Some(tls) = grpc_tls(target) {
+                builder = builder.with_tls_config(tls);
+            }
+            if target.gzip {
+                builder = builder.with_compression(Compression::Gzip);
+            }
+            builder.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(target.endpoint.as_str())
+                .with_timeout(target.timeout)
+                .with_headers(target.headers.iter().cloned().collect());
+            if target.gzip {
+                builder = builder.with_compression(Compression::Gzip);
+            }
+            builder.build()
+        }
+    };
+    built.context("Failed to build the OTLP span exporter")
+}
+
+/// The OTLP log exporter of `target` (as [`span_exporter`]).
+fn log_exporter(target: &OtlpTarget) -> anyhow::Result<opentelemetry_otlp::LogExporter> {
+    let built = match target.protocol {
+        OtlpProtocol::Grpc => {
+            let mut builder = opentelemetry_otlp::LogExporter::builder()
+                .with_tonic()
+                .with_endpoint(target.endpoint.as_str())
+                .with_timeout(target.timeout)
+                .with_metadata(grpc_metadata(&target.headers)?);
+            if let Some(tls) = grpc_tls(target) {
+                builder = builder.with_tls_config(tls);
+            }
+            if target.gzip {
+                builder = builder.with_compression(Compression::Gzip);
+            }
+            builder.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            let mut builder = opentelemetry_otlp::LogExporter::builder()
+                .with_http()
+                .with_protocol(Protocol::HttpBinary)
+                .with_endpoint(target.endpoint.as_str())
+                .with_timeout(target.timeout)
+                .with_headers(target.headers.iter().cloned().collect());
+            if target.gzip {
+                builder = builder.with_compression(Compression::Gzip);
+            }
+            builder.build()
+        }
+    };
+    built.context("Failed to build the OTLP log exporter")
 }
 
 /// The subscriber: JSON logs filtered by `log_level`; spans at INFO and above, made SDK spans by
@@ -117,6 +291,21 @@ pub fn build_subscriber<W>(
     log_level: &str,
     writer: W,
     exporting: Option<SdkTracer>,
+) -> anyhow::Result<Box<dyn Subscriber + Send + Sync + 'static>>
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    build_subscriber_with_logs(identity, log_level, writer, exporting, None)
+}
+
+/// [`build_subscriber`], and with `logs` every line the JSON layer writes is also a log record
+/// of that provider (`OTEL_LOGS_EXPORTER`), carrying the trace context of the span it is in.
+pub fn build_subscriber_with_logs<W>(
+    identity: &ServiceIdentity,
+    log_level: &str,
+    writer: W,
+    exporting: Option<SdkTracer>,
+    logs: Option<SdkLoggerProvider>,
 ) -> anyhow::Result<Box<dyn Subscriber + Send + Sync + 'static>>
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
@@ -134,22 +323,170 @@ where
                     .with(JsonLogLayer::new(identity, writer).with_filter(log_layer_filter(log_level)?)),
             )
         };
+        ($trace_layer:expr, $logs:expr) => {
+            Box::new(
+                Registry::default()
+                    .with(SpanFieldsLayer.with_filter(log_layer_filter(log_level)?))
+                    .with($trace_layer)
+                    .with(JsonLogLayer::new(identity, writer).with_filter(log_layer_filter(log_level)?))
+                    .with(
+                        LogRecords::new($logs).with_filter(log_layer_filter(log_level)?.and(not_transport())),
+                    ),
+            )
+        };
     }
-    // Span creation does not depend on LOG_LEVEL: LOG_LEVEL=warn must not break traces.
-    let subscriber: Box<dyn Subscriber + Send + Sync> = match exporting {
-        Some(tracer) => with_trace_layer!(
+    macro_rules! otel_layer {
+        ($tracer:expr) => {
             tracing_opentelemetry::layer()
-                .with_tracer(tracer)
+                .with_tracer($tracer)
                 .with_tracked_inactivity(false)
                 // Nothing here reads OpenTelemetry's "current" context (ids and propagation go
                 // through the tracing span), and activating it on every poll of every
                 // instrumented future cost allocations on the hot path.
                 .with_context_activation(false)
                 .with_filter(trace_spans().and(spans_and_warnings()))
-        ),
-        None => with_trace_layer!(TraceIdsLayer.with_filter(trace_layer_filter(log_level)?)),
+        };
+    }
+    // Span creation does not depend on LOG_LEVEL: LOG_LEVEL=warn must not break traces.
+    let subscriber: Box<dyn Subscriber + Send + Sync> = match (exporting, logs) {
+        (Some(tracer), None) => with_trace_layer!(otel_layer!(tracer)),
+        (None, None) => with_trace_layer!(TraceIdsLayer.with_filter(trace_layer_filter(log_level)?)),
+        (Some(tracer), Some(logs)) => with_trace_layer!(otel_layer!(tracer), &logs),
+        (None, Some(logs)) => {
+            with_trace_layer!(TraceIdsLayer.with_filter(trace_layer_filter(log_level)?), &logs)
+        }
     };
     Ok(subscriber)
+}
+
+/// Not the transport crates' own events: exporting a log record about an export would feed
+/// itself.
+fn not_transport() -> Targets {
+    Targets::new().with_default(LevelFilter::TRACE).with_targets(
+        [
+            "h2",
+            "tonic",
+            "hyper",
+            "hyper_util",
+            "tower",
+            "reqwest",
+            "opentelemetry",
+            "opentelemetry_sdk",
+            "opentelemetry_otlp",
+        ]
+        .map(|target| (target, LevelFilter::OFF)),
+    )
+}
+
+/// The log lines as OpenTelemetry log records (opentelemetry-appender-tracing's bridge), each
+/// with the trace context of the span it is written in: the bridge takes it from OpenTelemetry's
+/// current context, which the services do not activate (see `with_context_activation`), so it
+/// is set here for the one call.
+struct LogRecords {
+    bridge: OpenTelemetryTracingBridge<SdkLoggerProvider, SdkLogger>,
+    dispatch: OnceLock<tracing::dispatcher::WeakDispatch>,
+}
+
+impl LogRecords {
+    fn new(provider: &SdkLoggerProvider) -> Self {
+        Self {
+            bridge: OpenTelemetryTracingBridge::new(provider),
+            dispatch: OnceLock::new(),
+        }
+    }
+}
+
+impl<S> Layer<S> for LogRecords
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+{
+    fn on_register_dispatch(&self, subscriber: &tracing::Dispatch) {
+        let _ = self.dispatch.set(subscriber.downgrade());
+    }
+
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        let context = ctx
+            .event_scope(event)
+            .and_then(|mut scope| scope.next())
+            .and_then(|span| {
+                let ids = span.extensions().get::<TraceIds>().map(|ids| ids.0.clone());
+                ids.or_else(|| {
+                    let dispatch = self.dispatch.get()?.upgrade()?;
+                    tracing_opentelemetry::get_otel_context(&span.id(), &dispatch)
+                        .map(|context| context.span().span_context().clone())
+                })
+            })
+            .filter(SpanContext::is_valid);
+        match context {
+            Some(context) => {
+                let _current = opentelemetry::Context::new()
+                    .with_remote_span_context(context)
+                    .attach();
+                self.bridge.on_event(event, ctx);
+            }
+            None => self.bridge.on_event(event, ctx),
+        }
+    }
+}
+
+/// Gives a log record whose line was assembled as [`JSON_MEMBERS`] (the gateway's request line)
+/// each member as an attribute of its own, as the line shows them; runs before the exporting
+/// processor, which sees the record as changed here.
+#[derive(Debug)]
+struct JsonMembersAsAttributes;
+
+impl LogProcessor for JsonMembersAsAttributes {
+    fn emit(&self, record: &mut SdkLogRecord, _scope: &InstrumentationScope) {
+        let members = record.attributes_iter().find_map(|(key, value)| match value {
+            AnyValue::Bytes(bytes) if key.as_str() == JSON_MEMBERS => {
+                let mut object = Vec::with_capacity(bytes.len() + 2);
+                object.push(b'{');
+                object.extend_from_slice(bytes);
+                object.push(b'}');
+                serde_json::from_slice::<serde_json::Map<String, Value>>(&object).ok()
+            }
+            _ => None,
+        });
+        for (name, value) in members.into_iter().flatten() {
+            let value = match value {
+                Value::String(text) => AnyValue::from(text),
+                Value::Bool(flag) => AnyValue::from(flag),
+                Value::Number(number) => match number.as_i64() {
+                    Some(whole) => AnyValue::from(whole),
+                    None => AnyValue::from(number.as_f64().unwrap_or_default()),
+                },
+                other => AnyValue::from(other.to_string()),
+            };
+            record.add_attribute(opentelemetry::Key::from(name), value);
+        }
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(
+        &self,
+        _timeout: std::time::Duration,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        Ok(())
+    }
+}
+
+static LOGS_EXPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Make `context` OpenTelemetry's current one while the guard lives, when log records are
+/// exported: for a line written outside any `tracing` span (the gateway's request line), so
+/// that its record carries the request's trace. `None` (nothing done) when logs are not
+/// exported.
+pub fn trace_context_for_log_records(
+    context: impl FnOnce() -> SpanContext,
+) -> Option<opentelemetry::ContextGuard> {
+    LOGS_EXPORTED.load(std::sync::atomic::Ordering::Relaxed).then(|| {
+        opentelemetry::Context::new()
+            .with_remote_span_context(context())
+            .attach()
+    })
 }
 
 /// A span's place in its trace when spans are not exported (kept by [`TraceIdsLayer`]).
@@ -301,34 +638,6 @@ where
 /// What `LOG_LEVEL` says (`EnvFilter` directives), for the layers that take the log's events.
 fn log_level_filter(log_level: &str) -> anyhow::Result<EnvFilter> {
     EnvFilter::try_new(log_level).context("invalid LOG_LEVEL")
-}
-
-/// The tracer provider, and the recorder of its span queue when spans are exported.
-fn tracer_provider(settings: &Settings) -> anyhow::Result<(SdkTracerProvider, Option<SpanRecorder>)> {
-    let identity = &settings.identity;
-    let resource = Resource::builder()
-        .with_service_name(identity.name.clone())
-        .with_attributes([
-            KeyValue::new("service.version", identity.version.clone()),
-            KeyValue::new("deployment.environment.name", identity.environment.clone()),
-            KeyValue::new("k8s.pod.name", identity.pod_name.clone()),
-            KeyValue::new("k8s.node.name", identity.node_name.clone()),
-        ])
-        .build();
-    let mut builder = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_sampler(settings.sampler.clone());
-    let mut recorder = None;
-    if let Some(endpoint) = &settings.otlp_endpoint {
-        let exporter = OtlpExporter::new(endpoint.as_str(), &settings.otlp_headers, settings.otlp_timeout)
-            .context("Failed to build the OTLP span exporter")?;
-        let send = move |request| futures::executor::block_on(exporter.export(request));
-        let queue =
-            SpanQueue::new(send, settings.span_queue).context("Failed to start the span export thread")?;
-        recorder = Some(queue.recorder());
-        builder = builder.with_span_processor(queue);
-    }
-    Ok((builder.build(), recorder))
 }
 
 /// Put the span's OpenTelemetry ids into its log fields (`trace_id`, `span_id`) so log lines

@@ -3,7 +3,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use shopstack_base::config::{ConnectionTimeouts, QueueSettings, ServiceIdentity, Settings, default_sampler};
+use shopstack_base::config::{
+    ConnectionTimeouts, QueueSettings, ServiceIdentity, Settings, SignalExport, default_sampler,
+};
 use shopstack_base::simulation::SimulationProfile;
 
 /// The admin token of every service started with [`settings`]: `Authorization: Bearer` it on
@@ -27,9 +29,9 @@ pub fn settings(name: &str) -> Settings {
         max_connections: None,
         log_level: "info".into(),
         log_file: None,
-        otlp_endpoint: None,
-        otlp_headers: Vec::new(),
-        otlp_timeout: Duration::from_secs(10),
+        traces_export: SignalExport::None,
+        logs_export: SignalExport::None,
+        resource_attributes: Vec::new(),
         sampler: default_sampler(),
         span_queue: QueueSettings::default(),
         redis_url: None,
