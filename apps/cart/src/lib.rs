@@ -35,6 +35,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "cart",
     port: 8002,
     simulation: SimulationProfile::DEFAULT_CART,
+    decides_sampling: false,
 };
 
 /// How often the in-memory store drops expired carts.

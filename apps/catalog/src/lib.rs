@@ -30,6 +30,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "catalog",
     port: 8001,
     simulation: SimulationProfile::DEFAULT_CATALOG,
+    decides_sampling: false,
 };
 
 /// Everything a handler needs; cheap to clone.

@@ -55,6 +55,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "gateway",
     port: 8000,
     simulation: SimulationProfile::QUIET,
+    decides_sampling: true,
 };
 
 pub const INFO: ApiInfo = ApiInfo {

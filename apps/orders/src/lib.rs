@@ -40,6 +40,7 @@ pub const DEFAULTS: ServiceDefaults = ServiceDefaults {
     name: "orders",
     port: 8003,
     simulation: SimulationProfile::QUIET,
+    decides_sampling: false,
 };
 
 /// Everything a handler needs; cheap to clone.

@@ -268,6 +268,10 @@ pub struct ServiceDefaults {
     pub name: &'static str,
     pub port: u16,
     pub simulation: SimulationProfile,
+    /// The service is where outside requests enter (the gateway): a caller's `traceparent`
+    /// gives its trace id, but this service's own sampler decides whether the trace is
+    /// recorded, so a public client cannot have every request sampled.
+    pub decides_sampling: bool,
 }
 
 /// Who this process is: in every log line, span resource and `/healthz`.
@@ -301,6 +305,8 @@ pub struct Settings {
     pub resource_attributes: Vec<(String, String)>,
     /// Decides which spans are recorded and exported (`OTEL_TRACES_SAMPLER`).
     pub sampler: Sampler,
+    /// [`ServiceDefaults::decides_sampling`].
+    pub decides_sampling: bool,
     pub span_queue: QueueSettings,
     /// `redis://…` when Redis is configured (REDIS_URL, or REDIS_ADDR as `host:port`).
     pub redis_url: Option<String>,
@@ -496,6 +502,7 @@ impl CommonConfig {
             logs_export,
             resource_attributes,
             sampler,
+            decides_sampling: defaults.decides_sampling,
             span_queue,
             redis_url,
             simulation,
@@ -1000,6 +1007,7 @@ mod tests {
             name: "test",
             port: 1,
             simulation: SimulationProfile::OFF,
+            decides_sampling: false,
         };
         Flags::parse_from(std::iter::once("test").chain(flags.iter().copied()))
             .common

@@ -17,7 +17,8 @@ use std::sync::OnceLock;
 use anyhow::Context as _;
 use opentelemetry::logs::{AnyValue, LogRecord as _};
 use opentelemetry::trace::{
-    SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, TracerProvider as _,
+    Link, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState,
+    TracerProvider as _,
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
@@ -28,7 +29,10 @@ use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::resource::TelemetryResourceDetector;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracer, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SamplingResult, SdkTracer, SdkTracerProvider,
+    ShouldSample,
+};
 use rand::Rng as _;
 use serde_json::Value;
 use tracing::field::{Field, Visit};
@@ -153,12 +157,48 @@ pub fn resource(settings: &Settings) -> Resource {
         .build()
 }
 
+/// The sampler of the service where outside requests enter: a caller's `traceparent` gives the
+/// trace its id, but whether it is recorded is this service's own decision — a parent-based
+/// sampler decides a remote parent's span as it would a root's — so a public client cannot have
+/// every request sampled by sending the sampled flag. (Spans with a parent in this process follow
+/// it, as the configured sampler says.)
+#[derive(Debug, Clone)]
+struct EdgeSampler(Sampler);
+
+impl ShouldSample for EdgeSampler {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &SpanKind,
+        attributes: &[KeyValue],
+        links: &[Link],
+    ) -> SamplingResult {
+        let remote_parent = parent_context.is_some_and(|context| {
+            let parent = context.span().span_context().clone();
+            parent.is_valid() && parent.is_remote()
+        });
+        match &self.0 {
+            Sampler::ParentBased(root) if remote_parent => {
+                root.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+            }
+            configured => {
+                configured.should_sample(parent_context, trace_id, name, span_kind, attributes, links)
+            }
+        }
+    }
+}
+
 /// The tracer provider: the sampler of `OTEL_TRACES_SAMPLER`, and the SDK's batch span processor
 /// in front of the exporter `OTEL_TRACES_EXPORTER` names (none: no processor at all).
 fn tracer_provider(settings: &Settings, resource: Resource) -> anyhow::Result<SdkTracerProvider> {
-    let builder = SdkTracerProvider::builder()
-        .with_resource(resource)
-        .with_sampler(settings.sampler.clone());
+    let builder = SdkTracerProvider::builder().with_resource(resource);
+    let builder = if settings.decides_sampling {
+        builder.with_sampler(EdgeSampler(settings.sampler.clone()))
+    } else {
+        builder.with_sampler(settings.sampler.clone())
+    };
     let queue = &settings.span_queue;
     let batch = BatchConfigBuilder::default()
         .with_scheduled_delay(queue.schedule_delay)
@@ -1174,6 +1214,56 @@ mod tests {
 
     use super::*;
     use tracing::subscriber::Interest;
+
+    fn decision(
+        sampler: &dyn ShouldSample,
+        parent: Option<SpanContext>,
+    ) -> opentelemetry_sdk::trace::SamplingDecision {
+        let context = parent.map(|parent| opentelemetry::Context::new().with_remote_span_context(parent));
+        sampler
+            .should_sample(
+                context.as_ref(),
+                TraceId::from_bytes([7; 16]),
+                "GET /v1/cart/{user_id}",
+                &SpanKind::Server,
+                &[],
+                &[],
+            )
+            .decision
+    }
+
+    #[test]
+    fn at_the_edge_a_callers_sampled_flag_does_not_decide_and_inside_a_parent_does() {
+        use opentelemetry_sdk::trace::SamplingDecision::{Drop, RecordAndSample};
+        let caller = |flags| {
+            SpanContext::new(
+                TraceId::from_bytes([7; 16]),
+                SpanId::from_bytes([1; 8]),
+                flags,
+                true,
+                TraceState::NONE,
+            )
+        };
+        let sampled = caller(TraceFlags::SAMPLED);
+        let not_sampled = caller(TraceFlags::default());
+        let never = EdgeSampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)));
+        let always = EdgeSampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOn)));
+        // A client's 01 does not force a recording, nor its 00 prevent one.
+        assert_eq!(decision(&never, Some(sampled.clone())), Drop);
+        assert_eq!(decision(&always, Some(not_sampled.clone())), RecordAndSample);
+        assert_eq!(decision(&never, None), Drop);
+        // The trace id is the caller's either way (the SDK keeps the parent's); behind the edge
+        // the configured parent-based sampler follows the caller as before.
+        let behind = Sampler::ParentBased(Box::new(Sampler::AlwaysOff));
+        assert_eq!(decision(&behind, Some(sampled)), RecordAndSample);
+        assert_eq!(
+            decision(
+                &Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+                Some(not_sampled)
+            ),
+            Drop
+        );
+    }
 
     /// The lines `body` logs through the real subscriber (installed for this thread only).
     fn log_lines(body: impl FnOnce()) -> Vec<Value> {

@@ -33,6 +33,7 @@ pub fn settings(name: &str) -> Settings {
         logs_export: SignalExport::None,
         resource_attributes: Vec::new(),
         sampler: default_sampler(),
+        decides_sampling: name == "gateway",
         span_queue: QueueSettings::default(),
         redis_url: None,
         simulation: SimulationProfile::OFF,
