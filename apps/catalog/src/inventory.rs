@@ -1069,8 +1069,12 @@ impl InventoryStore for RedisInventory {
                         product_id: item.product_id.clone(),
                     },
                 };
-                for done in items[..index].iter().rev() {
-                    self.undo_commit_step(order_id, owner, &done.product_id).await?;
+                // Every other product, not only those before: an earlier attempt of this order
+                // cut short may have done any of them; without a marker the undo does nothing.
+                for (other, done) in items.iter().enumerate().rev() {
+                    if other != index {
+                        self.undo_commit_step(order_id, owner, &done.product_id).await?;
+                    }
                 }
                 return Err(refusal);
             }

@@ -810,3 +810,43 @@ async fn the_old_layout_moves_once_at_start() {
     assert_eq!(store.stock(&products).await.unwrap(), vec![8, 3]);
     assert_eq!(store.holds("old-user").await.unwrap(), vec![]);
 }
+
+/// A commit cut short between its per-product steps (here: an attempt that got as far as its
+/// first product, as a catalog killed mid-commit leaves it) is completed by a retry of the same
+/// order, or wholly undone when the retry is refused: never a unit lost or made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_short_on_a_cluster_is_completed_or_undone_by_its_retry() {
+    let (_cluster, store) = cluster_store().await;
+    let products = ["cut-a".to_owned(), "cut-b".to_owned()];
+    store
+        .seed(&[(products[0].clone(), 5), (products[1].clone(), 5)], true)
+        .await
+        .unwrap();
+    store.set_hold("hana", "cut-a", 2, TTL).await.unwrap();
+    store.set_hold("hana", "cut-b", 1, TTL).await.unwrap();
+    let order = [line("cut-a", 2), line("cut-b", 1)];
+
+    // The first step alone, then the retry with every line: each product committed once.
+    store.commit("cut-1", "hana", &order[..1]).await.unwrap();
+    store.commit("cut-1", "hana", &order).await.unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![3, 4]);
+    assert_eq!(store.holds("hana").await.unwrap(), vec![]);
+
+    // The first step alone, then a retry refused on the second product: the first is undone.
+    store.set_hold("ivan", "cut-a", 1, TTL).await.unwrap();
+    store.commit("cut-2", "ivan", &[line("cut-a", 1)]).await.unwrap();
+    assert_eq!(store.holds("ivan").await.unwrap(), vec![]);
+    assert_eq!(
+        store
+            .commit("cut-2", "ivan", &[line("cut-a", 1), line("cut-b", 9)])
+            .await,
+        Err(InventoryError::Insufficient {
+            product_id: "cut-b".into(),
+            available: 4
+        })
+    );
+    assert_eq!(store.holds("ivan").await.unwrap(), vec![line("cut-a", 1)]);
+    assert_eq!(store.stock(&products).await.unwrap(), vec![2, 4]);
+    assert_eq!(store.release_owner("ivan").await.unwrap(), vec![line("cut-a", 1)]);
+    assert_eq!(store.stock(&products).await.unwrap(), vec![3, 4]);
+}
