@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
-use shopstack_redis::redis::Redis;
+use shopstack_redis::redis::{COMMAND_TIMEOUT, Redis};
 use utoipa::ToSchema;
 
 /// How long commit/restock markers are kept to recognise a retried order id.
@@ -444,6 +444,8 @@ const OWNER_INDEX_GRACE: Duration = Duration::from_secs(24 * 3600);
 /// round removes what it moved, so this only bounds a pathological store.
 const MIGRATION_ROUNDS: usize = 100_000;
 const MIGRATION_BATCH: isize = 100;
+/// Added to a commit lease beyond the time its steps can take.
+const COMMIT_LEASE_MARGIN: Duration = Duration::from_secs(2);
 
 fn stock_key(product_id: &str) -> String {
     format!("stock:{{{product_id}}}")
@@ -456,6 +458,10 @@ fn expiry_key(product_id: &str) -> String {
 }
 fn owner_key(owner: &str) -> String {
     format!("owner:{{{owner}}}")
+}
+/// The lease one attempt of a commit holds on its order (its own slot).
+fn commit_lease_key(order_id: &str) -> String {
+    format!("committing:{{{order_id}}}")
 }
 fn commit_key(product_id: &str, order_id: &str) -> String {
     format!("commit:{{{product_id}}}:{order_id}")
@@ -558,6 +564,13 @@ redis.call('DEL', KEYS[4])
 return 1
 ";
 
+/// Give back a commit lease. KEYS: lease. ARGV: token. Deletes it only while it is this
+/// attempt's (a lapsed lease may be another attempt's by now).
+const RELEASE_LEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
 /// One product's restock. KEYS: stock, marker. ARGV: quantity, marker ttl (s).
 /// Returns 1 done, 0 already done, -2 when the stock is not known.
 const RESTOCK_STEP: &str = r"
@@ -629,6 +642,7 @@ pub struct RedisInventory {
     release: redis::Script,
     commit_step: redis::Script,
     undo_commit_step: redis::Script,
+    release_lease: redis::Script,
     restock_step: redis::Script,
     reap: redis::Script,
     migrate_stock: redis::Script,
@@ -654,6 +668,7 @@ impl RedisInventory {
             release: redis::Script::new(RELEASE),
             commit_step: redis::Script::new(COMMIT_STEP),
             undo_commit_step: redis::Script::new(UNDO_COMMIT_STEP),
+            release_lease: redis::Script::new(RELEASE_LEASE),
             restock_step: redis::Script::new(RESTOCK_STEP),
             reap: redis::Script::new(REAP),
             migrate_stock: redis::Script::new(MIGRATE_STOCK),
@@ -1053,32 +1068,12 @@ impl InventoryStore for RedisInventory {
                 return Ok(());
             }
             let items = merge_lines(items);
-            // A saga of per-product steps, each idempotent per order (its marker); a product
-            // short or unknown undoes the steps before it, so the answer means "nothing
-            // changed" as a single script's would (docs/design/inventory.md, "Commit across
-            // products"). A failure to reach Redis leaves the steps as they are: a retry of
-            // the order completes them or undoes them.
-            for (index, item) in items.iter().enumerate() {
-                let refusal = match self.commit_step(order_id, owner, item).await? {
-                    Step::Done => continue,
-                    Step::Short(available) => InventoryError::Insufficient {
-                        product_id: item.product_id.clone(),
-                        available,
-                    },
-                    Step::Unknown => InventoryError::StockUnknown {
-                        product_id: item.product_id.clone(),
-                    },
-                };
-                // Every other product, not only those before: an earlier attempt of this order
-                // cut short may have done any of them; without a marker the undo does nothing.
-                for (other, done) in items.iter().enumerate().rev() {
-                    if other != index {
-                        self.undo_commit_step(order_id, owner, &done.product_id).await?;
-                    }
-                }
-                return Err(refusal);
-            }
-            Ok(())
+            // One attempt of an order at a time: a refused attempt's undo must never take back a
+            // step a concurrent attempt of the same order counted as done.
+            let lease = self.take_commit_lease(order_id, items.len()).await?;
+            let outcome = self.commit_saga(order_id, owner, &items).await;
+            self.give_back_commit_lease(order_id, &lease).await;
+            outcome
         })
     }
 
@@ -1161,6 +1156,82 @@ impl InventoryStore for RedisInventory {
                 .map(|(owner, lines)| Reaped { owner, lines })
                 .collect())
         })
+    }
+}
+
+impl RedisInventory {
+    /// The per-product steps of a commit (docs/design/inventory.md, "Commit across products").
+    async fn commit_saga(&self, order_id: &str, owner: &str, items: &[Line]) -> Result<(), InventoryError> {
+        // Per-product steps, each idempotent per order (its marker); a product short or
+        // unknown undoes the order's other steps, so the answer means "nothing changed" as a
+        // single script's would. A failure to reach Redis leaves the steps as they are: a
+        // retry of the order completes them or undoes them.
+        for (index, item) in items.iter().enumerate() {
+            let refusal = match self.commit_step(order_id, owner, item).await? {
+                Step::Done => continue,
+                Step::Short(available) => InventoryError::Insufficient {
+                    product_id: item.product_id.clone(),
+                    available,
+                },
+                Step::Unknown => InventoryError::StockUnknown {
+                    product_id: item.product_id.clone(),
+                },
+            };
+            // Every other product, not only those before: an earlier attempt of this order
+            // cut short may have done any of them; without a marker the undo does nothing.
+            for (other, done) in items.iter().enumerate().rev() {
+                if other != index {
+                    self.undo_commit_step(order_id, owner, &done.product_id).await?;
+                }
+            }
+            return Err(refusal);
+        }
+        Ok(())
+    }
+
+    /// Take the order's commit lease, or answer "unavailable" while another attempt holds it.
+    /// It lapses by itself after the longest an attempt can take (every step and undo bounded
+    /// by the command timeout), so a catalog killed mid-commit blocks no retry for long.
+    async fn take_commit_lease(&self, order_id: &str, steps: usize) -> Result<String, InventoryError> {
+        let token = uuid::Uuid::new_v4().simple().to_string();
+        let lease = COMMAND_TIMEOUT * (2 * steps as u32 + 2) + COMMIT_LEASE_MARGIN;
+        let value = token.as_str();
+        let taken: Option<String> = self
+            .redis
+            .run("inventory.commit", |mut connection| async move {
+                redis::cmd("SET")
+                    .arg(commit_lease_key(order_id))
+                    .arg(value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(lease.as_millis() as u64)
+                    .query_async(&mut connection)
+                    .await
+            })
+            .await
+            .map_err(unavailable)?;
+        match taken {
+            Some(_) => Ok(token),
+            None => Err(InventoryError::Unavailable(format!(
+                "another commit of order {order_id} is in progress"
+            ))),
+        }
+    }
+
+    async fn give_back_commit_lease(&self, order_id: &str, token: &str) {
+        let given = self
+            .redis
+            .run("inventory.commit", |mut connection| async move {
+                self.release_lease
+                    .key(commit_lease_key(order_id))
+                    .arg(token)
+                    .invoke_async::<i64>(&mut connection)
+                    .await
+            })
+            .await;
+        if let Err(error) = given {
+            tracing::debug!(%error, order_id, "commit lease left to lapse");
+        }
     }
 }
 

@@ -850,3 +850,35 @@ async fn a_commit_cut_short_on_a_cluster_is_completed_or_undone_by_its_retry() {
     assert_eq!(store.release_owner("ivan").await.unwrap(), vec![line("cut-a", 1)]);
     assert_eq!(store.stock(&products).await.unwrap(), vec![3, 4]);
 }
+
+/// Attempts of one order id at once on a cluster (a checkout and its recovery racing): each is
+/// done or answered "unavailable" (another attempt holds the order), and the order's units are
+/// taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_one_order_at_once_commit_it_once() {
+    let (_cluster, store) = cluster_store().await;
+    let products = ["once-a".to_owned(), "once-b".to_owned()];
+    store
+        .seed(&[(products[0].clone(), 10), (products[1].clone(), 10)], true)
+        .await
+        .unwrap();
+    store.set_hold("jo", "once-a", 2, TTL).await.unwrap();
+    let order = [line("once-a", 2), line("once-b", 3)];
+    let attempts = (0..10).map(|_| {
+        let store = store.clone();
+        let order = &order;
+        async move { store.commit("once-order", "jo", order).await }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Ok(()) | Err(InventoryError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+    assert!(outcomes.iter().any(Result::is_ok));
+    // Once every attempt has ended, the order commits again as a no-op.
+    store.commit("once-order", "jo", &order).await.unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 7]);
+    assert_eq!(store.holds("jo").await.unwrap(), vec![]);
+}
