@@ -257,7 +257,13 @@ impl Inventory {
         if let Err(error) = self.seed().await {
             tracing::debug!(%error, "seeding stock skipped");
         }
-        match self.store.reap_expired().await {
+        let ids: Vec<String> = self
+            .catalog
+            .all()
+            .iter()
+            .map(|product| product.id.clone())
+            .collect();
+        match self.store.reap_expired(&ids).await {
             Ok(reaped) => {
                 for owner in &reaped {
                     self.count("expired");
@@ -266,12 +272,6 @@ impl Inventory {
             }
             Err(error) => tracing::debug!(%error, "reaping expired reservations skipped"),
         }
-        let ids: Vec<String> = self
-            .catalog
-            .all()
-            .iter()
-            .map(|product| product.id.clone())
-            .collect();
         if let Ok(levels) = self.store.stock(&ids).await {
             for (id, level) in ids.iter().zip(levels) {
                 self.stock_gauge.with_label_values(&[id]).set(level);

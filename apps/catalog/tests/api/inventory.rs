@@ -9,6 +9,7 @@ use catalog::inventory::{
 use reqwest::StatusCode;
 use serde_json::json;
 use shopstack_testkit::redis::RedisServer;
+use shopstack_testkit::redis_cluster::RedisCluster;
 
 use crate::routes::{ADMIN, client, json_of, spawn, spawn_with};
 
@@ -120,11 +121,11 @@ async fn inventory_contract(store: Arc<dyn InventoryStore>) {
         .unwrap();
     assert_eq!(store.stock(&products).await.unwrap(), vec![4, 3]);
     tokio::time::sleep(Duration::from_millis(120)).await;
-    let reaped = store.reap_expired().await.unwrap();
+    let reaped = store.reap_expired(&products).await.unwrap();
     assert_eq!(reaped.len(), 1);
     assert_eq!(reaped[0].owner, "dave");
     assert_eq!(store.stock(&products).await.unwrap(), vec![9, 3]);
-    assert!(store.reap_expired().await.unwrap().is_empty());
+    assert!(store.reap_expired(&products).await.unwrap().is_empty());
 
     // Many concurrent holds on the last units: never below zero.
     store.set_stock("p-b", 5).await.unwrap();
@@ -153,6 +154,124 @@ async fn redis_inventory_meets_the_contract() {
         .await
         .unwrap();
     inventory_contract(Arc::new(RedisInventory::new(connection))).await;
+}
+
+/// A private cluster, and a store on it.
+async fn cluster_store() -> (RedisCluster, Arc<RedisInventory>) {
+    let cluster = tokio::task::spawn_blocking(RedisCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&cluster.url())
+        .await
+        .unwrap();
+    assert!(connection.is_cluster());
+    (cluster, Arc::new(RedisInventory::new(connection)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_inventory_meets_the_contract() {
+    let (_cluster, store) = cluster_store().await;
+    inventory_contract(store).await;
+}
+
+/// What the per-product steps of a commit must keep on every Redis: a commit refused on its
+/// second product leaves everything as before (holds, their expiry, free stock), a retry of
+/// the order once stock is there commits once, and each product's step is idempotent.
+async fn commit_saga_contract(store: Arc<dyn InventoryStore>) {
+    let products = ["saga-a".to_owned(), "saga-b".to_owned(), "saga-c".to_owned()];
+    store
+        .seed(
+            &[
+                (products[0].clone(), 10),
+                (products[1].clone(), 2),
+                (products[2].clone(), 5),
+            ],
+            true,
+        )
+        .await
+        .unwrap();
+    store.set_hold("erin", "saga-a", 3, TTL).await.unwrap();
+    store.set_hold("erin", "saga-c", 1, TTL).await.unwrap();
+    let before = store.stock(&products).await.unwrap();
+    assert_eq!(before, vec![7, 2, 4]);
+    // saga-a is taken from the hold plus 2 from free stock, then saga-b is short.
+    let order = [line("saga-a", 5), line("saga-b", 3), line("saga-c", 1)];
+    assert_eq!(
+        store.commit("saga-order", "erin", &order).await,
+        Err(InventoryError::Insufficient {
+            product_id: "saga-b".into(),
+            available: 2
+        })
+    );
+    assert_eq!(
+        store.stock(&products).await.unwrap(),
+        before,
+        "free stock as before"
+    );
+    assert_eq!(
+        store.holds("erin").await.unwrap(),
+        vec![line("saga-a", 3), line("saga-c", 1)],
+        "holds as before"
+    );
+    // The holds given back kept their expiry: the reaper still finds them when it is due.
+    assert!(store.reap_expired(&products).await.unwrap().is_empty());
+
+    // Stock arrives; the same order id now commits, once.
+    store.set_stock("saga-b", 3).await.unwrap();
+    store.commit("saga-order", "erin", &order).await.unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![5, 0, 4]);
+    assert_eq!(store.holds("erin").await.unwrap(), vec![]);
+    store.set_stock("saga-b", 3).await.unwrap();
+    store.commit("saga-order", "erin", &order).await.unwrap();
+    assert_eq!(
+        store.stock(&products).await.unwrap(),
+        vec![5, 3, 4],
+        "a repeated commit does nothing"
+    );
+
+    // Restock is idempotent per (order, product): a second call applies nothing.
+    assert!(store.restock("saga-order", &order).await.unwrap());
+    assert!(!store.restock("saga-order", &order).await.unwrap());
+    assert_eq!(store.stock(&products).await.unwrap(), vec![10, 6, 5]);
+
+    // Refused on the last product: both steps before it are undone.
+    store.set_hold("frank", "saga-a", 2, TTL).await.unwrap();
+    let late = [line("saga-a", 2), line("saga-b", 1), line("saga-c", 99)];
+    assert_eq!(
+        store.commit("late-order", "frank", &late).await,
+        Err(InventoryError::Insufficient {
+            product_id: "saga-c".into(),
+            available: 5
+        })
+    );
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 6, 5]);
+    assert_eq!(store.holds("frank").await.unwrap(), vec![line("saga-a", 2)]);
+    assert_eq!(
+        store.release_owner("frank").await.unwrap(),
+        vec![line("saga-a", 2)]
+    );
+    assert_eq!(store.stock(&products).await.unwrap(), vec![10, 6, 5]);
+}
+
+#[tokio::test]
+async fn memory_inventory_meets_the_commit_saga_contract() {
+    commit_saga_contract(Arc::new(MemoryInventory::default())).await;
+}
+
+#[tokio::test]
+async fn redis_inventory_meets_the_commit_saga_contract() {
+    let redis = RedisServer::start().unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&redis.url())
+        .await
+        .unwrap();
+    commit_saga_contract(Arc::new(RedisInventory::new(connection))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_inventory_meets_the_commit_saga_contract() {
+    let (_cluster, store) = cluster_store().await;
+    commit_saga_contract(store).await;
 }
 
 /// A Redis that lost its data is never seeded again: the lost products are refused (never
@@ -217,6 +336,16 @@ async fn a_redis_that_lost_its_data_is_not_seeded_again() {
         SeedOutcome::Lost(vec!["p-b".to_owned()])
     );
     assert_eq!(store.set_hold("bob", "p-a", 1, TTL).await.unwrap().stock, 4);
+    // A commit whose second product is unknown undoes its first step.
+    assert_eq!(
+        store
+            .commit("order-3", "bob", &[line("p-a", 2), line("p-b", 1)])
+            .await
+            .unwrap_err(),
+        unknown("p-b")
+    );
+    assert_eq!(store.stock(&products[..1]).await.unwrap(), vec![4]);
+    assert_eq!(store.holds("bob").await.unwrap(), vec![line("p-a", 1)]);
     // A catalog starting now has never seen this store: still not seeded, some stock is there.
     assert_eq!(
         store.seed(&initial, true).await.unwrap(),
@@ -460,4 +589,296 @@ async fn catalog_without_redis_answers_503_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(recovered);
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// On a cluster too, a store that lost stock figures (here: the marker and one product's key
+/// deleted, as a master lost without a replica would) sells nothing of what it lost, and a
+/// commit refused on the lost product undoes its step on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_that_lost_stock_sells_none_of_it() {
+    let (cluster, store) = cluster_store().await;
+    let initial = [("lost-a".to_owned(), 10), ("lost-b".to_owned(), 3)];
+    let products = ["lost-a".to_owned(), "lost-b".to_owned()];
+    assert_eq!(store.seed(&initial, true).await.unwrap(), SeedOutcome::Seeded);
+    store.set_hold("gina", "lost-a", 2, TTL).await.unwrap();
+
+    let nodes: Vec<String> = cluster.nodes.iter().map(|node| node.url()).collect();
+    let mut raw = redis::cluster::ClusterClient::new(nodes)
+        .unwrap()
+        .get_async_connection()
+        .await
+        .unwrap();
+    for key in ["inventory:initialised", "stock:{lost-b}"] {
+        redis::cmd("DEL").arg(key).exec_async(&mut raw).await.unwrap();
+    }
+    assert_eq!(
+        store.seed(&initial, false).await.unwrap(),
+        SeedOutcome::Lost(vec!["lost-b".to_owned()])
+    );
+    let unknown = InventoryError::StockUnknown {
+        product_id: "lost-b".to_owned(),
+    };
+    assert_eq!(
+        store.set_hold("gina", "lost-b", 1, TTL).await.unwrap_err(),
+        unknown
+    );
+    assert_eq!(
+        store
+            .commit("lost-order", "gina", &[line("lost-a", 2), line("lost-b", 1)])
+            .await
+            .unwrap_err(),
+        unknown
+    );
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 0]);
+    assert_eq!(store.holds("gina").await.unwrap(), vec![line("lost-a", 2)]);
+    store.set_stock("lost-b", 3).await.unwrap();
+    assert_eq!(store.seed(&initial, false).await.unwrap(), SeedOutcome::Restored);
+    store
+        .commit("lost-order", "gina", &[line("lost-a", 2), line("lost-b", 1)])
+        .await
+        .unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 2]);
+}
+
+/// 50 shoppers at once on a cluster, each holding one unit of two products (on different
+/// slots) that have 10 units between them, then each checking out both: never oversold, and
+/// for each product free + held + sold == initial throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_holds_and_commits_on_a_cluster_never_oversell() {
+    let (_cluster, store) = cluster_store().await;
+    let initial = [("race-a".to_owned(), 4_i64), ("race-b".to_owned(), 6_i64)];
+    let products = ["race-a".to_owned(), "race-b".to_owned()];
+    store.seed(&initial, true).await.unwrap();
+    let shoppers: Vec<String> = (0..50).map(|i| format!("shopper-{i}")).collect();
+
+    let holds = shoppers.iter().map(|owner| {
+        let store = store.clone();
+        async move {
+            let (a, b) = tokio::join!(
+                store.set_hold(owner, "race-a", 1, TTL),
+                store.set_hold(owner, "race-b", 1, TTL)
+            );
+            (a.is_ok(), b.is_ok())
+        }
+    });
+    let won = futures::future::join_all(holds).await;
+    let won_a = won.iter().filter(|(a, _)| *a).count() as i64;
+    let won_b = won.iter().filter(|(_, b)| *b).count() as i64;
+    assert_eq!((won_a, won_b), (4, 6), "every unit held once, none more");
+    assert_eq!(store.stock(&products).await.unwrap(), vec![0, 0]);
+
+    let commits = shoppers.iter().map(|owner| {
+        let store = store.clone();
+        async move {
+            store
+                .commit(
+                    &format!("race-order-{owner}"),
+                    owner,
+                    &[line("race-a", 1), line("race-b", 1)],
+                )
+                .await
+                .is_ok()
+        }
+    });
+    let sold = futures::future::join_all(commits)
+        .await
+        .into_iter()
+        .filter(|sold| *sold)
+        .count() as i64;
+    assert!(sold <= 4, "at most as many orders as units of race-a ({sold})");
+    let free = store.stock(&products).await.unwrap();
+    let mut held = [0_i64, 0_i64];
+    for owner in &shoppers {
+        for hold in store.holds(owner).await.unwrap() {
+            let index = products.iter().position(|p| *p == hold.product_id).unwrap();
+            held[index] += i64::from(hold.quantity);
+        }
+    }
+    for (index, (_, initial)) in initial.iter().enumerate() {
+        assert_eq!(
+            free[index] + held[index] + sold,
+            *initial,
+            "{}: free {} + held {} + sold {sold}",
+            products[index],
+            free[index],
+            held[index]
+        );
+        assert!(free[index] >= 0);
+    }
+}
+
+/// The layout before hash tags, on one server, moves at start: stock renamed, holds moved line
+/// by line with their expiry, an old order marker still recognised; two catalogs starting at
+/// once move everything once.
+#[tokio::test]
+async fn the_old_layout_moves_once_at_start() {
+    let redis = RedisServer::start().unwrap();
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let now = now_ms();
+    redis::pipe()
+        .cmd("SET")
+        .arg("inventory:initialised")
+        .arg(now)
+        .cmd("SET")
+        .arg("stock:mig-a")
+        .arg(7)
+        .cmd("SET")
+        .arg("stock:mig-b")
+        .arg(3)
+        .cmd("HSET")
+        .arg("hold:old-user")
+        .arg("mig-a")
+        .arg(2)
+        .arg("mig-b")
+        .arg(1)
+        .cmd("ZADD")
+        .arg("holds:expiry")
+        .arg(now + 60_000)
+        .arg("old-user")
+        .cmd("HSET")
+        .arg("hold:gone-user")
+        .arg("mig-a")
+        .arg(1)
+        .cmd("ZADD")
+        .arg("holds:expiry")
+        .arg(now - 1_000)
+        .arg("gone-user")
+        .cmd("SET")
+        .arg("inventory:committed:old-order")
+        .arg(1)
+        .exec_async(&mut raw)
+        .await
+        .unwrap();
+
+    let initial = [("mig-a".to_owned(), 10), ("mig-b".to_owned(), 5)];
+    let products = ["mig-a".to_owned(), "mig-b".to_owned()];
+    let mut replicas = Vec::new();
+    for _ in 0..2 {
+        let connection = shopstack_redis::redis::Redis::connect(&redis.url())
+            .await
+            .unwrap();
+        replicas.push(RedisInventory::new(connection));
+    }
+    let (first, second) = tokio::join!(replicas[0].seed(&initial, true), replicas[1].seed(&initial, true));
+    assert_eq!(first.unwrap(), SeedOutcome::Ready);
+    assert_eq!(second.unwrap(), SeedOutcome::Ready);
+    let store = &replicas[0];
+    assert_eq!(store.stock(&products).await.unwrap(), vec![7, 3], "figures kept");
+    assert_eq!(
+        store.holds("old-user").await.unwrap(),
+        vec![line("mig-a", 2), line("mig-b", 1)]
+    );
+    let old_keys: i64 = redis::cmd("EXISTS")
+        .arg("stock:mig-a")
+        .arg("stock:mig-b")
+        .arg("hold:old-user")
+        .arg("hold:gone-user")
+        .arg("holds:expiry")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(old_keys, 0, "nothing left in the old layout");
+
+    // The expired owner's hold moved with its expiry: the reaper gives it back.
+    let reaped = store.reap_expired(&products).await.unwrap();
+    assert_eq!(reaped.len(), 1);
+    assert_eq!(reaped[0].owner, "gone-user");
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 3]);
+
+    // An order committed under the old layout is not committed again.
+    store
+        .commit("old-order", "old-user", &[line("mig-a", 2)])
+        .await
+        .unwrap();
+    assert_eq!(store.holds("old-user").await.unwrap().len(), 2);
+    // The moved holds are committed like any other.
+    store
+        .commit("new-order", "old-user", &[line("mig-a", 2), line("mig-b", 1)])
+        .await
+        .unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 3]);
+    assert_eq!(store.holds("old-user").await.unwrap(), vec![]);
+}
+
+/// A commit cut short between its per-product steps (here: an attempt that got as far as its
+/// first product, as a catalog killed mid-commit leaves it) is completed by a retry of the same
+/// order, or wholly undone when the retry is refused: never a unit lost or made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_cut_short_on_a_cluster_is_completed_or_undone_by_its_retry() {
+    let (_cluster, store) = cluster_store().await;
+    let products = ["cut-a".to_owned(), "cut-b".to_owned()];
+    store
+        .seed(&[(products[0].clone(), 5), (products[1].clone(), 5)], true)
+        .await
+        .unwrap();
+    store.set_hold("hana", "cut-a", 2, TTL).await.unwrap();
+    store.set_hold("hana", "cut-b", 1, TTL).await.unwrap();
+    let order = [line("cut-a", 2), line("cut-b", 1)];
+
+    // The first step alone, then the retry with every line: each product committed once.
+    store.commit("cut-1", "hana", &order[..1]).await.unwrap();
+    store.commit("cut-1", "hana", &order).await.unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![3, 4]);
+    assert_eq!(store.holds("hana").await.unwrap(), vec![]);
+
+    // The first step alone, then a retry refused on the second product: the first is undone.
+    store.set_hold("ivan", "cut-a", 1, TTL).await.unwrap();
+    store.commit("cut-2", "ivan", &[line("cut-a", 1)]).await.unwrap();
+    assert_eq!(store.holds("ivan").await.unwrap(), vec![]);
+    assert_eq!(
+        store
+            .commit("cut-2", "ivan", &[line("cut-a", 1), line("cut-b", 9)])
+            .await,
+        Err(InventoryError::Insufficient {
+            product_id: "cut-b".into(),
+            available: 4
+        })
+    );
+    assert_eq!(store.holds("ivan").await.unwrap(), vec![line("cut-a", 1)]);
+    assert_eq!(store.stock(&products).await.unwrap(), vec![2, 4]);
+    assert_eq!(store.release_owner("ivan").await.unwrap(), vec![line("cut-a", 1)]);
+    assert_eq!(store.stock(&products).await.unwrap(), vec![3, 4]);
+}
+
+/// Attempts of one order id at once on a cluster (a checkout and its recovery racing): each is
+/// done or answered "unavailable" (another attempt holds the order), and the order's units are
+/// taken once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempts_of_one_order_at_once_commit_it_once() {
+    let (_cluster, store) = cluster_store().await;
+    let products = ["once-a".to_owned(), "once-b".to_owned()];
+    store
+        .seed(&[(products[0].clone(), 10), (products[1].clone(), 10)], true)
+        .await
+        .unwrap();
+    store.set_hold("jo", "once-a", 2, TTL).await.unwrap();
+    let order = [line("once-a", 2), line("once-b", 3)];
+    let attempts = (0..10).map(|_| {
+        let store = store.clone();
+        let order = &order;
+        async move { store.commit("once-order", "jo", order).await }
+    });
+    let outcomes = futures::future::join_all(attempts).await;
+    for outcome in &outcomes {
+        assert!(
+            matches!(outcome, Ok(()) | Err(InventoryError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+    assert!(outcomes.iter().any(Result::is_ok));
+    // Once every attempt has ended, the order commits again as a no-op.
+    store.commit("once-order", "jo", &order).await.unwrap();
+    assert_eq!(store.stock(&products).await.unwrap(), vec![8, 7]);
+    assert_eq!(store.holds("jo").await.unwrap(), vec![]);
 }
