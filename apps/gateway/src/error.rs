@@ -54,6 +54,15 @@ pub enum GatewayError {
     /// 413: the request body is above the limit.
     #[error("The request body is larger than {limit} bytes.")]
     BodyTooLarge { limit: usize },
+    /// 502: a switch meant for every replica of the backend did not reach them all.
+    #[error(
+        "Not every {upstream} replica took the change: {}. The others did; send it again.",
+        failed.join(", ")
+    )]
+    NotOnEveryReplica {
+        upstream: &'static str,
+        failed: Vec<String>,
+    },
 }
 
 impl GatewayError {
@@ -70,6 +79,7 @@ impl GatewayError {
             GatewayError::NotYours => "not_found",
             GatewayError::BodyTooLarge { .. } => "body_too_large",
             GatewayError::BadRequestBody | GatewayError::InvalidBody(_) => "bad_request",
+            GatewayError::NotOnEveryReplica { .. } => "partial",
         }
     }
 }
@@ -132,6 +142,11 @@ impl IntoResponse for GatewayError {
             GatewayError::BadRequestBody | GatewayError::InvalidBody(_) => Problem::bad_request(detail),
             GatewayError::BodyTooLarge { limit } => {
                 Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body-too-large", detail).with("limit", limit)
+            }
+            GatewayError::NotOnEveryReplica { upstream, failed } => {
+                Problem::new(StatusCode::BAD_GATEWAY, "not-on-every-replica", detail)
+                    .with("upstream", upstream)
+                    .with("failed", failed)
             }
         };
         problem.into_response()

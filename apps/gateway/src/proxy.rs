@@ -318,7 +318,7 @@ pub async fn forward(
             body: Bytes::new(),
             replay: Replay::Anywhere,
         };
-        let answer = call(state, route, &upstream, &probe, trace, deadline).await?;
+        let answer = call(state, route, &upstream, &probe, trace, deadline, None).await?;
         if !answer.status.is_success() {
             // Unknown (404) or unreadable right now (5xx): the caller gets that answer.
             return Ok(into_response(answer, &probe.method));
@@ -335,9 +335,45 @@ pub async fn forward(
             return Err(GatewayError::NotYours);
         }
     }
-    call(state, route, &upstream, &outbound, trace, deadline)
+    if spec.every_replica {
+        return every_replica(state, route, &upstream, &outbound, trace, deadline)
+            .await
+            .map(|answer| into_response(answer, &outbound.method));
+    }
+    call(state, route, &upstream, &outbound, trace, deadline, None)
         .await
         .map(|answer| into_response(answer, &outbound.method))
+}
+
+/// Send `outbound` to every replica of `upstream` in turn: the first replica's answer when all
+/// answered alike; otherwise a 502 naming the replicas that did not take it (the others did: the
+/// switch is idempotent, so sending it again is the remedy).
+async fn every_replica(
+    state: &GatewayState,
+    route: &ProxiedRoute,
+    upstream: &Arc<Upstream>,
+    outbound: &Outbound<'_>,
+    trace: &RequestTrace,
+    deadline: Instant,
+) -> Result<Answer, GatewayError> {
+    let mut first: Option<Answer> = None;
+    let mut failed = Vec::new();
+    for (index, replica) in upstream.replicas.iter().enumerate() {
+        match call(state, route, upstream, outbound, trace, deadline, Some(index)).await {
+            Ok(answer) if first.as_ref().is_none_or(|first| first.status == answer.status) => {
+                first.get_or_insert(answer);
+            }
+            Ok(answer) => failed.push(format!("{} ({})", replica.label(), answer.status.as_u16())),
+            Err(error) => failed.push(format!("{} ({})", replica.label(), error.outcome())),
+        }
+    }
+    match first {
+        Some(answer) if failed.is_empty() => Ok(answer),
+        _ => Err(GatewayError::NotOnEveryReplica {
+            upstream: upstream.name(),
+            failed,
+        }),
+    }
 }
 
 /// The user a JSON body names in its top-level `member`: `Ok(None)` when the body is not a JSON
@@ -531,6 +567,7 @@ async fn call(
     outbound: &Outbound<'_>,
     trace: &RequestTrace,
     deadline: Instant,
+    pinned: Option<usize>,
 ) -> Result<Answer, GatewayError> {
     let name = upstream.name();
     let metrics = &state.metrics;
@@ -545,7 +582,7 @@ async fn call(
         1
     };
     let mut last: Option<Result<Answer, GatewayError>> = None;
-    let mut placement = Placement::Any;
+    let mut placement = pinned.map_or(Placement::Any, Placement::Exactly);
     for attempt in 1..=max_attempts {
         let permit = match upstream.breaker.admit() {
             Ok(permit) => permit,
@@ -638,9 +675,10 @@ async fn call(
             "retrying"
         );
         last = Some(outcome);
-        placement = match outbound.replay {
-            Replay::KeyedWrite => Placement::KeyedRetry(index),
-            Replay::Anywhere | Replay::Never => Placement::Avoid(index),
+        placement = match (pinned, outbound.replay) {
+            (Some(_), _) => Placement::Exactly(index),
+            (None, Replay::KeyedWrite) => Placement::KeyedRetry(index),
+            (None, Replay::Anywhere | Replay::Never) => Placement::Avoid(index),
         };
         tokio::time::sleep(delay).await;
     }

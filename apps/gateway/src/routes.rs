@@ -76,6 +76,9 @@ pub struct RouteSpec {
     /// answered from its key store instead of running again. Only then may the gateway retry a
     /// keyed POST or PATCH ([`crate::retry`]); elsewhere a key makes no write safe to repeat.
     pub honours_idempotency_key: bool,
+    /// Sent to every replica of the backend, one after the other (a runtime switch that must
+    /// reach them all); answered with the first replica's answer when every one agreed.
+    pub every_replica: bool,
 }
 
 impl RouteSpec {
@@ -109,6 +112,12 @@ impl RouteSpec {
         self
     }
 
+    /// Sent to every replica (see [`RouteSpec::every_replica`]).
+    fn on_every_replica(mut self) -> Self {
+        self.every_replica = true;
+        self
+    }
+
     /// Admin token required.
     fn admin(mut self) -> Self {
         self.access = Access::Admin;
@@ -124,6 +133,7 @@ fn to(method: Method, path: &'static str, backend: Backend) -> RouteSpec {
         backend_path: None,
         access: Access::Public,
         honours_idempotency_key: false,
+        every_replica: false,
     }
 }
 
@@ -199,9 +209,12 @@ pub fn table() -> Vec<RouteSpec> {
             Catalog,
             "/admin/simulation",
         )
-        .admin(),
+        .admin()
+        .on_every_replica(),
         rewrite(Method::GET, "/admin/cart/simulation", Cart, "/admin/simulation").admin(),
-        rewrite(Method::PUT, "/admin/cart/simulation", Cart, "/admin/simulation").admin(),
+        rewrite(Method::PUT, "/admin/cart/simulation", Cart, "/admin/simulation")
+            .admin()
+            .on_every_replica(),
         rewrite(
             Method::GET,
             "/admin/orders/simulation",
@@ -215,7 +228,8 @@ pub fn table() -> Vec<RouteSpec> {
             Orders,
             "/admin/simulation",
         )
-        .admin(),
+        .admin()
+        .on_every_replica(),
     ]
 }
 

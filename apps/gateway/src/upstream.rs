@@ -82,6 +82,8 @@ pub enum Placement {
     /// A keyed write that failed at this replica: back to it, or to another replica only if
     /// both have said their key store is shared.
     KeyedRetry(usize),
+    /// This replica and no other, ejected or not (a switch sent to every replica in turn).
+    Exactly(usize),
 }
 
 impl std::fmt::Debug for Replica {
@@ -276,6 +278,12 @@ impl Upstream {
             only.in_flight.fetch_add(1, Ordering::AcqRel);
             return (0, InFlight(only.clone()));
         }
+        if let Placement::Exactly(index) = placement
+            && let Some(replica) = self.replicas.get(index)
+        {
+            replica.in_flight.fetch_add(1, Ordering::AcqRel);
+            return (index, InFlight(replica.clone()));
+        }
         if let Placement::KeyedRetry(previous) = placement
             && let Some(replica) = self.replicas.get(previous)
             && !replica.key_store_shared()
@@ -306,6 +314,8 @@ impl Upstream {
                     candidates.push(previous);
                 }
             }
+            // Out of range: taken as any replica.
+            Placement::Exactly(_) => {}
         }
         let index = match candidates.len() {
             0 => 0,

@@ -504,3 +504,45 @@ async fn a_500_is_an_answer_and_leaves_the_breaker_closed_while_503s_open_it() {
         2.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_simulation_switch_reaches_every_replica_or_says_which_it_missed() {
+    use shopstack_testkit::settings::ADMIN_TOKEN;
+    let first = shopstack_testkit::services::catalog().start().await;
+    let second = shopstack_testkit::services::catalog().start().await;
+    let replicas = format!("{},{}", first.url(""), second.url(""));
+    let (gw, _state) = gateway(&replicas, &replicas, &[]).await;
+    let switch = |latency: u64| {
+        client()
+            .put(gw.url("/admin/catalog/simulation"))
+            .bearer_auth(ADMIN_TOKEN)
+            .json(&json!({"enabled": true, "latency_min_ms": latency, "latency_max_ms": latency}))
+            .send()
+    };
+    let seen_by = |replica: &shopstack_testkit::server::TestServer| {
+        let url = replica.url("/admin/simulation");
+        async move {
+            let answer: serde_json::Value = client()
+                .get(url)
+                .bearer_auth(ADMIN_TOKEN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            answer["latency_min_ms"].as_u64()
+        }
+    };
+    let answer = switch(7).await.unwrap();
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(seen_by(&first).await, Some(7));
+    assert_eq!(seen_by(&second).await, Some(7));
+
+    // A replica that is down: the other still takes the switch, and the answer names the one
+    // that did not.
+    second.stop().await.unwrap();
+    let (status, kind, _) = problem_kind(switch(9).await.unwrap()).await;
+    assert_eq!((status, kind.as_str()), (502, "not-on-every-replica"));
+    assert_eq!(seen_by(&first).await, Some(9));
+}
