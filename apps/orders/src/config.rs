@@ -10,8 +10,8 @@ pub struct OrdersConfig {
     #[command(flatten)]
     pub common: CommonConfig,
 
-    /// `postgres://user@host/db` or `sqlite://path/orders.db` [default: sqlite://data/orders.db,
-    /// created with its directory if missing].
+    /// `postgres://user@host/db` (`?sslmode=verify-full` for TLS) or `sqlite://path/orders.db`
+    /// [default: sqlite://data/orders.db, created with its directory if missing].
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 

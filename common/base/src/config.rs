@@ -215,9 +215,9 @@ pub struct CommonConfig {
     #[arg(long, env = "SIM_HEADER_FAULTS", value_parser = BoolishValueParser::new())]
     pub sim_header_faults: Option<bool>,
 
-    /// Redis: one URL for one server (redis://127.0.0.1:6379/0), or a comma-separated list of
-    /// node URLs for a Redis Cluster (redis://h1:7001,redis://h2:7002,…). Unset: the service
-    /// keeps its state in memory.
+    /// Redis: one URL for one server (redis://127.0.0.1:6379/0; rediss:// for TLS), or a
+    /// comma-separated list of node URLs for a Redis Cluster (redis://h1:7001,redis://h2:7002,…).
+    /// Unset: the service keeps its state in memory.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
 

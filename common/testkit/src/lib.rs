@@ -9,6 +9,7 @@
 //! | [`probe`] | the container probe's tests (`healthcheck_tests!`) |
 //! | [`redis`], [`nats`], [`postgres`] | private servers on free ports, stopped by PID |
 //! | [`redis_cluster`], [`nats_cluster`] | a 6-node Redis Cluster and a 3-node NATS JetStream cluster, the same way |
+//! | [`tls`] | a throwaway certificate authority and server certificate (TLS to managed stores) |
 //! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
 //! | [`http`] | the HTTP client and JSON helpers |
 //! | [`idempotency`] | the `Idempotency-Key` contract every keyed write passes |
@@ -39,6 +40,7 @@ pub mod services;
 pub mod settings;
 pub mod stack;
 pub mod stock;
+pub mod tls;
 pub mod wait;
 
 pub use logs::init_telemetry;

@@ -15,24 +15,38 @@ pub struct NatsServer {
     pub port: u16,
     child: Option<Child>,
     store: PathBuf,
+    /// Served over TLS only (`tls://`), with this certificate and key.
+    tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl NatsServer {
     /// Start a server; waits (up to 10 s) until a client can connect and flush.
     pub async fn start() -> anyhow::Result<Self> {
+        Self::start_with(None).await
+    }
+
+    /// A server that requires TLS, with `certificates`' server certificate: `url()` is
+    /// `tls://127.0.0.1:<port>`; a client must trust `certificates.ca`.
+    pub async fn start_tls(certificates: &crate::tls::TestCertificates) -> anyhow::Result<Self> {
+        Self::start_with(Some((certificates.cert.clone(), certificates.key.clone()))).await
+    }
+
+    async fn start_with(tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<Self> {
         let port = crate::ports::free_port()?;
         let store = std::env::temp_dir().join(format!("shopstack-nats-{}", uuid::Uuid::new_v4().simple()));
         let mut server = Self {
             port,
             child: None,
             store,
+            tls,
         };
         server.restart().await?;
         Ok(server)
     }
 
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "tls" } else { "nats" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Kill the server abruptly (SIGKILL to its PID) and wait for it to be gone.
@@ -54,25 +68,27 @@ impl NatsServer {
         let child = candidates
             .iter()
             .find_map(|binary| {
-                Command::new(binary)
+                let mut command = Command::new(binary);
+                command
                     .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-                    .arg(&self.store)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok()
+                    .arg(&self.store);
+                if let Some((cert, key)) = &self.tls {
+                    command
+                        .arg("--tls")
+                        .arg("--tlscert")
+                        .arg(cert)
+                        .arg("--tlskey")
+                        .arg(key);
+                }
+                command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().ok()
             })
             .with_context(|| format!("nats-server is needed for this test (tried {candidates:?})"))?;
         self.child = Some(child);
-        let url = self.url();
-        let up = eventually(Duration::from_secs(10), || {
-            let url = url.clone();
-            async move {
-                match async_nats::connect(&url).await {
-                    Ok(client) => client.flush().await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+        // Up once it accepts connections (a TLS server is checked by its port: the test's client
+        // may not trust its certificate).
+        let port = self.port;
+        let up = eventually(Duration::from_secs(10), || async move {
+            tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
         })
         .await;
         anyhow::ensure!(up, "nats-server did not come up on port {}", self.port);

@@ -47,6 +47,16 @@ pub struct PostgresServer {
 impl PostgresServer {
     /// initdb (about a second) and start a server; waits until it accepts connections.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(None)
+    }
+
+    /// [`PostgresServer::start`], with TLS on (`ssl = on`, `certificates`' server certificate):
+    /// clients connect with `sslmode=verify-full&sslrootcert=<certificates.ca>`.
+    pub fn start_tls(certificates: &crate::tls::TestCertificates) -> anyhow::Result<Self> {
+        Self::start_with(Some(certificates))
+    }
+
+    fn start_with(tls: Option<&crate::tls::TestCertificates>) -> anyhow::Result<Self> {
         let bin = postgres_bin_dir()?;
         let user = if effective_uid()? == 0 {
             Some(unprivileged_user()?)
@@ -89,12 +99,32 @@ impl PostgresServer {
             String::from_utf8_lossy(&initdb.stdout),
             String::from_utf8_lossy(&initdb.stderr)
         );
-        let settings = format!(
+        let mut settings = format!(
             "\n# A throwaway server for tests.\nlisten_addresses = '127.0.0.1'\nport = {port}\n\
              unix_socket_directories = '{}'\nfsync = off\nsynchronous_commit = off\n\
              full_page_writes = off\nmax_connections = 300\nshared_buffers = 32MB\n",
             server.dir.display()
         );
+        if let Some(certificates) = tls {
+            // The server reads its key only if the server's user owns it, unreadable to others.
+            let (cert, key) = (server.dir.join("server.pem"), server.dir.join("server.key"));
+            std::fs::copy(&certificates.cert, &cert)?;
+            std::fs::copy(&certificates.key, &key)?;
+            {
+                use std::os::unix::fs::PermissionsExt as _;
+                std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))?;
+            }
+            if let Some(user) = &user {
+                for file in [&cert, &key] {
+                    std::os::unix::fs::chown(file, Some(user.uid), Some(user.gid))?;
+                }
+            }
+            settings.push_str(&format!(
+                "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+                cert.display(),
+                key.display()
+            ));
+        }
         {
             use std::io::Write as _;
             std::fs::OpenOptions::new()

@@ -9,6 +9,8 @@ pub struct RedisServer {
     /// Every write in an append-only file synced before Redis answers it, so a SIGKILL loses
     /// nothing acknowledged and a restart comes back with the data.
     persistent: bool,
+    /// Served over TLS only (`rediss://`), with this certificate and key.
+    tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl RedisServer {
@@ -23,6 +25,23 @@ impl RedisServer {
         Self::start_with(true)
     }
 
+    /// A Redis that speaks TLS only, with `certificates`' server certificate: `url()` is
+    /// `rediss://127.0.0.1:<port>`; a client must trust `certificates.ca`.
+    pub fn start_tls(certificates: &crate::tls::TestCertificates) -> anyhow::Result<Self> {
+        let port = crate::ports::free_port()?;
+        let dir = std::env::temp_dir().join(format!("shopstack-redis-{port}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let mut server = Self {
+            port,
+            child: None,
+            dir,
+            persistent: false,
+            tls: Some((certificates.cert.clone(), certificates.key.clone())),
+        };
+        server.restart()?;
+        Ok(server)
+    }
+
     fn start_with(persistent: bool) -> anyhow::Result<Self> {
         let port = crate::ports::free_port()?;
         let dir = std::env::temp_dir().join(format!("shopstack-redis-{port}-{}", std::process::id()));
@@ -32,13 +51,15 @@ impl RedisServer {
             child: None,
             dir,
             persistent,
+            tls: None,
         };
         server.restart()?;
         Ok(server)
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_some() { "rediss" } else { "redis" };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Start it again, on the same port, after its data is deleted: a Redis that lost
@@ -59,15 +80,25 @@ impl RedisServer {
         } else {
             &["--appendonly", "no"]
         };
-        let child = std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-            ])
+        let mut command = std::process::Command::new("redis-server");
+        match &self.tls {
+            None => command.args(["--port", &self.port.to_string()]),
+            Some((cert, key)) => command
+                .args([
+                    "--port",
+                    "0",
+                    "--tls-port",
+                    &self.port.to_string(),
+                    "--tls-auth-clients",
+                    "no",
+                ])
+                .arg("--tls-cert-file")
+                .arg(cert)
+                .arg("--tls-key-file")
+                .arg(key),
+        };
+        let child = command
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .args(persistence)
             .arg("--dir")
             .arg(&self.dir)
