@@ -145,3 +145,26 @@ async fn a_cart_written_before_the_hash_tag_keeps_its_version() {
         8
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_node_list_with_an_unreachable_node_still_connects() {
+    let cluster = tokio::task::spawn_blocking(shopstack_testkit::redis_cluster::RedisCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    // The first node named is down (nothing listens there); the others lead to the cluster.
+    let closed = shopstack_testkit::ports::closed_port()
+        .await
+        .replace("http://", "redis://");
+    let connection = shopstack_redis::redis::Redis::connect(&format!("{closed},{}", cluster.url()))
+        .await
+        .unwrap();
+    let ready = shopstack_testkit::wait::eventually(Duration::from_secs(10), || {
+        let connection = connection.clone();
+        async move { connection.ping().await }
+    })
+    .await;
+    assert!(ready, "the cluster is reached through the nodes that answer");
+    let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
+    store_contract(Arc::new(store), "seed-user").await;
+}
