@@ -22,8 +22,8 @@ use stack_tests::repo_root;
 /// on by default (docs/deployment.md#kubernetes).
 const OLDEST_KUBERNETES: &str = "1.30.0";
 
-/// The longest the services' telemetry flush may take at shutdown, after the drain: the span
-/// queue's `FLUSH_TIMEOUT` (common/telemetry/src/span_queue.rs).
+/// The longest the services' telemetry flush may take at shutdown, after the drain: the
+/// OpenTelemetry SDK's tracer provider shutdown (`SdkTracerProvider::shutdown`, 5 s).
 const TELEMETRY_FLUSH_SECONDS: u64 = 5;
 
 const INSTALL_HINT: &str = "run `bash .ci/run` (or `make k8s-tools`) to install it";
