@@ -241,7 +241,10 @@ impl Redis {
             Err(_) => format!("no answer within {COMMAND_TIMEOUT:?}"),
         };
         span.record("otel.status_code", "ERROR");
-        if self.healthy.swap(false, Ordering::SeqCst) {
+        // One server that fails is down for every command. On a cluster one node (its slots)
+        // can fail while the rest serve: the probe decides whether the cluster is down, and a
+        // command for a failed node's keys fails on its own, bounded by COMMAND_TIMEOUT.
+        if !self.is_cluster() && self.healthy.swap(false, Ordering::SeqCst) {
             tracing::warn!(endpoint = %self.endpoint, %error, "redis is down");
         }
         self.failed.notify_one();
@@ -249,8 +252,11 @@ impl Redis {
     }
 }
 
+/// An outage, not a bug: no connection, no answer, or a cluster that cannot serve the key now
+/// (CLUSTERDOWN, TRYAGAIN, redirections left over after the retries).
 fn is_connection_error(error: &redis::RedisError) -> bool {
-    error.is_io_error()
+    error.is_cluster_error()
+        || error.is_io_error()
         || error.is_connection_dropped()
         || error.is_connection_refusal()
         || error.is_timeout()

@@ -104,6 +104,9 @@ impl RedisCluster {
                 "nodes.conf",
                 "--cluster-node-timeout",
                 &NODE_TIMEOUT_MS.to_string(),
+                // Slots whose master and replica are both gone fail alone; the rest serve.
+                "--cluster-require-full-coverage",
+                "no",
                 "--appendonly",
                 "yes",
                 "--appendfsync",
@@ -184,6 +187,56 @@ impl RedisCluster {
                 self.nodes.iter().position(|node| node.port == port)
             })
             .collect()
+    }
+
+    /// The index of the replica of master `master` (as the first running node sees it).
+    pub fn replica_of(&self, master: usize) -> Option<usize> {
+        let view = self
+            .nodes
+            .iter()
+            .filter(|node| node.is_running())
+            .find_map(|node| Self::ask(node.port, &["cluster", "nodes"]))?;
+        let master_port = self.nodes[master].port;
+        let master_id = view.lines().find_map(|line| {
+            let mut fields = line.split(' ');
+            let id = fields.next()?;
+            let port: u16 = fields.next()?.split(['@', ':']).nth(1)?.parse().ok()?;
+            (port == master_port).then(|| id.to_owned())
+        })?;
+        view.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.get(3) != Some(&master_id.as_str()) {
+                return None;
+            }
+            let port: u16 = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            self.nodes.iter().position(|node| node.port == port)
+        })
+    }
+
+    /// The index of the master serving `key`'s slot now (`CLUSTER KEYSLOT`, `CLUSTER NODES`).
+    pub fn master_of(&self, key: &str) -> Option<usize> {
+        let node = self.nodes.iter().find(|node| node.is_running())?;
+        let slot: u16 = Self::ask(node.port, &["cluster", "keyslot", key])?
+            .trim()
+            .parse()
+            .ok()?;
+        let view = Self::ask(node.port, &["cluster", "nodes"])?;
+        view.lines().find_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let serves = fields.iter().skip(8).any(|range| {
+                let mut bounds = range.split('-').filter_map(|bound| bound.parse::<u16>().ok());
+                match (bounds.next(), bounds.next()) {
+                    (Some(start), Some(end)) => (start..=end).contains(&slot),
+                    (Some(only), None) => only == slot,
+                    _ => false,
+                }
+            });
+            if !serves {
+                return None;
+            }
+            let port: u16 = fields.get(1)?.split(['@', ':']).nth(1)?.parse().ok()?;
+            self.nodes.iter().position(|node| node.port == port)
+        })
     }
 
     /// SIGKILL node `index` (a crash, not a shutdown) and wait for it to be gone.

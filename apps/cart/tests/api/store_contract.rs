@@ -168,3 +168,58 @@ async fn a_cluster_node_list_with_an_unreachable_node_still_connects() {
     let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
     store_contract(Arc::new(store), "seed-user").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn carts_in_uncovered_slots_answer_unavailable_the_others_serve_and_all_recover() {
+    let mut cluster = tokio::task::spawn_blocking(shopstack_testkit::redis_cluster::RedisCluster::start)
+        .await
+        .unwrap()
+        .unwrap();
+    let connection = shopstack_redis::redis::Redis::connect(&cluster.url())
+        .await
+        .unwrap();
+    let store = cart::redis_store::RedisStore::new(connection, Duration::from_secs(60));
+    // Two users whose carts live on different masters.
+    let users: Vec<String> = (0..50).map(|n| format!("slot-user-{n}")).collect();
+    let lost_master = cluster.master_of(&format!("cart:{}", users[0])).unwrap();
+    let elsewhere = users
+        .iter()
+        .find(|user| cluster.master_of(&format!("cart:{user}")) != Some(lost_master))
+        .unwrap()
+        .clone();
+    let lost = users[0].clone();
+    store.write_line(&lost, "prod-1", 1, 0).await.unwrap();
+    store.write_line(&elsewhere, "prod-1", 1, 0).await.unwrap();
+
+    // The master and its replica both gone: their slots are uncovered.
+    let replica = cluster.replica_of(lost_master).unwrap();
+    cluster.kill(lost_master);
+    cluster.kill(replica);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let started = std::time::Instant::now();
+    assert!(matches!(store.load(&lost).await, Err(StoreError::Unavailable(_))));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "fails within its bound, no hang"
+    );
+    let served = shopstack_testkit::wait::eventually(Duration::from_secs(10), || async {
+        store
+            .load(&elsewhere)
+            .await
+            .is_ok_and(|cart| cart.quantity_of("prod-1") == 1)
+    })
+    .await;
+    assert!(served, "carts in covered slots are served meanwhile");
+
+    // Back (with their append-only files): the slots are covered again and nothing was lost.
+    cluster.restart(lost_master).unwrap();
+    cluster.restart(replica).unwrap();
+    let recovered = shopstack_testkit::wait::eventually(Duration::from_secs(20), || async {
+        store
+            .load(&lost)
+            .await
+            .is_ok_and(|cart| cart.quantity_of("prod-1") == 1)
+    })
+    .await;
+    assert!(recovered, "the uncovered carts come back with their lines");
+}
