@@ -288,7 +288,13 @@ mod tests {
             .await
             .unwrap_err();
         assert!(
-            matches!(error, UpstreamError::Unavailable { service: "catalog", .. }),
+            matches!(
+                error,
+                UpstreamError::Unavailable {
+                    service: "catalog",
+                    ..
+                }
+            ),
             "{error:?}"
         );
     }
