@@ -540,7 +540,7 @@ async fn shoppers_through_crashes_of_a_redis_master_a_nats_node_and_a_cart_repli
 
 /// The report, printed and written to `target/chaos-report.json`.
 fn write_report(report: &Value) {
-    println!("chaos report: {report:#}");
+    eprintln!("chaos report: {report:#}");
     let target = workspace_binary("gateway")
         .parent()
         .and_then(std::path::Path::parent)
