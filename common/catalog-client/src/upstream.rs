@@ -91,9 +91,13 @@ impl Upstream {
         headers: &[(&str, String)],
     ) -> Result<Response, UpstreamError> {
         let mut refused = None;
-        for _ in 0..self.replicas.len() {
+        // The replicas from this call's turn on, each once: taken from one draw of the shared
+        // counter, since concurrent calls move it between two attempts of this one.
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..self.replicas.len() {
             let base = self
-                .next_base()
+                .replicas
+                .get((first + offset) % self.replicas.len())
                 .ok_or_else(|| self.unavailable("no replica configured"))?;
             let url = base
                 .join(path)
@@ -183,6 +187,7 @@ impl Upstream {
     }
 
     /// The replicas in turn, one per call.
+    #[cfg(test)]
     fn next_base(&self) -> Option<&Url> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len().max(1);
         self.replicas.get(index)
@@ -278,6 +283,27 @@ mod tests {
             assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"ok": true})));
         }
         assert_eq!(served.load(Ordering::Relaxed), 6, "each call served once");
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_each_reach_the_replica_that_answers() {
+        let (live, served) = answering().await;
+        let upstream = upstream(&[&refusing(), &live, &refusing()]);
+        let calls: Vec<_> = (0..30)
+            .map(|_| {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    upstream
+                        .call(Method::POST, "v1/cart/u-1", "/v1/cart/{user_id}", None, &[])
+                        .await
+                        .map(|(status, _)| status)
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), StatusCode::OK);
+        }
+        assert_eq!(served.load(Ordering::Relaxed), 30);
     }
 
     #[tokio::test]
