@@ -108,6 +108,18 @@ impl Request {
     }
 }
 
+/// How a request that timed out on the client is described.
+const TIMED_OUT: &str = "timed out";
+
+/// Why `part` of a request came to nothing; a client timeout starts with [`TIMED_OUT`].
+fn no_answer(part: &str, error: &reqwest::Error) -> String {
+    if error.is_timeout() {
+        format!("{TIMED_OUT}: {part}: {error}")
+    } else {
+        format!("{part}: {error}")
+    }
+}
+
 /// One shopper: adds one or two products to its cart, then checks out with an
 /// `Idempotency-Key`, sending the same key again while the answer is an error (a client that
 /// did not learn whether its order was placed); until `LOAD` is over. The ids of the orders it
@@ -131,10 +143,10 @@ async fn shop(
                     let status = response.status();
                     match response.bytes().await {
                         Ok(body) => (Ok(status), serde_json::from_slice::<Value>(&body).ok()),
-                        Err(error) => (Err(format!("body: {error}")), None),
+                        Err(error) => (Err(no_answer("body", &error)), None),
                     }
                 }
-                Err(error) => (Err(format!("{error}")), None),
+                Err(error) => (Err(no_answer("request", &error)), None),
             };
             let problem = body
                 .as_ref()
@@ -454,7 +466,7 @@ async fn shoppers_through_crashes_of_a_redis_master_a_nats_node_and_a_cart_repli
             request
                 .outcome
                 .as_ref()
-                .is_err_and(|error| error.contains("timed out") || error.contains("timeout"))
+                .is_err_and(|error| error.starts_with(TIMED_OUT))
         })
         .collect();
     assert!(hung.is_empty(), "requests nobody answered: {hung:?}");
