@@ -76,6 +76,12 @@ impl Upstream {
     /// Send `method path` (relative to the next replica's base, with an optional JSON body and
     /// headers) and return the answer with its body unread; `route` names the callee's route
     /// template for the client span.
+    ///
+    /// A replica that refuses the connection (a crashed process, a pod gone) never saw the
+    /// request, so the next replica is tried — for any method, writes included — until each has
+    /// been tried once; without this, every other call would fail while one replica is down.
+    /// Any other failure (a timeout, a connection cut after the request was sent) is returned:
+    /// the request may have been served.
     pub async fn send(
         &self,
         method: Method,
@@ -84,26 +90,41 @@ impl Upstream {
         body: Option<&Value>,
         headers: &[(&str, String)],
     ) -> Result<Response, UpstreamError> {
-        let base = self
-            .next_base()
-            .ok_or_else(|| self.unavailable("no replica configured"))?;
-        let url = base
-            .join(path)
-            .map_err(|error| self.unavailable(format!("bad URL: {error}")))?;
-        let mut builder = self.client.inner().request(method, url).timeout(self.timeout);
-        if let Some(body) = body {
-            builder = builder.json(body);
+        let mut refused = None;
+        // The replicas from this call's turn on, each once: taken from one draw of the shared
+        // counter, since concurrent calls move it between two attempts of this one.
+        let first = self.next.fetch_add(1, Ordering::Relaxed);
+        for offset in 0..self.replicas.len() {
+            let base = self
+                .replicas
+                .get((first + offset) % self.replicas.len())
+                .ok_or_else(|| self.unavailable("no replica configured"))?;
+            let url = base
+                .join(path)
+                .map_err(|error| self.unavailable(format!("bad URL: {error}")))?;
+            let mut builder = self
+                .client
+                .inner()
+                .request(method.clone(), url)
+                .timeout(self.timeout);
+            if let Some(body) = body {
+                builder = builder.json(body);
+            }
+            for (name, value) in headers {
+                builder = builder.header(*name, value);
+            }
+            let request = builder
+                .build()
+                .map_err(|error| self.unavailable(error.to_string()))?;
+            match self.client.send(self.service, route, request).await {
+                Ok(response) => return Ok(response),
+                Err(error) if error.is_connect() && !error.is_timeout() => {
+                    refused = Some(self.transport_error(&error));
+                }
+                Err(error) => return Err(self.transport_error(&error)),
+            }
         }
-        for (name, value) in headers {
-            builder = builder.header(*name, value);
-        }
-        let request = builder
-            .build()
-            .map_err(|error| self.unavailable(error.to_string()))?;
-        self.client
-            .send(self.service, route, request)
-            .await
-            .map_err(|error| self.transport_error(&error))
+        Err(refused.unwrap_or_else(|| self.unavailable("no replica configured")))
     }
 
     /// [`Upstream::send`], then read the whole body as JSON (`Null` when it is not JSON).
@@ -166,6 +187,7 @@ impl Upstream {
     }
 
     /// The replicas in turn, one per call.
+    #[cfg(test)]
     fn next_base(&self) -> Option<&Url> {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.replicas.len().max(1);
         self.replicas.get(index)
@@ -212,6 +234,94 @@ mod tests {
                 "http://b:2/livez",
                 "http://a:1/prefix/livez"
             ]
+        );
+    }
+
+    /// A loopback server that answers every request `200 {"ok":true}`, and how many it got.
+    async fn answering() -> (String, Arc<AtomicUsize>) {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let served = Arc::new(AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let mut buffer = vec![0u8; 4096];
+                    // One request per connection: the answer closes it.
+                    if socket.read(&mut buffer).await.unwrap_or(0) > 0 {
+                        count.fetch_add(1, Ordering::Relaxed);
+                        let _ = socket
+                            .write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 11\r\nconnection: close\r\n\r\n{\"ok\":true}")
+                            .await;
+                    }
+                });
+            }
+        });
+        (url, served)
+    }
+
+    /// A port nothing listens on: connections to it are refused.
+    fn refusing() -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        url
+    }
+
+    #[tokio::test]
+    async fn a_replica_that_refuses_connections_is_passed_over_for_writes_too() {
+        let (live, served) = answering().await;
+        let dead = refusing();
+        let upstream = upstream(&[&dead, &live]);
+        for _ in 0..6 {
+            let (status, body) = upstream
+                .call(Method::DELETE, "v1/cart/u-1", "/v1/cart/{user_id}", None, &[])
+                .await
+                .unwrap();
+            assert_eq!((status, body), (StatusCode::OK, serde_json::json!({"ok": true})));
+        }
+        assert_eq!(served.load(Ordering::Relaxed), 6, "each call served once");
+    }
+
+    #[tokio::test]
+    async fn concurrent_calls_each_reach_the_replica_that_answers() {
+        let (live, served) = answering().await;
+        let upstream = upstream(&[&refusing(), &live, &refusing()]);
+        let calls: Vec<_> = (0..30)
+            .map(|_| {
+                let upstream = upstream.clone();
+                tokio::spawn(async move {
+                    upstream
+                        .call(Method::POST, "v1/cart/u-1", "/v1/cart/{user_id}", None, &[])
+                        .await
+                        .map(|(status, _)| status)
+                })
+            })
+            .collect();
+        for call in calls {
+            assert_eq!(call.await.unwrap().unwrap(), StatusCode::OK);
+        }
+        assert_eq!(served.load(Ordering::Relaxed), 30);
+    }
+
+    #[tokio::test]
+    async fn every_replica_refusing_is_unavailable() {
+        let upstream = upstream(&[&refusing(), &refusing()]);
+        let error = upstream
+            .call(Method::GET, "livez", "/livez", None, &[])
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                UpstreamError::Unavailable {
+                    service: "catalog",
+                    ..
+                }
+            ),
+            "{error:?}"
         );
     }
 

@@ -1,7 +1,9 @@
 //! Fault proofs on real processes: the service binaries run as child processes (on free
 //! loopback ports, with a Redis of the test's own), and each test stops one of them — SIGTERM
 //! or SIGKILL — or kills Redis, in the middle of the work, then checks what clients saw and that
-//! the stock adds up (`shopstack_testkit::stock`). docs/design/inventory.md and
+//! the stock adds up (`shopstack_testkit::stock`). The proofs that involve the stores run twice:
+//! on one Redis, and on the clustered stores (`Stores`: a Redis Cluster and a NATS JetStream
+//! cluster; tests named `…_on_clustered_stores`). docs/design/inventory.md and
 //! docs/design/checkout.md say what each proof stands for.
 //!
 //! The binaries are the workspace's debug builds (`cargo build --workspace --bins` first), which
@@ -17,9 +19,11 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shopstack_testkit::db::TestDb;
 use shopstack_testkit::http::{client, client_with_timeout, json_of};
+use shopstack_testkit::nats_cluster::NatsCluster;
 use shopstack_testkit::ports::closed_port;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use shopstack_testkit::redis::RedisServer;
+use shopstack_testkit::redis_cluster::RedisCluster;
 use shopstack_testkit::stock::StockInvariant;
 use shopstack_testkit::wait::eventually;
 
@@ -71,6 +75,56 @@ fn uuid_like() -> u128 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|elapsed| elapsed.as_nanos())
         .unwrap_or_default()
+}
+
+/// The stores a proof runs on: one Redis server (events logged only), or the clustered stores —
+/// a 6-node Redis Cluster and a 3-node NATS JetStream cluster whose stream orders creates with
+/// 3 replicas. The proofs that involve the stores run on both.
+enum Stores {
+    Single(RedisServer),
+    Clustered { redis: RedisCluster, nats: NatsCluster },
+}
+
+impl Stores {
+    fn single() -> Self {
+        Self::Single(RedisServer::start().unwrap())
+    }
+
+    async fn clustered() -> Self {
+        let redis = tokio::task::spawn_blocking(RedisCluster::start)
+            .await
+            .unwrap()
+            .unwrap();
+        let nats = NatsCluster::start().await.unwrap();
+        Self::Clustered { redis, nats }
+    }
+
+    /// `REDIS_URL`: one node, or the cluster's node list.
+    fn redis(&self) -> String {
+        match self {
+            Self::Single(redis) => redis.url(),
+            Self::Clustered { redis, .. } => redis.url(),
+        }
+    }
+
+    /// The events settings orders takes on these stores.
+    fn events(&self) -> Vec<(&'static str, String)> {
+        match self {
+            Self::Single(_) => Vec::new(),
+            Self::Clustered { nats, .. } => vec![
+                ("NATS_URL", nats.url()),
+                ("EVENTS_STREAM_REPLICAS", "3".to_owned()),
+            ],
+        }
+    }
+}
+
+/// `settings` borrowed, as `spawn` and `orders` take them.
+fn borrowed<'a>(settings: &'a [(&'static str, String)]) -> Vec<(&'static str, &'a str)> {
+    settings
+        .iter()
+        .map(|(name, value)| (*name, value.as_str()))
+        .collect()
 }
 
 fn spawn(binary: &str, env: &[(&str, &str)]) -> ServiceProcess {
@@ -448,10 +502,18 @@ async fn sigterm_to_the_gateway_under_load_fails_no_request_it_accepted() {
 /// is lost or sold twice, and the restarted cart works.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_of_the_cart_between_reserving_and_saving_leaves_no_stock_behind() {
-    let redis = RedisServer::start().unwrap();
+    sigkill_of_the_cart_between_reserving_and_saving(Stores::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_of_the_cart_between_reserving_and_saving_leaves_no_stock_behind_on_clustered_stores() {
+    sigkill_of_the_cart_between_reserving_and_saving(Stores::clustered().await).await;
+}
+
+async fn sigkill_of_the_cart_between_reserving_and_saving(redis: Stores) {
     let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
-    let catalog = catalog(&redis.url(), &products);
-    let mut crashing = cart(&redis.url(), &catalog, "2s", "cart.after_reserve=pause");
+    let catalog = catalog(&redis.redis(), &products);
+    let mut crashing = cart(&redis.redis(), &catalog, "2s", "cart.after_reserve=pause");
     let invariant =
         StockInvariant::new(&catalog.url(""), products.initial.clone()).owners(["u-crash", "u-after"]);
 
@@ -477,7 +539,7 @@ async fn sigkill_of_the_cart_between_reserving_and_saving_leaves_no_stock_behind
         "the expired hold went back: {settled:?}"
     );
 
-    let cart = cart(&redis.url(), &catalog, "2s", "");
+    let cart = cart(&redis.redis(), &catalog, "2s", "");
     let lost = json_of(client().get(cart.url("/v1/cart/u-crash")).send().await.unwrap()).await;
     assert_eq!(lost["items"], json!([]), "the line was never saved");
     assert_eq!(
@@ -494,12 +556,28 @@ async fn sigkill_of_the_cart_between_reserving_and_saving_leaves_no_stock_behind
 /// them once. The stock adds up at every settled point.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up() {
-    let redis = RedisServer::start().unwrap();
+    sigterm_to_orders_mid_checkout(Stores::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up_on_clustered_stores() {
+    sigterm_to_orders_mid_checkout(Stores::clustered().await).await;
+}
+
+async fn sigterm_to_orders_mid_checkout(redis: Stores) {
     let database = TestDb::sqlite();
     let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
-    let catalog = catalog(&redis.url(), &products);
-    let cart = cart(&redis.url(), &catalog, "3s", "");
-    let mut stopping = orders(&database.url, &catalog, &cart, "orders.after_commit=pause", &[]);
+    let catalog = catalog(&redis.redis(), &products);
+    let cart = cart(&redis.redis(), &catalog, "3s", "");
+    let events = redis.events();
+    let events = borrowed(&events);
+    let mut stopping = orders(
+        &database.url,
+        &catalog,
+        &cart,
+        "orders.after_commit=pause",
+        &events,
+    );
     assert_eq!(
         add_to_cart(&cart, "u-1", "fp-a", 2).await.status(),
         StatusCode::OK
@@ -537,7 +615,7 @@ async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up() {
         "a checkout cut at shutdown placed no order: {answer:?}"
     );
 
-    let orders = orders(&database.url, &catalog, &cart, "", &[]);
+    let orders = orders(&database.url, &catalog, &cart, "", &events);
     let invariant = StockInvariant::new(&catalog.url(""), products.initial.clone())
         .orders(&orders.url(""))
         .owners(["u-1"]);
@@ -573,22 +651,34 @@ async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up() {
 /// order is sold exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_to_orders_lets_a_checkout_in_flight_finish() {
-    let redis = RedisServer::start().unwrap();
+    sigterm_to_orders_with_a_checkout_in_flight(Stores::single()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_orders_lets_a_checkout_in_flight_finish_on_clustered_stores() {
+    sigterm_to_orders_with_a_checkout_in_flight(Stores::clustered().await).await;
+}
+
+async fn sigterm_to_orders_with_a_checkout_in_flight(redis: Stores) {
     let database = TestDb::sqlite();
     let products = Products::write(&[("fp-a", 10)]);
-    let catalog = catalog(&redis.url(), &products);
-    let cart = cart(&redis.url(), &catalog, "3s", "");
+    let catalog = catalog(&redis.redis(), &products);
+    let cart = cart(&redis.redis(), &catalog, "3s", "");
+    let events = redis.events();
+    let events = borrowed(&events);
+    let mut slow = events.clone();
+    // Recovery would take over a placement slower than SAGA_RECOVERY_AFTER: not here.
+    slow.extend([
+        ("SHUTDOWN_DRAIN_MS", "500"),
+        ("SHUTDOWN_GRACE_MS", "10000"),
+        ("SAGA_RECOVERY_AFTER", "30s"),
+    ]);
     let stopping = orders(
         &database.url,
         &catalog,
         &cart,
         "orders.after_commit=sleep(1500)",
-        // Recovery would take over a placement slower than SAGA_RECOVERY_AFTER: not here.
-        &[
-            ("SHUTDOWN_DRAIN_MS", "500"),
-            ("SHUTDOWN_GRACE_MS", "10000"),
-            ("SAGA_RECOVERY_AFTER", "30s"),
-        ],
+        &slow,
     );
     assert_eq!(
         add_to_cart(&cart, "u-1", "fp-a", 2).await.status(),
@@ -620,7 +710,7 @@ async fn sigterm_to_orders_lets_a_checkout_in_flight_finish() {
         stopping.output().join("\n")
     );
 
-    let orders = orders(&database.url, &catalog, &cart, "", &[]);
+    let orders = orders(&database.url, &catalog, &cart, "", &events);
     let settled = StockInvariant::new(&catalog.url(""), products.initial.clone())
         .orders(&orders.url(""))
         .owners(["u-1"])
