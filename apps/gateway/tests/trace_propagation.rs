@@ -21,6 +21,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -38,6 +39,8 @@ use opentelemetry_proto::tonic::logs::v1::LogRecord;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
+use shopstack_testkit::tls::TestCertificates;
+use tokio_rustls::TlsAcceptor;
 
 /// A span as received, with the `service.name` and the attributes of the resource that sent it.
 #[derive(Debug, Clone)]
@@ -93,6 +96,33 @@ fn hex(bytes: &[u8]) -> String {
 struct Receiver {
     spans: Arc<Mutex<Vec<Received>>>,
     logs: Arc<Mutex<Vec<ExportLogsServiceRequest>>>,
+    /// TLS handshakes a client gave up on (it did not trust the certificate).
+    failed_handshakes: Arc<AtomicUsize>,
+}
+
+/// A stream a receiver serves: plain TCP or TLS over it.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
+/// The receiver's side of TLS: the test authority's server certificate, offering `alpn`
+/// (gRPC clients insist on `h2`).
+fn tls_acceptor(certificates: &TestCertificates, alpn: &[u8]) -> TlsAcceptor {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(&certificates.cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(&certificates.key).unwrap();
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsAcceptor::from(Arc::new(config))
 }
 
 #[tonic::async_trait]
@@ -133,34 +163,36 @@ impl Receiver {
     /// Serve OTLP/gRPC (HTTP/2 cleartext, gzip accepted) on a free loopback port; returns the
     /// endpoint URL.
     async fn start(&self) -> String {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        self.start_grpc(None).await
+    }
+
+    /// Serve OTLP/gRPC on a free loopback port, over TLS when `tls` is given; returns the
+    /// endpoint URL (`https://` with TLS).
+    async fn start_grpc(&self, tls: Option<TlsAcceptor>) -> String {
         let service =
             TraceServiceServer::new(self.clone()).accept_compressed(tonic::codec::CompressionEncoding::Gzip);
-        tokio::spawn(async move {
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    break;
-                };
-                let service = TowerToHyperService::new(service.clone());
-                tokio::spawn(async move {
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
-                });
+        self.serve(tls, move |io| {
+            let service = TowerToHyperService::new(service.clone());
+            async move {
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(io, service)
+                    .await;
             }
-        });
-        format!("http://{addr}")
+        })
+        .await
     }
 
     /// Serve OTLP/HTTP with protobuf bodies (`POST /v1/traces`, `POST /v1/logs`) on a free
     /// loopback port; returns the endpoint URL of every signal.
     async fn start_http(&self) -> String {
+        self.start_http_on(None).await
+    }
+
+    /// [`Receiver::start_http`], over TLS when `tls` is given (`https://`).
+    async fn start_http_on(&self, tls: Option<TlsAcceptor>) -> String {
         use axum::body::Bytes;
         use axum::http::header::CONTENT_TYPE;
         use prost::Message as _;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
         let traces = self.clone();
         let logs = self.clone();
         let answer = |body: Vec<u8>| ([(CONTENT_TYPE, "application/x-protobuf")], body);
@@ -192,10 +224,53 @@ impl Receiver {
                     )
                 }),
             );
+        self.serve(tls, move |io| {
+            let service = TowerToHyperService::new(app.clone());
+            async move {
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            }
+        })
+        .await
+    }
+
+    /// Accept connections on a free loopback port and hand each one, after the TLS handshake
+    /// when `tls` is given, to `serve_connection`; returns the endpoint URL.
+    async fn serve<F, Fut>(&self, tls: Option<TlsAcceptor>, serve_connection: F) -> String
+    where
+        F: Fn(TokioIo<Box<dyn Connection>>) -> Fut + Send + Sync + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let failed_handshakes = self.failed_handshakes.clone();
+        let serve_connection = Arc::new(serve_connection);
         tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                let tls = tls.clone();
+                let failed_handshakes = failed_handshakes.clone();
+                let connection = serve_connection.clone();
+                tokio::spawn(async move {
+                    let io: Box<dyn Connection> = match tls {
+                        None => Box::new(stream),
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(stream) => Box::new(stream),
+                            Err(_) => {
+                                failed_handshakes.fetch_add(1, Ordering::SeqCst);
+                                return;
+                            }
+                        },
+                    };
+                    connection(TokioIo::new(io)).await;
+                });
+            }
         });
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 
     /// Every log record received: (resource attributes, record).
@@ -351,6 +426,75 @@ async fn with_redis_the_redis_commands_are_child_spans_of_the_request() {
 async fn over_http_protobuf_the_services_keep_the_configured_names_and_resource() {
     let redis = shopstack_testkit::redis::RedisServer::start().unwrap();
     trace_one_request(Some(redis.url()), Transport::HttpNamed).await;
+}
+
+/// `https://` collectors, over both protocols: the exporters check the collector's certificate
+/// against the system's roots, which `SSL_CERT_FILE` replaces with a private authority. Spans
+/// arrive when the authority is the collector's, and none do when it is another one (the
+/// handshake fails, so the check is real).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_https_spans_arrive_only_when_the_collectors_certificate_is_trusted() {
+    let collector = TestCertificates::generate().unwrap();
+    let stranger = TestCertificates::generate().unwrap();
+    for protocol in ["grpc", "http/protobuf"] {
+        for trusted in [&collector, &stranger] {
+            let receiver = Receiver::default();
+            let endpoint = if protocol == "grpc" {
+                receiver.start_grpc(Some(tls_acceptor(&collector, b"h2"))).await
+            } else {
+                receiver
+                    .start_http_on(Some(tls_acceptor(&collector, b"http/1.1")))
+                    .await
+            };
+            assert!(endpoint.starts_with("https://"));
+            let env = [
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+                ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned()),
+                ("SSL_CERT_FILE", trusted.ca.display().to_string()),
+                ("SIMULATION", "off".to_owned()),
+            ];
+            let catalog = tokio::task::spawn_blocking(move || {
+                let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+                ServiceProcess::spawn(&workspace_binary("catalog"), &env).unwrap()
+            })
+            .await
+            .unwrap();
+            let trace_id = fresh_trace_id();
+            let traceparent = format!(
+                "00-{}-{}-01",
+                hex(&trace_id),
+                hex(&[0x5a, 0x17, 0, 0, 0, 0, 0, 1])
+            );
+            let response = shopstack_testkit::http::client()
+                .get(catalog.url("/catalog/prod-110"))
+                .header("traceparent", traceparent)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let delivered = || !receiver.trace(&trace_id).is_empty();
+            let refused = || receiver.failed_handshakes.load(Ordering::SeqCst) > 0;
+            while !delivered() && !refused() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if std::ptr::eq(trusted, &collector) {
+                assert!(delivered(), "{protocol}: the span reaches the collector over TLS");
+                assert!(!refused(), "{protocol}: every handshake succeeds");
+            } else {
+                assert!(
+                    refused(),
+                    "{protocol}: the exporter tried and refused the certificate"
+                );
+                assert!(
+                    !delivered(),
+                    "{protocol}: nothing is delivered to an untrusted collector"
+                );
+            }
+            drop(catalog);
+        }
+    }
 }
 
 /// How the services export in one run of [`trace_one_request`].

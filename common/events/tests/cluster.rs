@@ -63,13 +63,27 @@ async fn a_replicated_stream_takes_every_event_once_while_a_server_dies() {
 
     let reader = async_nats::connect(cluster.nodes[1].url()).await.unwrap();
     let jetstream = async_nats::jetstream::new(reader);
-    let mut stream = jetstream.get_stream(STREAM_NAME).await.unwrap();
-    let info = stream.info().await.unwrap();
-    assert_eq!(info.config.num_replicas, 3);
-    let consumer = stream
-        .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
-        .await
-        .unwrap();
+    // The survivors may still be electing the stream's leader (slowly on a busy machine):
+    // JetStream requests time out until one is elected.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (replicas, consumer) = loop {
+        let attempt = async {
+            let mut stream = jetstream.get_stream(STREAM_NAME).await?;
+            let replicas = stream.info().await?.config.num_replicas;
+            let consumer = stream
+                .create_consumer(async_nats::jetstream::consumer::pull::Config::default())
+                .await?;
+            Ok::<_, Box<dyn std::error::Error + Send + Sync>>((replicas, consumer))
+        };
+        match attempt.await {
+            Ok(found) => break found,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "the stream never answered: {error}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_eq!(replicas, 3);
     let mut seen: HashMap<String, usize> = HashMap::new();
     let mut messages = consumer
         .fetch()

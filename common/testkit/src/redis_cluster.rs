@@ -49,12 +49,23 @@ impl RedisCluster {
             nodes: Vec::new(),
             dir,
         };
-        for _ in 0..6 {
-            let port = cluster_port()?;
-            cluster.nodes.push(ClusterNode { port, child: None });
-        }
-        for index in 0..cluster.nodes.len() {
-            cluster.start_node(index)?;
+        for index in 0..6 {
+            // A port checked free can be taken before the node binds it (by another test's
+            // server); such a node exits at once, and its slot gets another port.
+            let mut attempts = 0;
+            loop {
+                let port = cluster_port()?;
+                if cluster.nodes.len() == index {
+                    cluster.nodes.push(ClusterNode { port, child: None });
+                } else {
+                    cluster.nodes[index].port = port;
+                }
+                match cluster.start_node(index) {
+                    Ok(()) => break,
+                    Err(error) if attempts < 4 && error.is::<PortTaken>() => attempts += 1,
+                    Err(error) => return Err(error),
+                }
+            }
         }
         let addresses: Vec<String> = cluster
             .nodes
@@ -123,6 +134,14 @@ impl RedisCluster {
         self.nodes[index].child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            let exited = self.nodes[index]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                self.nodes[index].child = None;
+                return Err(anyhow::Error::new(PortTaken { port, status }));
+            }
             anyhow::ensure!(
                 Instant::now() < deadline,
                 "redis-server did not start on port {port}"
@@ -264,9 +283,31 @@ impl Drop for RedisCluster {
 }
 
 /// A free loopback port whose cluster bus port (the port + 10,000) is free too.
+/// A node that exited while starting: its port (or its bus port, 10,000 higher) was taken.
+#[derive(Debug)]
+struct PortTaken {
+    port: u16,
+    status: std::process::ExitStatus,
+}
+
+impl std::fmt::Display for PortTaken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "redis-server on port {} exited while starting ({}): the port or its bus port is taken",
+            self.port, self.status
+        )
+    }
+}
+
+impl std::error::Error for PortTaken {}
+
+/// A port whose bus port (10,000 higher) is free too, both below Linux's ephemeral range
+/// (32,768 and up), where the client side of every other connection on the machine takes
+/// its local port and could take a node's port between the check and the bind.
 fn cluster_port() -> anyhow::Result<u16> {
     for _ in 0..200 {
-        let candidate: u16 = 20_000 + (rand_u16() % 25_000);
+        let candidate: u16 = 10_000 + (rand_u16() % 12_700);
         let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
         if free(candidate) && free(candidate + 10_000) {
             return Ok(candidate);
