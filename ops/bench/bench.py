@@ -9,9 +9,11 @@ between the results markers of docs/performance.md, with the machine, date and c
   python3 ops/bench/bench.py                 # the full run: builds (PGO gateway included), about 12 minutes of runs
   python3 ops/bench/bench.py --smoke         # every case once for 1 s with debug builds, no PGO (tests)
   python3 ops/bench/bench.py --only gateway,nginx --duration 20
+  python3 ops/bench/bench.py --only journey  # the whole stack; its capacity model goes to docs/scaling.md
 
 Tools it needs and installs from Debian's packages when missing: wrk, nginx. Locust comes from
-PyPI into a throwaway venv under /tmp.
+PyPI into a throwaway venv under /tmp. The journey case starts its own redis-server, nats-server
+and PostgreSQL (Debian's packages) on free loopback ports.
 """
 
 import argparse
