@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import pwd
 import re
 import shutil
 import signal
@@ -252,20 +253,31 @@ class Postgres:
         self.bin = postgres_bin_dir()
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="shopstack-bench-postgres-"))
-        self.user = []
+        self.process = self.log = None
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self):
+        user = []
         if os.geteuid() == 0:
-            import pwd
-            account = pwd.getpwnam("postgres")
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root, and initdb refuses root: PostgreSQL runs as the postgres "
+                                   "user, which Debian's postgresql package creates") from None
             os.chown(self.dir, account.pw_uid, account.pw_gid)
-            self.user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--"]
+            user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--"]
         data = self.dir / "data"
-        subprocess.run([*self.user, str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+        subprocess.run([*user, str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
                         "-E", "UTF8", "--locale=C", "--no-sync"], check=True, cwd=self.dir, stdout=subprocess.DEVNULL)
         with open(data / "postgresql.conf", "a") as config:
             config.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
                          f"unix_socket_directories = '{self.dir}'\nshared_buffers = 32MB\nmax_connections = 50\n")
         self.log = open(self.dir / "postgres.log", "w")
-        self.process = subprocess.Popen(pinned(SERVER_CORE, [*self.user, str(self.bin / "postgres"), "-D", str(data)]),
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [*user, str(self.bin / "postgres"), "-D", str(data)]),
                                         cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
         while subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
@@ -284,13 +296,15 @@ class Postgres:
         return int(output.stdout.strip())
 
     def stop(self):
-        self.process.send_signal(signal.SIGINT)  # fast shutdown
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.log.close()
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.log:
+            self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -694,9 +708,13 @@ class Bench:
                          "orders": orders.process.pid, "redis": redis.process.pid,
                          "redis-order-cache": order_cache.process.pid, "postgres": postgres.process.pid,
                          "nats": nats.process.pid}
+            if not self.args.smoke:
+                # Unmeasured: the first run after start-up opens the pools' connections and fills
+                # PostgreSQL's caches.
+                self.journey_run(loadtest, gateway.url(""), processes, postgres, "warm-up")
             runs = []
             for repeat in range(self.args.repeats):
-                runs.append(self.journey_run(loadtest, gateway.url(""), processes, postgres, repeat))
+                runs.append(self.journey_run(loadtest, gateway.url(""), processes, postgres, repeat + 1))
             self.journey = journey_summary(runs)
         finally:
             for server in reversed(services + stores):
@@ -713,9 +731,9 @@ class Bench:
             pages = listing["pagination"]["total_pages"]
             page += 1
 
-    def journey_run(self, loadtest, host, processes, postgres, repeat):
+    def journey_run(self, loadtest, host, processes, postgres, label):
         reports = Path(tempfile.mkdtemp(prefix="shopstack-bench-journey-"))
-        name = f"journey-{repeat + 1}"
+        name = f"journey-{label}"
         argv = [str(loadtest), "--host", host, "--users", str(self.args.connections), "--hatch-rate", "1000",
                 "--run-time", f"{self.args.duration}s", "--scenarios", "browse,cart,checkout",
                 "--think-time-ms", "0", "--no-truth-check", "--no-telnet", "--no-websocket", "--quiet",
@@ -754,7 +772,7 @@ class Bench:
                "cpu_us": {label: 1e6 * seconds / requests if requests else 0.0 for label, seconds in cpu_seconds.items()},
                "postgres_write_transactions": write_transactions,
                "generator_cpu_seconds": generator_cpu}
-        log(f"journey: {run['rps']:.0f} req/s, {run['journeys_per_s']:.1f} journeys/s, "
+        log(f"journey {label}: {run['rps']:.0f} req/s, {run['journeys_per_s']:.1f} journeys/s, "
             f"{run['per_cpu_second']:.0f} req per stack CPU-second ({run['stack_cores']:.2f} cores busy), "
             f"p50 {run['p50']:.2f} ms, p99 {run['p99']:.2f} ms, {run['non_2xx']} failed, "
             f"{write_transactions} PostgreSQL write transactions, load generator {generator_cpu:.2f} CPU s")
@@ -950,7 +968,8 @@ def journey_header(summary, args, commit, cpu):
             f"(the gateway's plain build, as in the image), simulation off. Every server process on core {SERVER_CORE}, "
             f"so the stack shares one core; the load test on core {LOAD_CORE}: {args.connections} users of the "
             f"browse, cart and checkout scenarios with no think time, {args.duration} s per run, {args.repeats} "
-            f"run{'' if args.repeats == 1 else 's'} on one stack, medians shown.")
+            f"run{'' if args.repeats == 1 else 's'} on one stack{'' if args.smoke else ' after an unmeasured one'}, "
+            f"medians shown.")
 
 
 def journey_markdown(summary, args, commit, cpu):
