@@ -1009,8 +1009,8 @@ def capacity_markdown(summary, args, commit, cpu):
     lines.append(f"| whole stack | {stack:.1f} | 100 % | {stack / 1000:.3f} |")
     if journey["requests_per_journey"]:
         lines += ["", f"Per journey: {journey['requests_per_journey']:.1f} requests, "
-                      f"{journey['postgres_writes_per_journey']:.1f} PostgreSQL write transactions (each one "
-                      "a WAL flush at commit)."]
+                      f"{journey['postgres_writes_per_journey']:.1f} PostgreSQL write transactions (each "
+                      "commit waits until its WAL is on disk)."]
     units = {"redis": ("master", "masters"), "redis-order-cache": ("node", "nodes"),
              "postgres": ("core on the primary", "cores on the primary"), "nats": ("core", "cores")}
     lines += ["", f"**Extrapolated** — cores (at 100 % busy) and, after the arrow, replicas or nodes of one "
