@@ -1166,7 +1166,8 @@ def main():
             subprocess.run([sys.executable, str(ROOT / "ops" / "pgo.py"), "--no-service-build",
                             *(["--debug", "--seconds", "1"] if args.smoke else [])],
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    summary = Bench(args).run()
+    bench = Bench(args)
+    summary = bench.run()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -1174,10 +1175,11 @@ def main():
     write_markdown(summary, args, Path(args.out), Path(args.scaling_out))
     log(f"wrote {args.out}{f', {args.scaling_out}' if summary['journey'] else ''} and {args.json}")
     broken = [name for name, case in summary["cases"].items() if case["rps"] <= 0]
-    if summary["journey"] and (summary["journey"]["median"]["rps"] <= 0 or not summary["journey"]["totals"]["journeys"]):
+    if bench.selected("journey") and (not summary["journey"] or summary["journey"]["median"]["rps"] <= 0
+                                      or not summary["journey"]["totals"]["journeys"]):
         broken.append("journey")
     if broken:
-        log(f"cases with no successful requests: {broken}")
+        log(f"cases with no successful requests (or no placed order): {broken}; {' '.join(summary['notes'])}")
         return 1
     return 0
 
