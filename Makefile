@@ -61,7 +61,7 @@ test: check-observability k8s-tools ## Run every test (the command CI runs): nee
 	$(CARGO) test --workspace --no-fail-fast
 	$(MAKE) bench-smoke
 
-bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose vs Locust (release builds, PGO gateway)
+bench: ## Benchmark gateway vs nginx vs direct, cart, telemetry, memory, Goose vs Locust, the whole journey (release builds, PGO gateway)
 	python3 ops/bench/bench.py
 
 bench-smoke: ## The benchmark end to end with a tiny duration on the debug build `make test` made (no PGO)

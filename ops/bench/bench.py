@@ -9,16 +9,20 @@ between the results markers of docs/performance.md, with the machine, date and c
   python3 ops/bench/bench.py                 # the full run: builds (PGO gateway included), about 12 minutes of runs
   python3 ops/bench/bench.py --smoke         # every case once for 1 s with debug builds, no PGO (tests)
   python3 ops/bench/bench.py --only gateway,nginx --duration 20
+  python3 ops/bench/bench.py --only journey  # the whole stack; its capacity model goes to docs/scaling.md
 
 Tools it needs and installs from Debian's packages when missing: wrk, nginx. Locust comes from
-PyPI into a throwaway venv under /tmp.
+PyPI into a throwaway venv under /tmp. The journey case starts its own redis-server, nats-server
+and PostgreSQL (Debian's packages) on free loopback ports.
 """
 
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
+import pwd
 import re
 import shutil
 import signal
@@ -144,11 +148,13 @@ class Service:
 
 
 class Redis:
-    def __init__(self):
+    """A private redis-server; `config` replaces the default of no persistence at all."""
+
+    def __init__(self, config=("--save", "", "--appendonly", "no")):
         self.port = free_port()
         self.dir = tempfile.mkdtemp(prefix="shopstack-bench-redis-")
         self.process = subprocess.Popen(pinned(SERVER_CORE, ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                                             "--save", "", "--appendonly", "no", "--dir", self.dir]),
+                                                             *config, "--dir", self.dir]),
                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
@@ -210,6 +216,120 @@ http {{
             self.process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.process.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def wait_port(port, what, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"{what} did not start on port {port}")
+
+
+def postgres_bin_dir():
+    """Where `initdb`, `postgres`, `psql` and `pg_isready` are: beside `initdb` on PATH, else
+    Debian's newest /usr/lib/postgresql/<version>/bin."""
+    found = shutil.which("initdb")
+    candidates = [Path(found).resolve().parent] if found else []
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=lambda d: int(d.parent.name.split(".")[0]),
+                         reverse=True) if Path("/usr/lib/postgresql").is_dir() else []
+    for directory in candidates:
+        if all((directory / name).exists() for name in ("initdb", "postgres", "psql", "pg_isready")):
+            return directory
+    raise RuntimeError("PostgreSQL's programs (initdb, postgres, psql, pg_isready) are neither beside initdb on "
+                       "PATH nor in /usr/lib/postgresql/<version>/bin: install Debian's postgresql package")
+
+
+class Postgres:
+    """A private PostgreSQL on a free loopback port with the durability of a production server
+    (fsync and synchronous commit on) and the compose file's settings. initdb refuses root, so
+    under root it runs as the `postgres` user (Debian's package creates it) through setpriv."""
+
+    def __init__(self):
+        self.bin = postgres_bin_dir()
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="shopstack-bench-postgres-"))
+        self.process = self.log = None
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def start(self):
+        user = []
+        if os.geteuid() == 0:
+            try:
+                account = pwd.getpwnam("postgres")
+            except KeyError:
+                raise RuntimeError("running as root, and initdb refuses root: PostgreSQL runs as the postgres "
+                                   "user, which Debian's postgresql package creates") from None
+            os.chown(self.dir, account.pw_uid, account.pw_gid)
+            user = ["setpriv", f"--reuid={account.pw_uid}", f"--regid={account.pw_gid}", "--clear-groups", "--"]
+        data = self.dir / "data"
+        subprocess.run([*user, str(self.bin / "initdb"), "-D", str(data), "-U", "postgres", "-A", "trust",
+                        "-E", "UTF8", "--locale=C", "--no-sync"], check=True, cwd=self.dir, stdout=subprocess.DEVNULL)
+        with open(data / "postgresql.conf", "a") as config:
+            config.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                         f"unix_socket_directories = '{self.dir}'\nshared_buffers = 32MB\nmax_connections = 50\n")
+        self.log = open(self.dir / "postgres.log", "w")
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [*user, str(self.bin / "postgres"), "-D", str(data)]),
+                                        cwd=self.dir, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while subprocess.run([str(self.bin / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port)]).returncode:
+            if time.time() > deadline or self.process.poll() is not None:
+                raise RuntimeError(f"PostgreSQL did not start: {(self.dir / 'postgres.log').read_text()[-2000:]}")
+            time.sleep(0.1)
+
+    def url(self):
+        return f"postgres://postgres@127.0.0.1:{self.port}/postgres"
+
+    def transaction_id(self):
+        """The next transaction id: write transactions get one each, so the difference between
+        two readings (less this query's own) counts the commits that had to reach the WAL."""
+        output = subprocess.run([str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                                 "-At", "-c", "SELECT pg_current_xact_id()"], capture_output=True, text=True, check=True)
+        return int(output.stdout.strip())
+
+    def stop(self):
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self.log:
+            self.log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class Nats:
+    """A private nats-server with JetStream, its store in a temporary directory."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="shopstack-bench-nats-")
+        binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.process = subprocess.Popen(pinned(SERVER_CORE, [binary, "-a", "127.0.0.1", "-p", str(self.port),
+                                                             "-js", "-sd", self.dir]),
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, "nats-server")
+
+    def url(self):
+        return f"nats://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -313,6 +433,7 @@ class Bench:
         self.results = {}
         self.memory = {}
         self.generators = {}
+        self.journey = {}
         self.notes = []
 
     # -- stacks -----------------------------------------------------------------------------
@@ -546,6 +667,117 @@ class Bench:
         log(f"generator {argv[0].rsplit('/', 1)[-1]}: {requests} requests, {cpu:.2f} CPU s → {result['per_cpu_second']:.0f}/CPU s")
         return result
 
+    def journey_case(self):
+        """The whole stack as production runs it (docs/deployment.md): gateway, catalog, cart and
+        orders, stock and carts on a Redis with its append-only file, the orders' read cache on a
+        second Redis that may evict, orders on PostgreSQL, events on NATS JetStream; simulation off.
+        The load test's shopper mix (browse, cart and checkout users, no think time) drives it
+        through the gateway, once per repetition on the same stack. From /proc, the CPU time of
+        every server process (PostgreSQL's backends and NATS's threads included) over each run."""
+        loadtest = self.bins / "loadtest"
+        if not loadtest.exists():
+            self.notes.append("journey not measured: the `loadtest` binary is not built.")
+            return
+        stores, services = [], []
+        started = time.time()
+        try:
+            redis = Redis(config=("--appendonly", "yes", "--save", "", "--maxmemory-policy", "noeviction"))
+            stores.append(redis)
+            order_cache = Redis(config=("--save", "", "--appendonly", "no", "--maxmemory", "24mb",
+                                        "--maxmemory-policy", "allkeys-lru"))
+            stores.append(order_cache)
+            postgres = Postgres()
+            stores.append(postgres)
+            nats = Nats()
+            stores.append(nats)
+            catalog = self.catalog({"REDIS_URL": redis.url()})
+            services.append(catalog)
+            cart = Service(self.bins, "cart", free_port(), {
+                "CATALOG_SERVICE_URL": catalog.url(""), "REDIS_URL": redis.url(), "NATS_URL": nats.url()})
+            services.append(cart)
+            orders = Service(self.bins, "orders", free_port(), {
+                "CATALOG_SERVICE_URL": catalog.url(""), "CART_SERVICE_URL": cart.url(""),
+                "DATABASE_URL": postgres.url(), "NATS_URL": nats.url(), "REDIS_URL": order_cache.url()})
+            services.append(orders)
+            # The plain release build: the one the container image ships.
+            gateway = self.gateway(catalog, cart, orders=orders, plain=True)
+            services.append(gateway)
+            self.stock_every_product(catalog)
+            log(f"journey: the stack is up in {time.time() - started:.1f} s")
+            processes = {"gateway": gateway.process.pid, "catalog": catalog.process.pid, "cart": cart.process.pid,
+                         "orders": orders.process.pid, "redis": redis.process.pid,
+                         "redis-order-cache": order_cache.process.pid, "postgres": postgres.process.pid,
+                         "nats": nats.process.pid}
+            if not self.args.smoke:
+                # Unmeasured: the first run after start-up opens the pools' connections and fills
+                # PostgreSQL's caches.
+                self.journey_run(loadtest, gateway.url(""), processes, postgres, "warm-up")
+            runs = []
+            for repeat in range(self.args.repeats):
+                runs.append(self.journey_run(loadtest, gateway.url(""), processes, postgres, repeat + 1))
+            self.journey = journey_summary(runs)
+        finally:
+            for server in reversed(services + stores):
+                server.stop()
+
+    def stock_every_product(self, catalog):
+        """Stock no run can sell out: a sold-out product would turn the mix into 409s."""
+        token = {"authorization": f"Bearer {ADMIN_TOKEN}"}
+        page, pages = 1, 1
+        while page <= pages:
+            listing = json.loads(http("GET", catalog.url(f"/catalog?page={page}&page_size=100"))[1])
+            for product in listing["products"]:
+                http("PUT", catalog.url(f"/admin/stock/{product['id']}"), {"stock": 1_000_000_000}, token)
+            pages = listing["pagination"]["total_pages"]
+            page += 1
+
+    def journey_run(self, loadtest, host, processes, postgres, label):
+        reports = Path(tempfile.mkdtemp(prefix="shopstack-bench-journey-"))
+        name = f"journey-{label}"
+        argv = [str(loadtest), "--host", host, "--users", str(self.args.connections), "--hatch-rate", "1000",
+                "--run-time", f"{self.args.duration}s", "--scenarios", "browse,cart,checkout",
+                "--think-time-ms", "0", "--no-truth-check", "--no-telnet", "--no-websocket", "--quiet",
+                "--reports-dir", str(reports), "--run-name", name]
+        try:
+            transactions_before = postgres.transaction_id()
+            children_cpu_seconds()  # from here on, only the load generator's CPU time counts
+            before, started = process_counters(processes), time.time()
+            load = subprocess.run(pinned(LOAD_CORE, argv), capture_output=True, text=True)
+            after, wall = process_counters(processes), time.time() - started
+            generator_cpu = children_cpu_seconds()
+            # Less the transaction_id() query's own transaction.
+            write_transactions = postgres.transaction_id() - transactions_before - 1
+            # Exit 1 is a breached latency or error threshold: the numbers still stand (errors are
+            # counted); anything else means the run did not happen.
+            summary_path = reports / f"{name}.summary.json"
+            if load.returncode not in (0, 1) or not summary_path.exists():
+                raise RuntimeError(f"the journey load failed ({load.returncode}):\n{(load.stdout + load.stderr)[-2000:]}")
+            summary = json.loads(summary_path.read_text())
+        finally:
+            shutil.rmtree(reports, ignore_errors=True)
+        every = summary["all_requests"]
+        checkouts = next((r for r in summary["requests"] if r["name"] == "POST /api/orders/checkout"), None)
+        journeys = checkouts["requests"] - checkouts["failures"] if checkouts else 0
+        cpu_seconds = {label: (after[label][0] + after[label][1] - before[label][0] - before[label][1]) / CLOCK_TICKS
+                       for label in processes}
+        stack_cpu = sum(cpu_seconds.values())
+        duration = summary["duration_s"]
+        requests = every["requests"]
+        run = {"requests": requests, "non_2xx": every["failures"], "journeys": journeys, "duration_s": duration,
+               "rps": requests / duration, "journeys_per_s": journeys / duration,
+               "p50": every["p50_ms"], "p99": every["p99_ms"],
+               "stack_cpu_seconds": stack_cpu, "stack_cores": stack_cpu / wall,
+               "per_cpu_second": requests / stack_cpu if stack_cpu else 0.0,
+               "journeys_per_cpu_second": journeys / stack_cpu if stack_cpu else 0.0,
+               "cpu_us": {label: 1e6 * seconds / requests if requests else 0.0 for label, seconds in cpu_seconds.items()},
+               "postgres_write_transactions": write_transactions,
+               "generator_cpu_seconds": generator_cpu}
+        log(f"journey {label}: {run['rps']:.0f} req/s, {run['journeys_per_s']:.1f} journeys/s, "
+            f"{run['per_cpu_second']:.0f} req per stack CPU-second ({run['stack_cores']:.2f} cores busy), "
+            f"p50 {run['p50']:.2f} ms, p99 {run['p99']:.2f} ms, {run['non_2xx']} failed, "
+            f"{write_transactions} PostgreSQL write transactions, load generator {generator_cpu:.2f} CPU s")
+        return run
+
     # -- orchestration ----------------------------------------------------------------------
 
     def selected(self, name):
@@ -564,6 +796,8 @@ class Bench:
             self.memory_case()
         if self.selected("generator"):
             self.generator_cases()
+        if self.selected("journey"):
+            self.journey_case()
         return self.report()
 
     def report(self):
@@ -628,7 +862,8 @@ class Bench:
         for name, values in self.memory.items():
             goal(f"idle RSS {name} (MiB)", values["idle_mib"], 20.0, "lower")
         summary = {"cases": med, "raw": self.results, "memory": self.memory, "generators": self.generators,
-                   "goals": goals, "notes": self.notes, "gateway_pgo": self.pgo_gateway is not None}
+                   "journey": self.journey, "goals": goals, "notes": self.notes,
+                   "gateway_pgo": self.pgo_gateway is not None}
         return summary
 
 
@@ -681,7 +916,147 @@ def parse_requests(output, locust_csv):
     return int(match.group(1)) if match else 0
 
 
-def write_markdown(summary, args, path):
+def journey_summary(runs):
+    """Medians over the runs; each process's CPU per request is the median of its per-run
+    figures, and its share is of the sum of those medians."""
+    keys = ("rps", "journeys_per_s", "p50", "p99", "per_cpu_second", "journeys_per_cpu_second", "stack_cores")
+    median = {key: statistics.median(run[key] for run in runs) for key in keys}
+    totals = {key: sum(run[key] for run in runs) for key in ("requests", "non_2xx", "journeys",
+                                                            "postgres_write_transactions", "generator_cpu_seconds")}
+    cpu_us = {label: statistics.median(run["cpu_us"][label] for run in runs) for label in runs[0]["cpu_us"]}
+    stack = sum(cpu_us.values())
+    share = {label: value / stack if stack else 0.0 for label, value in cpu_us.items()}
+    journeys = totals["journeys"]
+    return {"median": median, "totals": totals, "cpu_us": cpu_us, "share": share,
+            "requests_per_journey": totals["requests"] / journeys if journeys else None,
+            "postgres_writes_per_journey": totals["postgres_write_transactions"] / journeys if journeys else None,
+            "runs": runs}
+
+
+# The capacity model's planning rules (docs/scaling.md): a service replica and a Redis node each
+# get one core (the pods' CPU limit; Redis executes commands on one thread), planned at the HPA's
+# 70 % utilisation target; the services keep two replicas at least (the HPA's minimum and the PDB).
+PLANNED_UTILISATION = 0.7
+MIN_SERVICE_REPLICAS = 2
+HPA_MAX_REPLICAS = 10  # deploy/k8s/overlays/prod/autoscaling.yaml
+CAPACITY_RATES = (1_000, 10_000, 100_000)
+SERVICE_PROCESSES = ("gateway", "catalog", "cart", "orders")
+# Processes that serve on one core per node: their single-node ceiling is the first limit.
+ONE_CORE_PER_NODE = ("redis", "redis-order-cache")
+
+
+def capacity_plan(journey):
+    """Cores per process kind, and replicas or nodes, for each target rate of the measured mix."""
+    plan = {}
+    for label, micros in journey["cpu_us"].items():
+        rows = {}
+        for rate in CAPACITY_RATES:
+            cores = rate * micros / 1e6
+            units = max(1, math.ceil(cores / PLANNED_UTILISATION))
+            if label in SERVICE_PROCESSES:
+                units = max(MIN_SERVICE_REPLICAS, units)
+            rows[rate] = {"cores": cores, "units": int(units)}
+        plan[label] = rows
+    ceilings = {label: PLANNED_UTILISATION * 1e6 / journey["cpu_us"][label] for label in ONE_CORE_PER_NODE
+                if journey["cpu_us"].get(label)}
+    return plan, ceilings
+
+
+def journey_header(summary, args, commit, cpu):
+    return (f"`make bench` journey case on {datetime.date.today().isoformat()}, commit `{commit}`, {cpu}, "
+            f"{os.cpu_count()} cores, Linux {platform.release()}; {'debug (smoke)' if args.smoke else 'release'} builds "
+            f"(the gateway's plain build, as in the image), simulation off. Every server process on core {SERVER_CORE}, "
+            f"so the stack shares one core; the load test on core {LOAD_CORE}: {args.connections} users of the "
+            f"browse, cart and checkout scenarios with no think time, {args.duration} s per run, {args.repeats} "
+            f"run{'' if args.repeats == 1 else 's'} on one stack{'' if args.smoke else ' after an unmeasured one'}, "
+            f"medians shown.")
+
+
+def journey_markdown(summary, args, commit, cpu):
+    journey = summary["journey"]
+    med, totals = journey["median"], journey["totals"]
+    lines = [journey_header(summary, args, commit, cpu), "",
+             "| requests/s | journeys/s | requests per stack CPU-second | stack cores busy | p50 (ms) | p99 (ms) | failed |",
+             "|---:|---:|---:|---:|---:|---:|---:|",
+             f"| {med['rps']:.0f} | {med['journeys_per_s']:.1f} | {med['per_cpu_second']:.0f} | {med['stack_cores']:.2f} "
+             f"| {med['p50']:.2f} | {med['p99']:.2f} | {totals['non_2xx']} of {totals['requests']} |",
+             "", "| process | CPU per request (µs, user + system) | share of the stack's CPU |", "|---|---:|---:|"]
+    for label, micros in journey["cpu_us"].items():
+        lines.append(f"| {label} | {micros:.1f} | {100 * journey['share'][label]:.1f} % |")
+    lines.append(f"| whole stack | {sum(journey['cpu_us'].values()):.1f} | 100 % |")
+    if journey["requests_per_journey"]:
+        lines += ["", f"A journey is a placed order (a `POST /api/orders/checkout` answered 2xx); the mix sent "
+                      f"{journey['requests_per_journey']:.1f} requests per journey, and PostgreSQL committed "
+                      f"{journey['postgres_writes_per_journey']:.1f} write transactions per journey. The load "
+                      f"generator used {totals['generator_cpu_seconds']:.1f} CPU seconds on core {LOAD_CORE} for "
+                      f"{totals['requests']} requests."]
+    return "\n".join(lines) + "\n"
+
+
+def capacity_markdown(summary, args, commit, cpu):
+    journey = summary["journey"]
+    plan, ceilings = capacity_plan(journey)
+    med = journey["median"]
+    lines = ["**Measured** — " + journey_header(summary, args, commit, cpu), "",
+             f"The stack served {med['rps']:.0f} requests/s ({med['journeys_per_s']:.1f} journeys/s) on one shared "
+             f"core, {med['per_cpu_second']:.0f} requests per CPU-second of the whole stack, p50 "
+             f"{med['p50']:.2f} ms, p99 {med['p99']:.2f} ms.", "",
+             "| process | CPU per request (µs) | share of the stack | cores per 1k requests/s |",
+             "|---|---:|---:|---:|"]
+    for label, micros in journey["cpu_us"].items():
+        lines.append(f"| {label} | {micros:.1f} | {100 * journey['share'][label]:.1f} % | {micros / 1000:.3f} |")
+    stack = sum(journey["cpu_us"].values())
+    lines.append(f"| whole stack | {stack:.1f} | 100 % | {stack / 1000:.3f} |")
+    if journey["requests_per_journey"]:
+        lines += ["", f"Per journey: {journey['requests_per_journey']:.1f} requests, "
+                      f"{journey['postgres_writes_per_journey']:.1f} PostgreSQL write transactions (each "
+                      "commit waits until its WAL is on disk)."]
+    units = {"redis": ("master", "masters"), "redis-order-cache": ("node", "nodes"),
+             "postgres": ("core on the primary", "cores on the primary"), "nats": ("core", "cores")}
+    lines += ["", f"**Extrapolated** — cores (at 100 % busy) and, after the arrow, replicas or nodes of one "
+                  f"core at {PLANNED_UTILISATION * 100:.0f} % busy (services at least {MIN_SERVICE_REPLICAS}):", "",
+              "| process | " + " | ".join(f"{rate // 1000}k requests/s" for rate in CAPACITY_RATES) + " |",
+              "|---|" + "---:|" * len(CAPACITY_RATES)]
+    for label, rows in plan.items():
+        one, many = units.get(label, ("replica", "replicas"))
+        cells = [f"{rows[rate]['cores']:.2f} → {rows[rate]['units']} {one if rows[rate]['units'] == 1 else many}"
+                 for rate in CAPACITY_RATES]
+        lines.append(f"| {label} | {' | '.join(cells)} |")
+    lines.append("| whole stack | " + " | ".join(f"{rate * stack / 1e6:.1f} cores" for rate in CAPACITY_RATES) + " |")
+    if journey["requests_per_journey"]:
+        lines.append("| PostgreSQL write transactions/s | " + " | ".join(
+            f"{rate / journey['requests_per_journey'] * journey['postgres_writes_per_journey']:.0f}"
+            for rate in CAPACITY_RATES) + " |")
+    services = {label: micros for label, micros in journey["cpu_us"].items() if label in SERVICE_PROCESSES and micros}
+    if services:
+        busiest = max(services, key=services.get)
+        bound = HPA_MAX_REPLICAS * PLANNED_UTILISATION * 1e6 / services[busiest]
+        lines += ["", f"The production overlay's {HPA_MAX_REPLICAS} replicas at most per service carry the mix up to "
+                      f"{bound:.0f} requests/s, where {busiest} runs out first."]
+    if ceilings:
+        first = min(ceilings, key=ceilings.get)
+        lines += ["", "One node of a store that executes on one thread reaches "
+                      f"{PLANNED_UTILISATION * 100:.0f} % of its core at: "
+                  + ", ".join(f"{label} {value:.0f} requests/s" for label, value in sorted(ceilings.items(), key=lambda i: i[1]))
+                  + f". The first to saturate is **{first}**."]
+    return "\n".join(lines) + "\n"
+
+
+def write_between(path, start, end, text, title):
+    """Put `text` between the markers `start` and `end` of the page at `path`, keeping everything
+    around them; a page without the markers gets them, at its end."""
+    existing = path.read_text() if path.exists() else ""
+    if start in existing and end in existing:
+        head, rest = existing.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        path.write_text(f"{head}{start}\n{text}{end}{tail}")
+    elif existing:
+        path.write_text(f"{existing.rstrip()}\n\n{start}\n{text}{end}\n")
+    else:
+        path.write_text(f"# {title}\n\n{start}\n{text}{end}\n")
+
+
+def write_markdown(summary, args, path, scaling_path):
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -734,15 +1109,15 @@ def write_markdown(summary, args, path):
     for note in summary["notes"]:
         lines += ["", f"_{note}_"]
     results = "\n".join(lines[1:]).strip() + "\n"
-    # Only the part between the markers is generated; the analysis around it is kept.
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    existing = path.read_text() if path.exists() else ""
-    if start in existing and end in existing:
-        head, rest = existing.split(start, 1)
-        tail = rest.split(end, 1)[1]
-        path.write_text(f"{head}{start}\n{results}{end}{tail}")
-    else:
-        path.write_text(f"# Performance\n\n{start}\n{results}{end}\n")
+    # Only the parts between the markers are generated; the analysis around them is kept, and a
+    # run of some cases leaves the others' results alone.
+    if summary["cases"] or summary["memory"] or summary["generators"]:
+        write_between(path, "<!-- results:start -->", "<!-- results:end -->", results, "Performance")
+    if summary["journey"]:
+        write_between(path, "<!-- journey:start -->", "<!-- journey:end -->",
+                      journey_markdown(summary, args, commit, cpu), "Performance")
+        write_between(scaling_path, "<!-- capacity:start -->", "<!-- capacity:end -->",
+                      capacity_markdown(summary, args, commit, cpu), "Scaling")
 
 
 def main():
@@ -756,9 +1131,11 @@ def main():
     parser.add_argument("--only", default="",
                         help="comma-separated names; a case runs when its name contains one of them "
                              "(direct, gateway — every gateway-* case —, gateway-hyper-util, nginx, cart, "
-                             "telemetry, memory, generator)")
+                             "telemetry, memory, generator, journey)")
     parser.add_argument("--out", default=str(ROOT / "docs" / "performance.md"),
                         help="the page whose results markers receive the tables")
+    parser.add_argument("--scaling-out", default=str(ROOT / "docs" / "scaling.md"),
+                        help="the page whose capacity markers receive the journey case's capacity model")
     parser.add_argument("--json", default=str(ROOT / "reports" / "bench.json"))
     parser.add_argument("--no-build", action="store_true")
     parser.add_argument("--no-pgo", dest="pgo", action="store_false",
@@ -768,30 +1145,41 @@ def main():
         # The smoke checks the script end to end, not the build: no PGO gateway, even a stale one.
         args.duration, args.repeats, args.pgo = 1, 1, False
         args.out = str(ROOT / "reports" / "bench-smoke.md")
+        args.scaling_out = str(ROOT / "reports" / "bench-smoke-scaling.md")
         args.json = str(ROOT / "reports" / "bench-smoke.json")
 
-    ensure_tools(need_locust=not args.smoke)
+    # The journey case alone needs neither wrk, nginx nor Locust, nor the gateway's examples and
+    # PGO build (it measures the plain gateway, as shipped).
+    journey_only = {part.strip() for part in args.only.split(",")} == {"journey"}
+    if not journey_only:
+        ensure_tools(need_locust=not args.smoke)
     if not args.no_build:
         profile = [] if args.smoke else ["--release"]
         packages = ["-p", "gateway", "-p", "catalog", "-p", "cart", "-p", "orders"]
         if (ROOT / "ops" / "loadtest").exists():
             packages += ["-p", "loadtest"]
         subprocess.run(["cargo", "build", *profile, *packages], cwd=ROOT, check=True)
-        subprocess.run(["cargo", "build", *profile, "-p", "gateway", "--example", "otlp_sink",
-                        "--example", "hyper_util_proxy"], cwd=ROOT, check=True)
-        if args.pgo:
+        if not journey_only:
+            subprocess.run(["cargo", "build", *profile, "-p", "gateway", "--example", "otlp_sink",
+                            "--example", "hyper_util_proxy"], cwd=ROOT, check=True)
+        if args.pgo and not journey_only:
             subprocess.run([sys.executable, str(ROOT / "ops" / "pgo.py"), "--no-service-build",
                             *(["--debug", "--seconds", "1"] if args.smoke else [])],
                            cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
-    summary = Bench(args).run()
+    bench = Bench(args)
+    summary = bench.run()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(summary, indent=2))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    write_markdown(summary, args, Path(args.out))
-    log(f"wrote {args.out} and {args.json}")
+    Path(args.scaling_out).parent.mkdir(parents=True, exist_ok=True)
+    write_markdown(summary, args, Path(args.out), Path(args.scaling_out))
+    log(f"wrote {args.out}{f', {args.scaling_out}' if summary['journey'] else ''} and {args.json}")
     broken = [name for name, case in summary["cases"].items() if case["rps"] <= 0]
+    if bench.selected("journey") and (not summary["journey"] or summary["journey"]["median"]["rps"] <= 0
+                                      or not summary["journey"]["totals"]["journeys"]):
+        broken.append("journey")
     if broken:
-        log(f"cases with no successful requests: {broken}")
+        log(f"cases with no successful requests (or no placed order): {broken}; {' '.join(summary['notes'])}")
         return 1
     return 0
 

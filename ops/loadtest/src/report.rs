@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use goose::metrics::GooseMetrics;
+use goose::metrics::{GooseMetrics, GooseRequestMetricAggregate, GooseRequestMetricTimingData};
 use serde::Serialize;
 
 use crate::faults::FaultRecord;
@@ -23,6 +23,9 @@ pub struct Summary {
     pub failures: Vec<String>,
     pub scenarios: Vec<ScenarioSummary>,
     pub requests: Vec<RequestSummary>,
+    /// Every request of the run as one line (`name` "all"): percentiles over all requests,
+    /// e.g. for `make bench`'s whole-journey case.
+    pub all_requests: RequestSummary,
     pub thresholds: Vec<ThresholdSummary>,
     /// What the `/stress` probe found.
     pub stress: String,
@@ -92,33 +95,87 @@ pub fn requests(metrics: &GooseMetrics) -> Vec<RequestSummary> {
         .iter()
         .map(|(key, aggregate)| {
             let (method, name) = key.split_once(' ').unwrap_or(("", key.as_str()));
-            let timing = &aggregate.raw_data;
-            let ms = |us: u64| us as f64 / 1000.0;
-            RequestSummary {
-                name: key.clone(),
-                method: method.to_owned(),
-                route: route_of(name).to_owned(),
-                requests: aggregate.success_count + aggregate.fail_count,
-                failures: aggregate.fail_count,
-                statuses: aggregate
-                    .status_code_counts
-                    .iter()
-                    .map(|(status, count)| (*status, *count))
-                    .collect(),
-                average_ms: if timing.counter == 0 {
-                    0.0
-                } else {
-                    ms(timing.total_time_us) / timing.counter as f64
-                },
-                p50_ms: ms(timing.percentile_us(0.50)),
-                p95_ms: ms(timing.percentile_us(0.95)),
-                p99_ms: ms(timing.percentile_us(0.99)),
-                max_ms: ms(timing.maximum_time_us),
-            }
+            request_line(
+                key,
+                method,
+                route_of(name),
+                &aggregate.raw_data,
+                aggregate.success_count + aggregate.fail_count,
+                aggregate.fail_count,
+                aggregate.status_code_counts.iter(),
+            )
         })
         .collect();
     rows.sort_by(|a, b| a.name.cmp(&b.name));
     rows
+}
+
+/// All requests as one line: Goose's timing buckets of every request name merged, so the
+/// percentiles are of all requests, not an average of each name's percentiles.
+pub fn all_requests(metrics: &GooseMetrics) -> RequestSummary {
+    let aggregates: Vec<&GooseRequestMetricAggregate> = metrics.requests.values().collect();
+    let timing = merged_timing(aggregates.iter().map(|aggregate| &aggregate.raw_data));
+    let requests = aggregates
+        .iter()
+        .map(|aggregate| aggregate.success_count + aggregate.fail_count)
+        .sum();
+    let failures = aggregates.iter().map(|aggregate| aggregate.fail_count).sum();
+    let statuses = aggregates
+        .iter()
+        .flat_map(|aggregate| aggregate.status_code_counts.iter());
+    request_line("all", "", "", &timing, requests, failures, statuses)
+}
+
+fn merged_timing<'a>(
+    parts: impl IntoIterator<Item = &'a GooseRequestMetricTimingData>,
+) -> GooseRequestMetricTimingData {
+    let mut timing = GooseRequestMetricTimingData::default();
+    for part in parts {
+        for (&bucket, &count) in part.times_us.iter() {
+            let merged = timing.times_us.get(&bucket).copied().unwrap_or(0) + count;
+            timing.times_us.insert(bucket, merged);
+        }
+        if part.counter > 0 && (timing.counter == 0 || part.minimum_time_us < timing.minimum_time_us) {
+            timing.minimum_time_us = part.minimum_time_us;
+        }
+        timing.maximum_time_us = timing.maximum_time_us.max(part.maximum_time_us);
+        timing.total_time_us += part.total_time_us;
+        timing.counter += part.counter;
+    }
+    timing
+}
+
+fn request_line<'a>(
+    name: &str,
+    method: &str,
+    route: &str,
+    timing: &GooseRequestMetricTimingData,
+    requests: usize,
+    failures: usize,
+    statuses: impl Iterator<Item = (&'a u16, &'a usize)>,
+) -> RequestSummary {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let mut counts = std::collections::BTreeMap::new();
+    for (status, count) in statuses {
+        *counts.entry(*status).or_insert(0) += *count;
+    }
+    RequestSummary {
+        name: name.to_owned(),
+        method: method.to_owned(),
+        route: route.to_owned(),
+        requests,
+        failures,
+        statuses: counts,
+        average_ms: if timing.counter == 0 {
+            0.0
+        } else {
+            ms(timing.total_time_us) / timing.counter as f64
+        },
+        p50_ms: ms(timing.percentile_us(0.50)),
+        p95_ms: ms(timing.percentile_us(0.95)),
+        p99_ms: ms(timing.percentile_us(0.99)),
+        max_ms: ms(timing.maximum_time_us),
+    }
 }
 
 /// One line per scenario that ran.
@@ -593,6 +650,37 @@ mod tests {
         assert!((phases[1].error_rate - 0.5).abs() < 1e-9);
     }
 
+    fn timing(times_us: &[(u64, usize)]) -> GooseRequestMetricTimingData {
+        let mut timing = GooseRequestMetricTimingData::default();
+        for &(us, count) in times_us {
+            timing.times_us.insert(us, count);
+            timing.counter += count;
+            timing.total_time_us += us * count as u64;
+            if timing.minimum_time_us == 0 || us < timing.minimum_time_us {
+                timing.minimum_time_us = us;
+            }
+            timing.maximum_time_us = timing.maximum_time_us.max(us);
+        }
+        timing
+    }
+
+    #[test]
+    fn all_requests_take_percentiles_over_every_request() {
+        // 97 fast reads and 3 slow checkouts: the slow ones are the top 3 % of all requests,
+        // which neither name's own p99 says.
+        let reads = timing(&[(1_000, 97)]);
+        let checkouts = timing(&[(100_000, 3)]);
+        let all = merged_timing([&reads, &checkouts]);
+        assert_eq!(all.counter, 100);
+        assert_eq!((all.minimum_time_us, all.maximum_time_us), (1_000, 100_000));
+        let statuses = [(200_u16, 99_usize), (503, 1)];
+        let line = request_line("all", "", "", &all, 100, 1, statuses.iter().map(|(s, c)| (s, c)));
+        assert!(line.p50_ms < 2.0, "{line:?}");
+        assert!(line.p99_ms > 90.0, "{line:?}");
+        assert!((line.average_ms - 3.97).abs() < 1e-9, "{line:?}");
+        assert_eq!(line.statuses.get(&503), Some(&1));
+    }
+
     #[test]
     fn html_section_escapes_and_lands_above_the_requests() {
         let summary = Summary {
@@ -604,6 +692,15 @@ mod tests {
             failures: vec!["threshold <breached>".into()],
             scenarios: Vec::new(),
             requests: Vec::new(),
+            all_requests: request_line(
+                "all",
+                "",
+                "",
+                &GooseRequestMetricTimingData::default(),
+                0,
+                0,
+                std::iter::empty(),
+            ),
             thresholds: Vec::new(),
             stress: "enabled".into(),
             faults: vec![record("1s:cart.failure_rate=1", 1.0, 0, 0)],

@@ -446,6 +446,7 @@ impl Run {
             failures,
             scenarios: report::scenarios(&metrics, &self.selected, &self.ctx.live),
             requests: report::requests(&metrics),
+            all_requests: report::all_requests(&metrics),
             thresholds,
             stress: self.stress.clone(),
             phases: report::phases(&faults, &self.ctx.live, duration_s),

@@ -190,6 +190,19 @@ async fn every_scenario_runs_and_the_truth_check_matches_the_gateway() {
             .all(|name| !name.contains("prod-") && !name.contains("lt-")),
         "{names:?}"
     );
+    // The line of all requests counts every request, with percentiles over all of them.
+    let counted: u64 = summary["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|request| request["requests"].as_u64().unwrap())
+        .sum();
+    let all = &summary["all_requests"];
+    assert_eq!(all["requests"].as_u64(), Some(counted), "{all}");
+    assert!(
+        all["p50_ms"].as_f64().unwrap() <= all["p99_ms"].as_f64().unwrap(),
+        "{all}"
+    );
 
     // The reports: Goose's HTML (with ShopStack's section) and JSON, the summary, the CSV.
     let html = std::fs::read_to_string(run.report("html")).unwrap();
