@@ -13,6 +13,7 @@
 //! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
 //! | [`http`] | the HTTP client and JSON helpers |
 //! | [`idempotency`] | the `Idempotency-Key` contract every keyed write passes |
+//! | [`events`] | the orders in the database and their `order.created` events on the stream |
 //! | [`stock`] | the stock invariant, `free + held + sold == initial` per product |
 //! | [`ports`] | free, closed and never-answering loopback addresses |
 //! | [`wait`] | `eventually`: wait, within a bound, for what should happen soon |
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod idempotency;
 pub mod logs;
