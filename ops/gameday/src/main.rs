@@ -132,8 +132,14 @@ async fn run(options: Options) -> Result<Report, Stopped> {
     let load_status = load
         .await
         .map_err(|error| Stopped::Stack(anyhow::anyhow!("the load test stopped: {error}")))?;
-    let load_s = started.elapsed().as_secs_f64().min(timeline.duration.as_secs_f64() + 1.0);
-    if matches!(load_status, loadtest::ExitStatus::Usage | loadtest::ExitStatus::Unreachable) {
+    let load_s = started
+        .elapsed()
+        .as_secs_f64()
+        .min(timeline.duration.as_secs_f64() + 1.0);
+    if matches!(
+        load_status,
+        loadtest::ExitStatus::Usage | loadtest::ExitStatus::Unreachable
+    ) {
         return Err(Stopped::Stack(anyhow::anyhow!(
             "the load test could not run against the stack ({load_status:?})"
         )));
@@ -161,10 +167,10 @@ async fn run(options: Options) -> Result<Report, Stopped> {
         requests: requests.len() as u64,
         errors: requests.iter().filter(|request| request.is_error()).count() as u64,
         seconds: requests::per_second(&requests, timeline.duration),
-        passed: checks.iter().all(|check| check.passed) && events.iter().all(|event| event.applied),
+        passed: report::verdict(&checks, &events),
         events,
         checks,
-        load_test_files: ["loadtest.html", "loadtest.summary.json", "requests.json"]
+        load_test_files: ["loadtest.html", "loadtest.summary.json", "requests.json", "logs/"]
             .iter()
             .map(|name| run_dir.join(name).display().to_string())
             .collect(),
@@ -207,7 +213,12 @@ async fn initial_stock(catalog: &str) -> anyhow::Result<BTreeMap<String, i64>> {
 
 /// The load test's command line: the whole shopper mix through the gateway for the timeline's
 /// duration, every request logged, the simulation switches as `--fault-at` steps.
-fn load_test_args(timeline: &Timeline, stack: &ClusteredStack, run_dir: &Path, request_log: &Path) -> Vec<OsString> {
+fn load_test_args(
+    timeline: &Timeline,
+    stack: &ClusteredStack,
+    run_dir: &Path,
+    request_log: &Path,
+) -> Vec<OsString> {
     let shoppers = timeline.shoppers.to_string();
     let mut args: Vec<OsString> = [
         "loadtest",
@@ -280,7 +291,11 @@ async fn invariants(
             requests.len(),
             late.len(),
             CLIENT_TIMEOUT.as_secs(),
-            requests.iter().map(|request| request.response_time).max().unwrap_or(0)
+            requests
+                .iter()
+                .map(|request| request.response_time)
+                .max()
+                .unwrap_or(0)
         ),
         items: late
             .iter()
@@ -365,8 +380,15 @@ fn event_reports(
                                 .into_iter()
                                 .flatten()
                                 .map(|call| match call["error"].as_str() {
-                                    None => format!("PUT {} → {}", call["route"].as_str().unwrap_or(""), call["status"]),
-                                    Some(error) => format!("PUT {} failed: {error}", call["route"].as_str().unwrap_or("")),
+                                    None => format!(
+                                        "PUT {} → {}",
+                                        call["route"].as_str().unwrap_or(""),
+                                        call["status"]
+                                    ),
+                                    Some(error) => format!(
+                                        "PUT {} failed: {error}",
+                                        call["route"].as_str().unwrap_or("")
+                                    ),
                                 })
                                 .collect();
                             let applied = record["fired_s"].is_number()
@@ -377,7 +399,11 @@ fn event_reports(
                                     .all(|call| call["error"].is_null());
                             (record["fired_s"].as_f64(), calls.join("; "), applied)
                         }
-                        None => (None, "not fired: the load test has no record of it".to_owned(), false),
+                        None => (
+                            None,
+                            "not fired: the load test has no record of it".to_owned(),
+                            false,
+                        ),
                     }
                 }
                 Action::Kill(_) | Action::Restart(_) => match fired.get(&index) {
@@ -415,7 +441,9 @@ fn print_verdict(report: &Report, html: &Path, json: &Path) {
                 window.length_s, window.errors, window.first_error_s, window.last_error_s
             )
         });
-        let at = event.fired_s.map_or("not fired".to_owned(), |at| format!("+{at:.1}s"));
+        let at = event
+            .fired_s
+            .map_or("not fired".to_owned(), |at| format!("+{at:.1}s"));
         text.push_str(&format!("  {at:>9}  {:<40} {window}\n", event.statement));
         if !event.applied {
             text.push_str(&format!("             NOT APPLIED: {}\n", event.outcome));

@@ -44,6 +44,12 @@ pub struct EventReport {
     pub window: Option<Window>,
 }
 
+/// A game day passes when every invariant held and every event of its timeline was applied
+/// (a run that skipped a fault proved nothing about it).
+pub fn verdict(checks: &[Check], events: &[EventReport]) -> bool {
+    checks.iter().all(|check| check.passed) && events.iter().all(|event| event.applied)
+}
+
 impl Report {
     pub fn write(&self, json: &Path, html: &Path) -> anyhow::Result<()> {
         let text = serde_json::to_vec_pretty(self).context("the report as JSON")?;
@@ -89,9 +95,24 @@ impl Report {
                 .collect()
         };
         for (id, title, color, points) in [
-            ("requests", "requests per second", "#2563eb", series(|second| Some(second.requests as f64))),
-            ("errors", "errors per second (5xx or no answer)", "#dc2626", series(|second| Some(second.errors as f64))),
-            ("p99", "p99 response time (ms) of the second's requests", "#7c3aed", series(|second| second.p99_ms.map(|ms| ms as f64))),
+            (
+                "requests",
+                "requests per second",
+                "#2563eb",
+                series(|second| Some(second.requests as f64)),
+            ),
+            (
+                "errors",
+                "errors per second (5xx or no answer)",
+                "#dc2626",
+                series(|second| Some(second.errors as f64)),
+            ),
+            (
+                "p99",
+                "p99 response time (ms) of the second's requests",
+                "#7c3aed",
+                series(|second| second.p99_ms.map(|ms| ms as f64)),
+            ),
         ] {
             page.push_str(&plot(id, title, color, &points, self.duration_s, &markers));
         }
@@ -118,7 +139,9 @@ impl Report {
                 event.line,
                 escape(&event.statement),
                 event.due_s,
-                event.fired_s.map_or("not fired".to_owned(), |at| format!("{at:.2} s")),
+                event
+                    .fired_s
+                    .map_or("not fired".to_owned(), |at| format!("{at:.2} s")),
                 if event.applied { "" } else { "fail" },
                 escape(&event.outcome),
                 escape(&window),
@@ -184,7 +207,14 @@ const BOTTOM: f64 = 30.0;
 
 /// One plot as inline SVG: the series as a line, the y axis from 0 to the largest value, the
 /// x axis the load's seconds, each event a dashed vertical line with its number and statement.
-fn plot(id: &str, title: &str, color: &str, points: &[(f64, f64)], duration_s: f64, markers: &[(f64, String)]) -> String {
+fn plot(
+    id: &str,
+    title: &str,
+    color: &str,
+    points: &[(f64, f64)],
+    duration_s: f64,
+    markers: &[(f64, String)],
+) -> String {
     let span = duration_s.max(1.0);
     let top_value = points.iter().map(|(_, y)| *y).fold(0.0_f64, f64::max).max(1.0);
     let x = |seconds: f64| LEFT + (seconds / span).clamp(0.0, 1.0) * (WIDTH - LEFT - RIGHT);
@@ -322,8 +352,11 @@ mod tests {
     }
 
     #[test]
-    fn a_failed_check_shows_failed() {
-        let html = report(false).html();
+    fn a_broken_invariant_fails_the_run_and_shows_failed() {
+        let broken = report(false);
+        assert!(!verdict(&broken.checks, &broken.events));
+        assert!(verdict(&report(true).checks, &report(true).events));
+        let html = broken.html();
         assert!(html.contains("ShopStack game day: <span class=\"fail\">FAILED</span>"));
         assert!(html.contains("<details open>"));
     }

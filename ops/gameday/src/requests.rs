@@ -56,8 +56,13 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LoggedRequest>> {
         if line.trim().is_empty() {
             continue;
         }
-        let request: LoggedRequest = serde_json::from_str(&line)
-            .with_context(|| format!("{} line {}: not a Goose request record", path.display(), index + 1))?;
+        let request: LoggedRequest = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{} line {}: not a Goose request record",
+                path.display(),
+                index + 1
+            )
+        })?;
         requests.push(request);
     }
     Ok(requests)
@@ -216,8 +221,14 @@ mod tests {
         requests.push(request(1_300, 6_000, 0, "/"));
         let seconds = per_second(&requests, Duration::from_secs(3));
         assert_eq!(seconds.len(), 3);
-        assert_eq!((seconds[0].requests, seconds[0].errors, seconds[0].p99_ms), (100, 0, Some(99)));
-        assert_eq!((seconds[1].requests, seconds[1].errors, seconds[1].p99_ms), (2, 2, Some(6_000)));
+        assert_eq!(
+            (seconds[0].requests, seconds[0].errors, seconds[0].p99_ms),
+            (100, 0, Some(99))
+        );
+        assert_eq!(
+            (seconds[1].requests, seconds[1].errors, seconds[1].p99_ms),
+            (2, 2, Some(6_000))
+        );
         assert_eq!((seconds[2].requests, seconds[2].p99_ms), (0, None));
     }
 
@@ -230,7 +241,9 @@ mod tests {
             request(21_000, 100, 502, "/"),
         ];
         let windows = windows(&requests, &[10.0, 20.0, 30.0], 40.0);
-        let first = windows[0].clone().unwrap_or_else(|| panic!("errors after the first event"));
+        let first = windows[0]
+            .clone()
+            .unwrap_or_else(|| panic!("errors after the first event"));
         assert_eq!(first.errors, 2);
         assert!((first.first_error_s - 9.8).abs() < 1e-9);
         assert!((first.last_error_s - 11.5).abs() < 1e-9);

@@ -34,7 +34,10 @@ pub struct Replica {
 
 impl Replica {
     fn start(binary: PathBuf, env: Vec<(String, String)>) -> anyhow::Result<Self> {
-        let pairs: Vec<(&str, &str)> = env.iter().map(|(name, value)| (name.as_str(), value.as_str())).collect();
+        let pairs: Vec<(&str, &str)> = env
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.as_str()))
+            .collect();
         let process = ServiceProcess::spawn(&binary, &pairs)?;
         Ok(Self {
             port: process.addr.port(),
@@ -102,7 +105,9 @@ impl ClusteredStack {
         let redis = tokio::task::spawn_blocking(RedisCluster::start)
             .await?
             .context("the Redis Cluster did not start")?;
-        let nats = NatsCluster::start().await.context("the NATS cluster did not start")?;
+        let nats = NatsCluster::start()
+            .await
+            .context("the NATS cluster did not start")?;
         let postgres = tokio::task::spawn_blocking(PostgresServer::start)
             .await?
             .context("PostgreSQL did not start")?;
@@ -252,17 +257,23 @@ impl ClusteredStack {
     /// Write what every service process printed (JSON log lines) to `dir/<service>-<n>.log`.
     pub fn write_logs(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        let groups = [("catalog", &self.catalogs), ("cart", &self.carts), ("orders", &self.orders)];
+        let groups = [
+            ("catalog", &self.catalogs),
+            ("cart", &self.carts),
+            ("orders", &self.orders),
+        ];
         for (service, replicas) in groups {
             for (index, replica) in replicas.iter().enumerate() {
                 let mut lines = replica.earlier_output.clone();
                 lines.extend(replica.process.iter().flat_map(ServiceProcess::output));
                 let path = dir.join(format!("{service}-{index}.log"));
-                std::fs::write(&path, lines.join("\n")).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, lines.join("\n"))
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
         }
         let path = dir.join("gateway.log");
-        std::fs::write(&path, self.gateway.output().join("\n")).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(&path, self.gateway.output().join("\n"))
+            .with_context(|| format!("writing {}", path.display()))?;
         Ok(())
     }
 

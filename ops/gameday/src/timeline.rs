@@ -154,7 +154,11 @@ impl Timeline {
                         .parse()
                         .ok()
                         .filter(|count| (1..=MAX_SHOPPERS).contains(count))
-                        .ok_or_else(|| fail(format!("shoppers {rest:?}: expected a whole number from 1 to {MAX_SHOPPERS}")))?;
+                        .ok_or_else(|| {
+                            fail(format!(
+                                "shoppers {rest:?}: expected a whole number from 1 to {MAX_SHOPPERS}"
+                            ))
+                        })?;
                     shoppers = Some(value);
                 }
                 time => {
@@ -189,7 +193,11 @@ impl Timeline {
                                     .map_err(|error| fail(format!("set: {error:#}")))?,
                             )
                         }
-                        "" => return Err(fail(format!("{time}: what happens then? expected kill, restart or set"))),
+                        "" => {
+                            return Err(fail(format!(
+                                "{time}: what happens then? expected kill, restart or set"
+                            )));
+                        }
                         other => {
                             return Err(fail(format!("{other:?}: expected kill, restart or set")));
                         }
@@ -203,7 +211,8 @@ impl Timeline {
                 }
             }
         }
-        let (duration, _) = duration.ok_or_else(|| anyhow::anyhow!("no `duration` line (e.g. `duration 75s`)"))?;
+        let (duration, _) =
+            duration.ok_or_else(|| anyhow::anyhow!("no `duration` line (e.g. `duration 75s`)"))?;
         events.sort_by_key(|event| event.at);
         check_order(&events, duration)?;
         Ok(Self {
@@ -245,7 +254,18 @@ fn check_order(events: &[Event], duration: Duration) -> anyhow::Result<()> {
                 }
                 _ => anyhow::bail!("line {line}: restart {target}: no earlier `kill {target}` left one down"),
             },
-            Action::Simulation(_) => {}
+            Action::Simulation(step) => {
+                // The gateway changes a service's simulation on every replica or refuses.
+                for service in step.patches.keys() {
+                    let group = format!("{service} replica");
+                    if let Some((target, killed)) = down.get(group.as_str()) {
+                        anyhow::bail!(
+                            "line {line}: set {service}.…: a {group} is down (killed on line {killed}) and the \
+                             gateway changes a simulation on every replica or refuses: `restart {target}` first"
+                        );
+                    }
+                }
+            }
         }
     }
     Ok(())
@@ -268,9 +288,24 @@ mod tests {
         let timeline = Timeline::read(&path).unwrap_or_else(|error| panic!("{error:#}"));
         assert_eq!(timeline.duration, Duration::from_secs(75));
         assert!(timeline.shoppers >= 20);
-        assert!(timeline.events.iter().any(|event| event.action == Action::Kill(Target::RedisMaster)));
-        assert!(timeline.events.iter().any(|event| event.action == Action::Kill(Target::NatsNode)));
-        assert!(timeline.events.iter().any(|event| event.action == Action::Kill(Target::CartReplica)));
+        assert!(
+            timeline
+                .events
+                .iter()
+                .any(|event| event.action == Action::Kill(Target::RedisMaster))
+        );
+        assert!(
+            timeline
+                .events
+                .iter()
+                .any(|event| event.action == Action::Kill(Target::NatsNode))
+        );
+        assert!(
+            timeline
+                .events
+                .iter()
+                .any(|event| event.action == Action::Kill(Target::CartReplica))
+        );
     }
 
     #[test]
@@ -315,15 +350,30 @@ mod tests {
             ("duration 10s\nduration 20s\n", "line 2: duration is given twice"),
             ("duration 10s\nshoppers many\n", "line 2: shoppers \"many\""),
             ("duration 10s\nshoppers 0\n", "line 2: shoppers"),
-            ("duration 10s\nlater kill nats-node\n", "line 2: expected `duration`"),
+            (
+                "duration 10s\nlater kill nats-node\n",
+                "line 2: expected `duration`",
+            ),
             ("duration 10s\n5s\n", "line 2: 5s: what happens then?"),
-            ("duration 10s\n5s explode nats-node\n", "line 2: \"explode\": expected kill, restart or set"),
-            ("duration 10s\n5s kill gateway\n", "line 2: kill \"gateway\": unknown process"),
+            (
+                "duration 10s\n5s explode nats-node\n",
+                "line 2: \"explode\": expected kill, restart or set",
+            ),
+            (
+                "duration 10s\n5s kill gateway\n",
+                "line 2: kill \"gateway\": unknown process",
+            ),
             ("duration 10s\n5s kill\n", "line 2: kill \"\": unknown process"),
             ("duration 10s\n5s set cart.failure_rate=7\n", "line 2: set:"),
-            ("duration 10s\n5s set cart.nonsense=1\n", "unknown field \"nonsense\""),
+            (
+                "duration 10s\n5s set cart.nonsense=1\n",
+                "unknown field \"nonsense\"",
+            ),
             ("duration 10s\n5s set\n", "line 2: set:"),
-            ("duration 10s\n10s kill nats-node\n", "line 2: \"kill nats-node\" is at or after the end"),
+            (
+                "duration 10s\n10s kill nats-node\n",
+                "line 2: \"kill nats-node\" is at or after the end",
+            ),
             (
                 "duration 30s\n5s kill cart-replica\n6s kill cart-replica\n",
                 "line 3: kill cart-replica: a cart replica is already down (killed on line 2)",
@@ -332,7 +382,10 @@ mod tests {
                 "duration 30s\n5s kill redis-master\n6s kill redis-replica\n",
                 "line 3: kill redis-replica: a Redis node is already down",
             ),
-            ("duration 30s\n5s restart nats-node\n", "line 2: restart nats-node: no earlier"),
+            (
+                "duration 30s\n5s restart nats-node\n",
+                "line 2: restart nats-node: no earlier",
+            ),
             (
                 "duration 30s\n5s kill redis-master\n6s restart redis-replica\n",
                 "line 3: restart redis-replica: no earlier",
