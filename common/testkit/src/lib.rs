@@ -1,4 +1,4 @@
-//! The test kit: one way to start each ShopStack service and the servers it needs (Redis, NATS, PostgreSQL) for a test, plus the helpers tests share. A dev-dependency only; never linked into a service binary.
+//! The test kit: one way to start each ShopStack service and the servers it needs (Redis, NATS, PostgreSQL) for a test, plus the helpers tests share. Never linked into a service binary: a dev-dependency of the services and shared crates, and a dependency of the ops tool that starts the stack locally (gameday).
 //!
 //! | module | what it holds |
 //! | --- | --- |

@@ -120,8 +120,10 @@ impl Report {
         page.push_str(
             "<h2>Faults and failover windows</h2>\n<p>A fault's window runs from the first error \
              sent after it (from half a second before: requests in flight) to the end of the last \
-             error sent before the next fault.</p>\n<table><tr><th>#</th><th>line</th><th>statement</th>\
-             <th>due</th><th>at</th><th>what happened</th><th>failover window</th></tr>\n",
+             error sent before the next fault.</p>\n<table class=\"faults\"><colgroup><col style=\"width:3%\"><col style=\"width:5%\">\
+             <col style=\"width:24%\"><col style=\"width:7%\"><col style=\"width:7%\">\
+             <col style=\"width:34%\"><col style=\"width:20%\"></colgroup><tr><th>#</th><th>line</th>\
+             <th>statement</th><th>due</th><th>at</th><th>what happened</th><th>failover window</th></tr>\n",
         );
         for (index, event) in self.events.iter().enumerate() {
             let window = match &event.window {
@@ -194,7 +196,8 @@ impl Report {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:2em;max-width:1100px;color:#111}\
 table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:.25em .5em;\
-text-align:left;vertical-align:top;font-size:.9em}.pass{color:#15803d;font-weight:600}\
+text-align:left;vertical-align:top;font-size:.9em;overflow-wrap:anywhere}\
+table.faults{width:100%;table-layout:fixed}.pass{color:#15803d;font-weight:600}\
 .fail{color:#b91c1c;font-weight:600}svg{display:block;margin:.5em 0 1.5em}\
 .checks li{margin:.4em 0}code{font-size:.95em}";
 
@@ -204,6 +207,8 @@ const LEFT: f64 = 60.0;
 const RIGHT: f64 = 20.0;
 const TOP: f64 = 30.0;
 const BOTTOM: f64 = 30.0;
+/// Characters of a fault's statement shown beside its line on a plot.
+const MARKER_LABEL: usize = 28;
 
 /// One plot as inline SVG: the series as a line, the y axis from 0 to the largest value, the
 /// x axis the load's seconds, each event a dashed vertical line with its number and statement.
@@ -264,14 +269,21 @@ fn plot(
         let marker_x = x(*at);
         // Labels take turns on three rows so neighbours do not overlap.
         let label_y = TOP + 10.0 + (index % 3) as f64 * 12.0;
+        // Long statements are cut on the plot; the whole one is the marker's tooltip.
+        let short: String = if label.chars().count() > MARKER_LABEL {
+            label.chars().take(MARKER_LABEL - 1).chain(['…']).collect()
+        } else {
+            label.clone()
+        };
         let _ = write!(
             svg,
-            "<g class=\"fault-marker\"><line x1=\"{marker_x:.1}\" y1=\"{TOP}\" x2=\"{marker_x:.1}\" y2=\"{:.1}\" \
+            "<g class=\"fault-marker\"><title>{}</title><line x1=\"{marker_x:.1}\" y1=\"{TOP}\" x2=\"{marker_x:.1}\" y2=\"{:.1}\" \
              stroke=\"#f59e0b\" stroke-width=\"1.5\" stroke-dasharray=\"4 3\"/>\
              <text x=\"{:.1}\" y=\"{label_y:.1}\" font-size=\"10\" fill=\"#92400e\">{}</text></g>",
+            escape(label),
             HEIGHT - BOTTOM,
             marker_x + 3.0,
-            escape(label)
+            escape(&short)
         );
     }
     svg.push_str("</svg>\n");
