@@ -120,7 +120,7 @@ impl Report {
         page.push_str(
             "<h2>Faults and failover windows</h2>\n<p>A fault's window runs from the first error \
              sent after it (from half a second before: requests in flight) to the end of the last \
-             error sent before the next fault.</p>\n<table class=\"faults\"><colgroup><col style=\"width:3%\"><col style=\"width:5%\">\
+             error sent before the next fault's window begins; each error counts for one fault.</p>\n<table class=\"faults\"><colgroup><col style=\"width:3%\"><col style=\"width:5%\">\
              <col style=\"width:24%\"><col style=\"width:7%\"><col style=\"width:7%\">\
              <col style=\"width:34%\"><col style=\"width:20%\"></colgroup><tr><th>#</th><th>line</th>\
              <th>statement</th><th>due</th><th>at</th><th>what happened</th><th>failover window</th></tr>\n",

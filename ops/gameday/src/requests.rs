@@ -127,15 +127,15 @@ pub struct Window {
 const IN_FLIGHT: f64 = 0.5;
 
 /// For each event (its time, seconds since the load began, in time order), the errors sent
-/// from just before it until the next event (the last until `end_s`): first error → last
-/// error, or `None` when there were none.
+/// from just before it until just before the next event (the last until `end_s`), so each
+/// error counts for one event: first error → last error, or `None` when there were none.
 pub fn windows(requests: &[LoggedRequest], events_s: &[f64], end_s: f64) -> Vec<Option<Window>> {
     events_s
         .iter()
         .enumerate()
         .map(|(index, at)| {
             let from = at - IN_FLIGHT;
-            let until = events_s.get(index + 1).copied().unwrap_or(end_s);
+            let until = events_s.get(index + 1).map_or(end_s, |next| next - IN_FLIGHT);
             let seen: Vec<&LoggedRequest> = requests
                 .iter()
                 .filter(|request| request.is_error() && request.sent_s() >= from && request.sent_s() < until)
@@ -239,8 +239,10 @@ mod tests {
             request(11_000, 500, 0, "/"),
             request(12_000, 10, 200, "/"),
             request(21_000, 100, 502, "/"),
+            // In flight when the third event came: its error, not the second's.
+            request(29_800, 100, 0, "/"),
         ];
-        let windows = windows(&requests, &[10.0, 20.0, 30.0], 40.0);
+        let windows = windows(&requests, &[10.0, 20.0, 30.0, 35.0], 40.0);
         let first = windows[0]
             .clone()
             .unwrap_or_else(|| panic!("errors after the first event"));
@@ -249,7 +251,8 @@ mod tests {
         assert!((first.last_error_s - 11.5).abs() < 1e-9);
         assert!((first.length_s - 1.7).abs() < 1e-9);
         assert_eq!(windows[1].as_ref().map(|window| window.errors), Some(1));
-        assert_eq!(windows[2], None);
+        assert_eq!(windows[2].as_ref().map(|window| window.errors), Some(1));
+        assert_eq!(windows[3], None);
     }
 
     #[test]
