@@ -22,6 +22,9 @@ pub struct LoggedRequest {
     #[serde(default)]
     pub error: String,
     pub raw: RawRequest,
+    /// A second record for a request already logged (Goose's `set_failure`/`set_success`).
+    #[serde(default)]
+    pub update: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -63,7 +66,9 @@ pub fn read_log(path: &Path) -> anyhow::Result<Vec<LoggedRequest>> {
                 index + 1
             )
         })?;
-        requests.push(request);
+        if !request.update {
+            requests.push(request);
+        }
     }
     Ok(requests)
 }
@@ -211,7 +216,35 @@ mod tests {
                 url: url.to_owned(),
                 body: String::new(),
             },
+            update: false,
         }
+    }
+
+    #[test]
+    fn the_log_is_read_once_per_request_and_a_bad_line_is_named() {
+        let path = std::env::temp_dir().join(format!("gameday-log-{}.json", std::process::id()));
+        let line = |elapsed: u64, update: bool| {
+            serde_json::json!({"elapsed": elapsed, "response_time": 3, "status_code": 200, "error": "",
+                "update": update, "raw": {"method": "Get", "url": "http://127.0.0.1:1/", "body": ""}})
+            .to_string()
+        };
+        std::fs::write(
+            &path,
+            format!("{}\n{}\n\n{}\n", line(1, false), line(1, true), line(2, false)),
+        )
+        .unwrap_or_default();
+        let requests = read_log(&path).unwrap_or_else(|error| panic!("{error:#}"));
+        assert_eq!(
+            requests.iter().map(|request| request.elapsed).collect::<Vec<_>>(),
+            [1, 2]
+        );
+        std::fs::write(&path, format!("{}\nnot json\n", line(1, false))).unwrap_or_default();
+        let error = read_log(&path)
+            .err()
+            .map(|error| format!("{error:#}"))
+            .unwrap_or_default();
+        assert!(error.contains("line 2"), "{error}");
+        let _ = std::fs::remove_file(&path);
     }
 
     #[test]
