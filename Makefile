@@ -5,7 +5,7 @@ CARGO ?= cargo
 export ADMIN_TOKEN ?= shopstack-local-admin
 export STRESS_ENABLED ?= true
 
-.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke gateway-pgo lint fmt clean load-test \
+.PHONY: help build run-all run-gateway run-catalog run-cart run-orders test bench bench-smoke gateway-pgo lint fmt clean load-test gameday \
 	observability-tools check-observability compose-up compose-down docker-build schemathesis \
 	k8s-tools k8s-render k8s-dev-secret
 
@@ -49,6 +49,15 @@ LOAD_ARGS ?=
 
 load-test: ## Goose load test against the running stack (start it with `make run-all`); reports in reports/
 	$(CARGO) run --quiet -p loadtest -- --host $(LOAD_HOST) --users $(LOAD_USERS) --hatch-rate $(LOAD_RATE) --run-time $(LOAD_TIME) $(LOAD_ARGS)
+
+# `make gameday TIMELINE=my-timeline.txt` runs another timeline (docs/gameday.md).
+TIMELINE ?= ops/gameday/timeline.txt
+
+# Debug binaries, the ones `make test` builds: a game day measures failover and invariants, not
+# speed, and a release build of the whole stack (fat LTO) costs many minutes on a small machine.
+gameday: ## Chaos run for users: clustered stack locally, shoppers, a timeline of faults (TIMELINE=…); report in target/gameday/
+	$(BUILD_ALL)
+	target/debug/gameday --timeline $(TIMELINE)
 
 # One build serves the tests, the bench smoke and schemathesis: `cargo test --workspace` builds
 # every library, binary, example and test of the workspace with one feature resolution (the

@@ -1,4 +1,4 @@
-//! The test kit: one way to start each ShopStack service and the servers it needs (Redis, NATS, PostgreSQL) for a test, plus the helpers tests share. A dev-dependency only; never linked into a service binary.
+//! The test kit: one way to start each ShopStack service and the servers it needs (Redis, NATS, PostgreSQL) for a test, plus the helpers tests share. Never linked into a service binary: a dev-dependency of the services and shared crates, and a dependency of the ops tool that starts the stack locally (gameday).
 //!
 //! | module | what it holds |
 //! | --- | --- |
@@ -13,6 +13,7 @@
 //! | [`db`] | a fresh orders database (SQLite file or PostgreSQL database) per test |
 //! | [`http`] | the HTTP client and JSON helpers |
 //! | [`idempotency`] | the `Idempotency-Key` contract every keyed write passes |
+//! | [`events`] | the orders in the database and their `order.created` events on the stream |
 //! | [`stock`] | the stock invariant, `free + held + sold == initial` per product |
 //! | [`ports`] | free, closed and never-answering loopback addresses |
 //! | [`wait`] | `eventually`: wait, within a bound, for what should happen soon |
@@ -22,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod db;
+pub mod events;
 pub mod http;
 pub mod idempotency;
 pub mod logs;

@@ -22,4 +22,4 @@ pub mod scenarios;
 pub mod target;
 pub mod truth;
 
-pub use run::{ExitStatus, run};
+pub use run::{ExitStatus, run, run_reporting_start};

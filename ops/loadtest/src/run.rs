@@ -112,6 +112,16 @@ fn attack(config: GooseConfiguration, ctx: &Arc<Context>) -> Result<GooseAttack,
 
 /// Run the load test described by `args` (program name first).
 pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitStatus {
+    run_reporting_start(args, None).await
+}
+
+/// [`run`], sending `started` the instant the load begins: the clock `--fault-at` steps and
+/// the request log's `elapsed` count from, so a caller can time its own faults against it.
+/// Nothing is sent when the run ends before the load begins (bad options, target down).
+pub async fn run_reporting_start(
+    args: impl IntoIterator<Item = OsString>,
+    started: Option<tokio::sync::oneshot::Sender<Instant>>,
+) -> ExitStatus {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(error) => {
@@ -160,7 +170,7 @@ pub async fn run(args: impl IntoIterator<Item = OsString>) -> ExitStatus {
         return ExitStatus::Usage;
     }
     match Run::prepare(cli).await {
-        Ok(run) => run.execute().await,
+        Ok(run) => run.execute(started).await,
         Err(status) => status,
     }
 }
@@ -334,7 +344,7 @@ impl Run {
         (config, p95_rule, error_rule)
     }
 
-    async fn execute(self) -> ExitStatus {
+    async fn execute(self, report_start: Option<tokio::sync::oneshot::Sender<Instant>>) -> ExitStatus {
         if let Err(error) = std::fs::create_dir_all(&self.cli.shop.reports_dir) {
             eprintln!(
                 "loadtest: can't create {}: {error}",
@@ -354,6 +364,9 @@ impl Run {
 
         let started_at = Local::now();
         let started = Instant::now();
+        if let Some(report_start) = report_start {
+            let _ = report_start.send(started);
+        }
         let fault_log: Arc<Mutex<Vec<FaultRecord>>> = Arc::default();
         let schedule = self.admin.clone().map(|admin| {
             tokio::spawn(faults::run_schedule(

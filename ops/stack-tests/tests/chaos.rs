@@ -11,16 +11,16 @@
 //! docs/design/inventory.md ("Proved under chaos") says what this stands for and what it does not.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt as _;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use shopstack_testkit::db::TestDb;
-use shopstack_testkit::http::{client, client_with_timeout, json_of};
+use shopstack_testkit::events::{created_on_stream, orders_in_database};
+use shopstack_testkit::http::client_with_timeout;
 use shopstack_testkit::nats_cluster::NatsCluster;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use shopstack_testkit::redis_cluster::RedisCluster;
@@ -196,82 +196,6 @@ async fn shop(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     placed
-}
-
-/// Every order the orders service has (the database), by id.
-async fn orders_in_database(orders: &str) -> BTreeSet<String> {
-    let mut ids = BTreeSet::new();
-    for page in 1..=1000 {
-        let listed = json_of(
-            client()
-                .get(format!("{orders}/api/orders?page={page}&page_size=100"))
-                .send()
-                .await
-                .unwrap(),
-        )
-        .await;
-        for order in listed["data"].as_array().into_iter().flatten() {
-            ids.insert(order["id"].as_str().unwrap().to_owned());
-        }
-        if page >= listed["pagination"]["total_pages"].as_i64().unwrap_or(0) {
-            break;
-        }
-    }
-    ids
-}
-
-/// How many times each order id is on the stream as `order.created`, read through `server`.
-async fn created_on_stream(server: &str) -> HashMap<String, usize> {
-    let reader = async_nats::connect(server).await.unwrap();
-    let jetstream = async_nats::jetstream::new(reader);
-    let stream = jetstream.get_stream("SHOPSTACK").await.unwrap();
-    // A reader of its own, on one server in memory: it needs no quorum of its own, and a
-    // cluster that has just lost a server may take a few seconds to answer (bounded retries).
-    let config = async_nats::jetstream::consumer::pull::Config {
-        filter_subject: "order.created".to_owned(),
-        ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
-        num_replicas: 1,
-        memory_storage: true,
-        inactive_threshold: Duration::from_secs(30),
-        ..Default::default()
-    };
-    let mut attempts = 0;
-    let consumer = loop {
-        attempts += 1;
-        match stream.create_consumer(config.clone()).await {
-            Ok(consumer) => break consumer,
-            Err(error) if attempts < 10 => {
-                eprintln!("creating the stream reader: {error}; again");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Err(error) => panic!("no reader on the stream through {server}: {error}"),
-        }
-    };
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    // Bounded: far more batches than a run publishes.
-    for _ in 0..200 {
-        let mut batch = consumer
-            .fetch()
-            .max_messages(500)
-            .expires(Duration::from_secs(1))
-            .messages()
-            .await
-            .unwrap();
-        let mut got = 0;
-        while let Some(message) = batch.next().await {
-            let message = message.unwrap();
-            got += 1;
-            let event: Value = serde_json::from_slice(&message.payload).unwrap();
-            let id = event["data"]["order_id"]
-                .as_str()
-                .unwrap_or_else(|| panic!("order.created without an order id: {event}"));
-            *seen.entry(id.to_owned()).or_default() += 1;
-        }
-        if got == 0 {
-            break;
-        }
-    }
-    seen
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -502,7 +426,7 @@ async fn shoppers_through_crashes_of_a_redis_master_a_nats_node_and_a_cart_repli
 
     // Every order is on the stream exactly once as order.created: the ones the shoppers were
     // answered 201 for, and every one in the database.
-    let in_database = orders_in_database(&orders[1].url("")).await;
+    let in_database = orders_in_database(&orders[1].url("")).await.unwrap();
     let answered: BTreeSet<String> = placed.iter().cloned().collect();
     assert_eq!(answered.len(), placed.len(), "an order answered 201 twice");
     let missing: Vec<&String> = answered.difference(&in_database).collect();
@@ -519,7 +443,7 @@ async fn shoppers_through_crashes_of_a_redis_master_a_nats_node_and_a_cart_repli
     // The outbox relays what it could not publish while a node was down: wait for it (bounded).
     let waiting = Instant::now();
     let (published, on_stream) = loop {
-        let on_stream = created_on_stream(&surviving).await;
+        let on_stream = created_on_stream(&surviving).await.unwrap();
         let published = in_database.iter().all(|id| on_stream.contains_key(id));
         if published || waiting.elapsed() > Duration::from_secs(30) {
             break (published, on_stream);
