@@ -4,7 +4,9 @@
 //! `REDIS_URL` lists several nodes — to a Redis Cluster (the `redis` crate's cluster client,
 //! which follows MOVED/ASK redirections and failovers; every script touches one hash slot). A background probe pings Redis;
 //! while it is down the probe retries with backoff (100 ms doubling to 2 s, ±10 % jitter) and every command fails at once with [`RedisUnavailable`] — the caller answers a
-//! fast 503 — and everything recovers by itself when Redis is back. Each command runs in a
+//! fast 503 — and everything recovers by itself when Redis is back. On a cluster, a failed
+//! command makes the probe renew the connection, which learns the cluster's layout after a
+//! failover even when no redirection told the client of it. Each command runs in a
 //! client span (`redis <op>`), so Redis shows up in traces under the request that used it.
 
 use shopstack_base::config::redis_nodes;
@@ -17,6 +19,7 @@ use rand::Rng;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use tracing::Instrument;
 
 /// Longest a single command may take before it counts as a failure.
@@ -70,7 +73,12 @@ impl ConnectionLike for Connection {
 
 #[derive(Clone)]
 pub struct Redis {
-    connection: Connection,
+    /// Replaced as a whole when a cluster's connection is renewed ([`Redis::renew_cluster_connection`]).
+    connection: Arc<std::sync::RwLock<Connection>>,
+    /// What makes a cluster's connection again: a new one learns the cluster's layout as it is now.
+    cluster_client: Option<Arc<ClusterClient>>,
+    /// A cluster command failed since the probe last looked.
+    cluster_command_failed: Arc<AtomicBool>,
     healthy: Arc<AtomicBool>,
     /// Wakes the probe as soon as a command sees Redis fail.
     failed: Arc<tokio::sync::Notify>,
@@ -85,6 +93,7 @@ impl Redis {
     /// `url`: one server's URL, or a comma-separated list of a cluster's nodes.
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let nodes = redis_nodes(url);
+        let mut cluster_client = None;
         let connection = match nodes.as_slice() {
             [] => anyhow::bail!("REDIS_URL names no server"),
             [url] => {
@@ -111,15 +120,9 @@ impl Redis {
                     .retries(CLUSTER_RETRIES)
                     .build()
                     .context("REDIS_URL: not a valid list of Redis Cluster nodes")?;
-                // Connects in the background, as a single server's connection does: the service
-                // starts while the cluster is still down.
-                Connection::Cluster(
-                    client.get_pending_async_connection_with_config(
-                        ClusterConfig::new()
-                            .set_connection_timeout(CONNECT_TIMEOUT)
-                            .set_response_timeout(COMMAND_TIMEOUT),
-                    ),
-                )
+                let connection = cluster_connection(&client);
+                cluster_client = Some(Arc::new(client));
+                connection
             }
         };
         let endpoint = nodes
@@ -128,7 +131,9 @@ impl Redis {
             .collect::<Vec<_>>()
             .join(",");
         let redis = Self {
-            connection,
+            connection: Arc::new(std::sync::RwLock::new(connection)),
+            cluster_client,
+            cluster_command_failed: Arc::new(AtomicBool::new(false)),
             healthy: Arc::new(AtomicBool::new(false)),
             failed: Arc::new(tokio::sync::Notify::new()),
             endpoint,
@@ -148,27 +153,86 @@ impl Redis {
 
     /// Whether this is a Redis Cluster: a script's keys must then share one hash slot.
     pub fn is_cluster(&self) -> bool {
-        matches!(self.connection, Connection::Cluster(_))
+        self.cluster_client.is_some()
     }
 
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::SeqCst)
     }
 
-    /// One PING, bounded by [`COMMAND_TIMEOUT`].
+    /// One PING, bounded by [`COMMAND_TIMEOUT`]; on a cluster, answered by any node.
     pub async fn ping(&self) -> bool {
-        let mut connection = self.connection.clone();
-        matches!(
-            tokio::time::timeout(
-                COMMAND_TIMEOUT,
-                redis::cmd("PING").query_async::<String>(&mut connection)
-            )
-            .await,
-            Ok(Ok(_))
-        )
+        ping(self.connection(), COMMAND_TIMEOUT).await
     }
 
-    /// Ping every second while healthy; while down, retry with backoff and jitter.
+    /// The connection commands go to now (a handle: clones share one connection).
+    fn connection(&self) -> Connection {
+        match self.connection.read() {
+            Ok(connection) => connection.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Replace a cluster's connection with a new one when the new one answers. The cluster
+    /// client learns a new layout only from a redirection, and a failed-over master's keys may
+    /// never draw one: their commands reach the promoted replica by the client's fallback,
+    /// while a command spread over several nodes (MGET across slots) keeps going to the dead
+    /// node's address and fails. A new connection asks the cluster for its layout.
+    async fn renew_cluster_connection(&self) {
+        let Some(client) = &self.cluster_client else {
+            return;
+        };
+        let renewed = cluster_connection(client);
+        // Connecting to every node and learning the layout takes longer than one command.
+        if ping(renewed.clone(), COMMAND_TIMEOUT * 3).await {
+            match self.connection.write() {
+                Ok(mut connection) => *connection = renewed,
+                Err(poisoned) => *poisoned.into_inner() = renewed,
+            }
+            tracing::debug!(endpoint = %self.endpoint, "redis cluster connection renewed");
+        }
+    }
+}
+
+/// A cluster connection that connects in the background, as a single server's connection does:
+/// the service starts while the cluster is still down.
+fn cluster_connection(client: &ClusterClient) -> Connection {
+    Connection::Cluster(
+        client.get_pending_async_connection_with_config(
+            ClusterConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(COMMAND_TIMEOUT),
+        ),
+    )
+}
+
+/// One PING on `connection` within `bound`. A cluster is reachable when any of its nodes
+/// answers: the client's own PING goes to every master and fails while one is dead, which would
+/// mark the whole cluster down (a failed node's commands fail on their own instead; see
+/// [`Redis::run`]).
+async fn ping(connection: Connection, bound: Duration) -> bool {
+    let answered = match connection {
+        Connection::Server(mut connection) => {
+            tokio::time::timeout(bound, redis::cmd("PING").query_async::<String>(&mut connection))
+                .await
+                .map(|answer| answer.is_ok())
+        }
+        Connection::Cluster(mut connection) => {
+            let any_node = RoutingInfo::MultiNode((
+                MultipleNodeRoutingInfo::AllNodes,
+                Some(ResponsePolicy::OneSucceeded),
+            ));
+            tokio::time::timeout(bound, connection.route_command(redis::cmd("PING"), any_node))
+                .await
+                .map(|answer| answer.is_ok())
+        }
+    };
+    matches!(answered, Ok(true))
+}
+
+impl Redis {
+    /// Ping every second while healthy; while down, retry with backoff and jitter. On a
+    /// cluster, a failed PING or a failed command since the last look renews the connection.
     fn spawn_probe(&self) {
         let redis = self.clone();
         tokio::spawn(async move {
@@ -183,7 +247,14 @@ impl Redis {
                     () = tokio::time::sleep(wait) => {}
                     () = redis.failed.notified() => {}
                 }
-                let up = redis.ping().await;
+                if redis.is_cluster() && redis.cluster_command_failed.swap(false, Ordering::SeqCst) {
+                    redis.renew_cluster_connection().await;
+                }
+                let mut up = redis.ping().await;
+                if !up && redis.is_cluster() {
+                    redis.renew_cluster_connection().await;
+                    up = redis.ping().await;
+                }
                 let was_up = redis.healthy.swap(up, Ordering::SeqCst);
                 match (was_up, up) {
                     (false, true) => {
@@ -226,12 +297,18 @@ impl Redis {
             server.address = %self.server.0,
             server.port = self.server.1,
         );
-        let result = tokio::time::timeout(COMMAND_TIMEOUT, run(self.connection.clone()))
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, run(self.connection()))
             .instrument(span.clone())
             .await;
         let error = match result {
             Ok(Ok(value)) => return Ok(value),
             Ok(Err(error)) if !is_connection_error(&error) => {
+                // The cluster client's own errors (a command spread over several nodes that got
+                // mixed answers) come from a layout it has not learned yet: renew it.
+                if self.is_cluster() && error.kind() == redis::ErrorKind::Client {
+                    self.cluster_command_failed.store(true, Ordering::SeqCst);
+                    self.failed.notify_one();
+                }
                 // A script or type error is a bug, not an outage: don't mark Redis down.
                 span.record("otel.status_code", "ERROR");
                 tracing::error!(parent: &span, %error, operation = summary, "redis command failed");
@@ -244,7 +321,9 @@ impl Redis {
         // One server that fails is down for every command. On a cluster one node (its slots)
         // can fail while the rest serve: the probe decides whether the cluster is down, and a
         // command for a failed node's keys fails on its own, bounded by COMMAND_TIMEOUT.
-        if !self.is_cluster() && self.healthy.swap(false, Ordering::SeqCst) {
+        if self.is_cluster() {
+            self.cluster_command_failed.store(true, Ordering::SeqCst);
+        } else if self.healthy.swap(false, Ordering::SeqCst) {
             tracing::warn!(endpoint = %self.endpoint, %error, "redis is down");
         }
         self.failed.notify_one();

@@ -165,14 +165,20 @@ impl RedisCluster {
             .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
-    /// Wait until every running node reports `cluster_state:ok` and all slots assigned.
+    /// Wait until every running node reports `cluster_state:ok` and all slots assigned, and
+    /// every replica has its master's data (`master_link_status:up`): a replica that has not
+    /// finished its first sync refuses to take over when its master dies.
     pub fn wait_until_ok(&self, within: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + within;
         loop {
             let ok = self.nodes.iter().filter(|node| node.is_running()).all(|node| {
-                Self::ask(node.port, &["cluster", "info"]).is_some_and(|info| {
+                let cluster_ok = Self::ask(node.port, &["cluster", "info"]).is_some_and(|info| {
                     info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384")
-                })
+                });
+                let in_sync = Self::ask(node.port, &["info", "replication"]).is_some_and(|info| {
+                    info.contains("role:master") || info.contains("master_link_status:up")
+                });
+                cluster_ok && in_sync
             });
             if ok {
                 return Ok(());

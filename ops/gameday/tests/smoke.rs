@@ -1,5 +1,5 @@
-//! `gameday` end to end, small: the clustered stack, a few shoppers for 15 s, a simulation
-//! switch set and reset and a cart replica killed; then the report. And a bad timeline, refused
+//! `gameday` end to end, small: the clustered stack, a few shoppers for 18 s, a simulation
+//! switch set and reset, a Redis master and a cart replica killed; then the report. And a bad timeline, refused
 //! before anything starts. Needs the workspace's service binaries beside this one
 //! (`cargo test --workspace` builds them) and Debian's redis-server, nats-server and PostgreSQL.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -32,11 +32,12 @@ fn a_short_game_day_reports_its_faults_and_passes_its_invariants() {
     let timeline = dir.join("timeline.txt");
     std::fs::write(
         &timeline,
-        "duration 15s\n\
+        "duration 18s\n\
          shoppers 6\n\
-         3s set cart.enabled=true,cart.failure_rate=0.5\n\
+         3s set cart.enabled=true,cart.failure_rate=1\n\
          6s set cart.enabled=false\n\
-         9s kill cart-replica\n",
+         8s kill redis-master\n\
+         12s kill cart-replica\n",
     )
     .unwrap();
     let out = dir.join("out");
@@ -59,31 +60,32 @@ fn a_short_game_day_reports_its_faults_and_passes_its_invariants() {
     for plot in ["plot-requests", "plot-errors", "plot-p99"] {
         assert!(html.contains(&format!("id=\"{plot}\"")), "no {plot} in the page");
     }
-    // Three faults on each of the three plots.
-    assert_eq!(html.matches("class=\"fault-marker\"").count(), 9);
+    // Four faults on each of the three plots.
+    assert_eq!(html.matches("class=\"fault-marker\"").count(), 12);
     for statement in [
-        "1 set cart.enabled=true,cart.failure_rate=0.5",
+        "1 set cart.enabled=true,cart.failure_rate=1",
         "2 set cart.enabled=false",
-        "3 kill cart-replica",
+        "3 kill redis-master",
+        "4 kill cart-replica",
     ] {
         assert!(html.contains(statement), "no marker {statement:?}");
     }
 
     assert_eq!(report["passed"], true);
     let seconds = report["seconds"].as_array().unwrap();
-    assert_eq!(seconds.len(), 15);
+    assert_eq!(seconds.len(), 18);
     let requests: u64 = seconds
         .iter()
         .map(|second| second["requests"].as_u64().unwrap())
         .sum();
     assert!(requests > 50, "too few requests to prove anything: {requests}");
     let events = report["events"].as_array().unwrap();
-    assert_eq!(events.len(), 3);
+    assert_eq!(events.len(), 4);
     for event in events {
         assert_eq!(event["applied"], true, "{event}");
         assert!(event["fired_s"].as_f64().is_some(), "{event}");
     }
-    // Half the cart's answers are injected 500s while the switch is on.
+    // Every cart answer is an injected 500 while the switch is on.
     assert!(
         events[0]["window"]["errors"].as_u64().unwrap_or(0) > 0,
         "{}",
