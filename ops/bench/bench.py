@@ -771,11 +771,13 @@ class Bench:
                "journeys_per_cpu_second": journeys / stack_cpu if stack_cpu else 0.0,
                "cpu_us": {label: 1e6 * seconds / requests if requests else 0.0 for label, seconds in cpu_seconds.items()},
                "postgres_write_transactions": write_transactions,
-               "generator_cpu_seconds": generator_cpu}
+               "generator_cpu_seconds": generator_cpu,
+               "failed_by_route": {r["name"]: r["failures"] for r in summary["requests"] if r["failures"]}}
         log(f"journey {label}: {run['rps']:.0f} req/s, {run['journeys_per_s']:.1f} journeys/s, "
             f"{run['per_cpu_second']:.0f} req per stack CPU-second ({run['stack_cores']:.2f} cores busy), "
             f"p50 {run['p50']:.2f} ms, p99 {run['p99']:.2f} ms, {run['non_2xx']} failed, "
-            f"{write_transactions} PostgreSQL write transactions, load generator {generator_cpu:.2f} CPU s")
+            f"{write_transactions} PostgreSQL write transactions, load generator {generator_cpu:.2f} CPU s"
+            + (f"; failed: {run['failed_by_route']}" if run["failed_by_route"] else ""))
         return run
 
     # -- orchestration ----------------------------------------------------------------------
@@ -927,7 +929,11 @@ def journey_summary(runs):
     stack = sum(cpu_us.values())
     share = {label: value / stack if stack else 0.0 for label, value in cpu_us.items()}
     journeys = totals["journeys"]
-    return {"median": median, "totals": totals, "cpu_us": cpu_us, "share": share,
+    failed_by_route = {}
+    for run in runs:
+        for route, failures in run["failed_by_route"].items():
+            failed_by_route[route] = failed_by_route.get(route, 0) + failures
+    return {"median": median, "totals": totals, "cpu_us": cpu_us, "share": share, "failed_by_route": failed_by_route,
             "requests_per_journey": totals["requests"] / journeys if journeys else None,
             "postgres_writes_per_journey": totals["postgres_write_transactions"] / journeys if journeys else None,
             "runs": runs}
@@ -972,10 +978,27 @@ def journey_header(summary, args, commit, cpu):
             f"medians shown.")
 
 
+# More failed requests than this and the run did not serve the mix: no capacity is derived from it.
+JOURNEY_FAILURES_ALLOWED = 0.01
+
+
+def journey_failure_warning(journey):
+    """A warning in bold when too many requests failed for the run to stand for the mix."""
+    totals = journey["totals"]
+    if not totals["requests"] or totals["non_2xx"] <= JOURNEY_FAILURES_ALLOWED * totals["requests"]:
+        return None
+    routes = ", ".join(f"`{route}` {failures}" for route, failures in
+                       sorted(journey["failed_by_route"].items(), key=lambda item: -item[1]))
+    return (f"**Not a capacity measurement: {totals['non_2xx']} of {totals['requests']} requests failed "
+            f"({100 * totals['non_2xx'] / totals['requests']:.1f} %), so the stack did not serve the mix** "
+            f"(failed by route: {routes}).")
+
+
 def journey_markdown(summary, args, commit, cpu):
     journey = summary["journey"]
     med, totals = journey["median"], journey["totals"]
-    lines = [journey_header(summary, args, commit, cpu), "",
+    warning = journey_failure_warning(journey)
+    lines = [journey_header(summary, args, commit, cpu), "", *([warning, ""] if warning else []),
              "| requests/s | journeys/s | requests per stack CPU-second | stack cores busy | p50 (ms) | p99 (ms) | failed |",
              "|---:|---:|---:|---:|---:|---:|---:|",
              f"| {med['rps']:.0f} | {med['journeys_per_s']:.1f} | {med['per_cpu_second']:.0f} | {med['stack_cores']:.2f} "
@@ -1086,11 +1109,11 @@ def write_markdown(summary, args, path, scaling_path):
                   "| case | proxy user | proxy system | catalog user | catalog system "
                   "| proxy switches vol / invol | catalog switches vol / invol |",
                   "|---|---:|---:|---:|---:|---:|---:|"]
-        for name, cpu in with_cpu.items():
-            cells = [f"{cpu[label][kind]:.1f}" if label in cpu else "—"
+        for name, per_request in with_cpu.items():
+            cells = [f"{per_request[label][kind]:.1f}" if label in per_request else "—"
                      for label in ("proxy", "catalog") for kind in ("user", "sys")]
-            cells += [f"{cpu[label]['voluntary']:.0f} / {cpu[label]['involuntary']:.0f}"
-                      if label in cpu else "—" for label in ("proxy", "catalog")]
+            cells += [f"{per_request[label]['voluntary']:.0f} / {per_request[label]['involuntary']:.0f}"
+                      if label in per_request else "—" for label in ("proxy", "catalog")]
             lines.append(f"| {name} | {' | '.join(cells)} |")
     if summary["memory"]:
         lines += ["", "| service | idle RSS (MiB) | RSS under load (MiB) |", "|---|---:|---:|"]
@@ -1116,8 +1139,13 @@ def write_markdown(summary, args, path, scaling_path):
     if summary["journey"]:
         write_between(path, "<!-- journey:start -->", "<!-- journey:end -->",
                       journey_markdown(summary, args, commit, cpu), "Performance")
-        write_between(scaling_path, "<!-- capacity:start -->", "<!-- capacity:end -->",
-                      capacity_markdown(summary, args, commit, cpu), "Scaling")
+        warning = journey_failure_warning(summary["journey"])
+        if warning:
+            # The capacity model keeps the last run that served the mix.
+            log(f"{scaling_path} left as it was: {warning}")
+        else:
+            write_between(scaling_path, "<!-- capacity:start -->", "<!-- capacity:end -->",
+                          capacity_markdown(summary, args, commit, cpu), "Scaling")
 
 
 def main():
