@@ -708,14 +708,20 @@ class Bench:
                          "orders": orders.process.pid, "redis": redis.process.pid,
                          "redis-order-cache": order_cache.process.pid, "postgres": postgres.process.pid,
                          "nats": nats.process.pid}
+            throttle = None
             if not self.args.smoke:
-                # Unmeasured: the first run after start-up opens the pools' connections and fills
-                # PostgreSQL's caches.
-                self.journey_run(loadtest, gateway.url(""), processes, postgres, "warm-up")
+                # Unmeasured, flat out: it opens the pools' connections, fills PostgreSQL's caches
+                # and finds the rate the stack reaches on its core. The measured runs send a
+                # planned share of it: flat out, the processes queue for the one core and orders,
+                # whose checkouts wait on the others, starves (stalls of seconds, failed checkouts).
+                warm_up = self.journey_run(loadtest, gateway.url(""), processes, postgres, "warm-up")
+                throttle = max(1, int(PLANNED_UTILISATION * warm_up["rps"]))
             runs = []
             for repeat in range(self.args.repeats):
-                runs.append(self.journey_run(loadtest, gateway.url(""), processes, postgres, repeat + 1))
+                runs.append(self.journey_run(loadtest, gateway.url(""), processes, postgres, repeat + 1, throttle))
             self.journey = journey_summary(runs)
+            self.journey["throttle_rps"] = throttle
+            self.journey["flat_out_rps"] = throttle and warm_up["rps"]
         finally:
             for server in reversed(services + stores):
                 server.stop()
@@ -731,13 +737,15 @@ class Bench:
             pages = listing["pagination"]["total_pages"]
             page += 1
 
-    def journey_run(self, loadtest, host, processes, postgres, label):
+    def journey_run(self, loadtest, host, processes, postgres, label, throttle=None):
         reports = Path(tempfile.mkdtemp(prefix="shopstack-bench-journey-"))
         name = f"journey-{label}"
         argv = [str(loadtest), "--host", host, "--users", str(self.args.connections), "--hatch-rate", "1000",
                 "--run-time", f"{self.args.duration}s", "--scenarios", "browse,cart,checkout",
                 "--think-time-ms", "0", "--no-truth-check", "--no-telnet", "--no-websocket", "--quiet",
                 "--reports-dir", str(reports), "--run-name", name]
+        if throttle:
+            argv += ["--throttle-requests", str(throttle)]
         try:
             transactions_before = postgres.transaction_id()
             children_cpu_seconds()  # from here on, only the load generator's CPU time counts
@@ -969,13 +977,16 @@ def capacity_plan(journey):
 
 
 def journey_header(summary, args, commit, cpu):
+    journey = summary["journey"]
+    pace = (f"no think time, capped at {journey['throttle_rps']} requests/s, {100 * PLANNED_UTILISATION:.0f} % of the "
+            f"{journey['flat_out_rps']:.0f} requests/s the stack reached flat out in an unmeasured first run"
+            if journey.get("throttle_rps") else "no think time, flat out")
     return (f"`make bench` journey case on {datetime.date.today().isoformat()}, commit `{commit}`, {cpu}, "
             f"{os.cpu_count()} cores, Linux {platform.release()}; {'debug (smoke)' if args.smoke else 'release'} builds "
             f"(the gateway's plain build, as in the image), simulation off. Every server process on core {SERVER_CORE}, "
             f"so the stack shares one core; the load test on core {LOAD_CORE}: {args.connections} users of the "
-            f"browse, cart and checkout scenarios with no think time, {args.duration} s per run, {args.repeats} "
-            f"run{'' if args.repeats == 1 else 's'} on one stack{'' if args.smoke else ' after an unmeasured one'}, "
-            f"medians shown.")
+            f"browse, cart and checkout scenarios, {pace}; {args.duration} s per run, {args.repeats} "
+            f"run{'' if args.repeats == 1 else 's'} on one stack, medians shown.")
 
 
 # More failed requests than this and the run did not serve the mix: no capacity is derived from it.
