@@ -22,9 +22,7 @@ use opentelemetry::trace::{
 };
 use opentelemetry::{InstrumentationScope, KeyValue};
 use opentelemetry_appender_tracing::layer::OpenTelemetryTracingBridge;
-use opentelemetry_otlp::{
-    Compression, Protocol, WithExportConfig as _, WithHttpConfig as _, WithTonicConfig as _,
-};
+use opentelemetry_otlp::{Compression, Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::logs::{LogProcessor, SdkLogRecord, SdkLogger, SdkLoggerProvider};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -257,69 +255,59 @@ fn grpc_tls(target: &OtlpTarget) -> Option<tonic::transport::ClientTlsConfig> {
         .then(|| tonic::transport::ClientTlsConfig::new().with_native_roots())
 }
 
-/// The OTLP span exporter of `target`. Every setting is given explicitly: it was read and
-/// checked with the others at start-up (`CommonConfig::resolve`).
+/// `target`'s gRPC settings on an exporter builder, of spans or of log records alike. Every
+/// setting is given explicitly: it was read and checked with the others at start-up
+/// (`CommonConfig::resolve`).
+fn with_grpc_settings<B>(builder: B, target: &OtlpTarget) -> anyhow::Result<B>
+where
+    B: WithExportConfig + WithTonicConfig,
+{
+    let mut builder = builder
+        .with_endpoint(target.endpoint.as_str())
+        .with_timeout(target.timeout)
+        .with_metadata(grpc_metadata(&target.headers)?);
+    if let Some(tls) = grpc_tls(target) {
+        builder = builder.with_tls_config(tls);
+    }
+    if target.gzip {
+        builder = builder.with_compression(Compression::Gzip);
+    }
+    Ok(builder)
+}
+
+/// `target`'s HTTP/protobuf settings on an exporter builder (as [`with_grpc_settings`]).
+fn with_http_settings<B>(builder: B, target: &OtlpTarget) -> B
+where
+    B: WithExportConfig + WithHttpConfig,
+{
+    let builder = builder
+        .with_protocol(Protocol::HttpBinary)
+        .with_endpoint(target.endpoint.as_str())
+        .with_timeout(target.timeout)
+        .with_headers(target.headers.iter().cloned().collect());
+    if target.gzip {
+        builder.with_compression(Compression::Gzip)
+    } else {
+        builder
+    }
+}
+
+/// The OTLP span exporter of `target`.
 fn span_exporter(target: &OtlpTarget) -> anyhow::Result<opentelemetry_otlp::SpanExporter> {
+    let builder = opentelemetry_otlp::SpanExporter::builder();
     let built = match target.protocol {
-        OtlpProtocol::Grpc => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(target.endpoint.as_str())
-                .with_timeout(target.timeout)
-                .with_metadata(grpc_metadata(&target.headers)?);
-            if let Some(tls) = grpc_tls(target) {
-                builder = builder.with_tls_config(tls);
-            }
-            if target.gzip {
-                builder = builder.with_compression(Compression::Gzip);
-            }
-            builder.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(target.endpoint.as_str())
-                .with_timeout(target.timeout)
-                .with_headers(target.headers.iter().cloned().collect());
-            if target.gzip {
-                builder = builder.with_compression(Compression::Gzip);
-            }
-            builder.build()
-        }
+        OtlpProtocol::Grpc => with_grpc_settings(builder.with_tonic(), target)?.build(),
+        OtlpProtocol::HttpProtobuf => with_http_settings(builder.with_http(), target).build(),
     };
     built.context("Failed to build the OTLP span exporter")
 }
 
-/// The OTLP log exporter of `target` (as [`span_exporter`]).
+/// The OTLP log exporter of `target`.
 fn log_exporter(target: &OtlpTarget) -> anyhow::Result<opentelemetry_otlp::LogExporter> {
+    let builder = opentelemetry_otlp::LogExporter::builder();
     let built = match target.protocol {
-        OtlpProtocol::Grpc => {
-            let mut builder = opentelemetry_otlp::LogExporter::builder()
-                .with_tonic()
-                .with_endpoint(target.endpoint.as_str())
-                .with_timeout(target.timeout)
-                .with_metadata(grpc_metadata(&target.headers)?);
-            if let Some(tls) = grpc_tls(target) {
-                builder = builder.with_tls_config(tls);
-            }
-            if target.gzip {
-                builder = builder.with_compression(Compression::Gzip);
-            }
-            builder.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut builder = opentelemetry_otlp::LogExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary)
-                .with_endpoint(target.endpoint.as_str())
-                .with_timeout(target.timeout)
-                .with_headers(target.headers.iter().cloned().collect());
-            if target.gzip {
-                builder = builder.with_compression(Compression::Gzip);
-            }
-            builder.build()
-        }
+        OtlpProtocol::Grpc => with_grpc_settings(builder.with_tonic(), target)?.build(),
+        OtlpProtocol::HttpProtobuf => with_http_settings(builder.with_http(), target).build(),
     };
     built.context("Failed to build the OTLP log exporter")
 }
