@@ -571,6 +571,17 @@ fn peer_set(found: &[(Peer, Vec<String>)]) -> BTreeSet<Peer> {
     found.iter().map(|(peer, _)| peer.clone()).collect()
 }
 
+/// The workloads of the namespace among `found`'s peers, by name.
+fn workload_peers(found: &[(Peer, Vec<String>)]) -> BTreeSet<String> {
+    peer_set(found)
+        .into_iter()
+        .filter_map(|peer| match peer {
+            Peer::Workload(name) => Some(name),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Whether some rule lets `peer` through on `port` (a number, or the pod port's name).
 fn allows(found: &[(Peer, Vec<String>)], peer: &Peer, ports: &[&str]) -> bool {
     found.iter().any(|(candidate, open)| {
@@ -685,13 +696,7 @@ fn check_network_policies(rendered: &Rendered) {
 
         // Ingress: exactly the callers the configuration names, plus outside namespaces only
         // for the entry (clients) and for scraping (monitoring).
-        let in_namespace: BTreeSet<String> = peer_set(&ingress)
-            .into_iter()
-            .filter_map(|peer| match peer {
-                Peer::Workload(name) => Some(name),
-                _ => None,
-            })
-            .collect();
+        let in_namespace = workload_peers(&ingress);
         let expected = callers.get(name).cloned().unwrap_or_default();
         assert_eq!(
             in_namespace, expected,
@@ -731,13 +736,7 @@ fn check_network_policies(rendered: &Rendered) {
 
         // Egress: exactly the backends and in-cluster stores it is configured with, DNS, and
         // the external stores and collector on their ports.
-        let reached: BTreeSet<String> = peer_set(&egress)
-            .into_iter()
-            .filter_map(|peer| match peer {
-                Peer::Workload(name) => Some(name),
-                _ => None,
-            })
-            .collect();
+        let reached = workload_peers(&egress);
         let expected = reaches.get(name).cloned().unwrap_or_default();
         assert_eq!(
             reached, expected,
