@@ -308,6 +308,17 @@ impl Receiver {
     }
 }
 
+/// Start `binary` as a child process with `env` (off the runtime's threads: it waits for the
+/// service to listen).
+async fn spawn_service(binary: PathBuf, env: Vec<(&'static str, String)>) -> ServiceProcess {
+    tokio::task::spawn_blocking(move || {
+        let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
+        ServiceProcess::spawn(&binary, &env).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
 /// A trace id no one else uses: the clock and the process id.
 fn fresh_trace_id() -> [u8; 16] {
     let nanos = std::time::SystemTime::now()
@@ -454,12 +465,7 @@ async fn over_https_spans_arrive_only_when_the_collectors_certificate_is_trusted
                 ("SSL_CERT_FILE", trusted.ca.display().to_string()),
                 ("SIMULATION", "off".to_owned()),
             ];
-            let catalog = tokio::task::spawn_blocking(move || {
-                let env: Vec<(&str, &str)> = env.iter().map(|(key, value)| (*key, value.as_str())).collect();
-                ServiceProcess::spawn(&workspace_binary("catalog"), &env).unwrap()
-            })
-            .await
-            .unwrap();
+            let catalog = spawn_service(workspace_binary("catalog"), env.to_vec()).await;
             let trace_id = fresh_trace_id();
             let traceparent = format!(
                 "00-{}-{}-01",
@@ -537,19 +543,7 @@ async fn trace_one_request(redis_url: Option<String>, transport: Transport) {
         common_env.push(("REDIS_URL", url.clone()));
     }
     let start = move |binary: PathBuf, extra: Vec<(&'static str, String)>| {
-        let env = common_env.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let env: Vec<(&str, &str)> = env
-                    .iter()
-                    .chain(extra.iter())
-                    .map(|(key, value)| (*key, value.as_str()))
-                    .collect();
-                ServiceProcess::spawn(&binary, &env).unwrap()
-            })
-            .await
-            .unwrap()
-        }
+        spawn_service(binary, [common_env.clone(), extra].concat())
     };
     let name_env = |service: &str| match transport {
         Transport::GrpcGzip => vec![],
@@ -868,19 +862,7 @@ async fn a_checkout_is_one_trace_down_to_its_sql_and_nats_publish_and_nothing_pr
         ("NATS_URL", nats.url()),
     ];
     let start = move |binary: PathBuf, extra: Vec<(&'static str, String)>| {
-        let env = common_env.clone();
-        async move {
-            tokio::task::spawn_blocking(move || {
-                let env: Vec<(&str, &str)> = env
-                    .iter()
-                    .chain(extra.iter())
-                    .map(|(key, value)| (*key, value.as_str()))
-                    .collect();
-                ServiceProcess::spawn(&binary, &env).unwrap()
-            })
-            .await
-            .unwrap()
-        }
+        spawn_service(binary, [common_env.clone(), extra].concat())
     };
     let catalog = start(workspace_binary("catalog"), vec![]).await;
     let cart = start(
