@@ -173,3 +173,48 @@ impl StockInvariant {
         }
     }
 }
+
+/// A catalogue of a test's own, in a file the catalog reads (`PRODUCTS_FILE`): products with a
+/// known stock each, which is the invariant's `initial`. The file is removed when dropped.
+pub struct TestCatalogue {
+    path: std::path::PathBuf,
+    file: String,
+    pub initial: BTreeMap<String, i64>,
+}
+
+impl TestCatalogue {
+    /// Write products `id` with `units` each (price 5.00 USD, category `test`).
+    pub fn write<Id: Into<String>>(stock: impl IntoIterator<Item = (Id, i64)>) -> anyhow::Result<Self> {
+        let initial: BTreeMap<String, i64> =
+            stock.into_iter().map(|(id, units)| (id.into(), units)).collect();
+        let products: Vec<Value> = initial
+            .iter()
+            .map(|(id, units)| {
+                serde_json::json!({"id": id, "name": format!("Product {id}"), "description": "",
+                                   "price": 5.00, "currency": "USD", "categories": ["test"], "stock": units})
+            })
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "shopstack-test-products-{}.json",
+            uuid::Uuid::new_v4().simple()
+        ));
+        std::fs::write(&path, serde_json::to_vec(&products)?)
+            .with_context(|| format!("Failed to write {}", path.display()))?;
+        Ok(Self {
+            file: path.display().to_string(),
+            path,
+            initial,
+        })
+    }
+
+    /// The file's path, for `PRODUCTS_FILE`.
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+}
+
+impl Drop for TestCatalogue {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

@@ -12,7 +12,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -24,7 +23,7 @@ use shopstack_testkit::http::client_with_timeout;
 use shopstack_testkit::nats_cluster::NatsCluster;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use shopstack_testkit::redis_cluster::RedisCluster;
-use shopstack_testkit::stock::StockInvariant;
+use shopstack_testkit::stock::{StockInvariant, TestCatalogue};
 
 /// Concurrent shoppers.
 const SHOPPERS: usize = 24;
@@ -44,34 +43,6 @@ const MARGIN: Duration = Duration::from_millis(500);
 const HOLD_TTL: &str = "3s";
 const PRODUCTS: usize = 8;
 const UNITS: i64 = 600;
-
-/// A catalogue of the test's own, removed afterwards.
-struct Products {
-    path: PathBuf,
-    initial: BTreeMap<String, i64>,
-}
-
-impl Products {
-    fn write() -> Self {
-        let path = std::env::temp_dir().join(format!("shopstack-chaos-products-{}.json", std::process::id()));
-        let initial: BTreeMap<String, i64> = (0..PRODUCTS).map(|n| (format!("chaos-{n}"), UNITS)).collect();
-        let products: Vec<Value> = initial
-            .iter()
-            .map(|(id, units)| {
-                json!({"id": id, "name": format!("Product {id}"), "description": "", "price": 5.00,
-                       "currency": "USD", "categories": ["test"], "stock": units})
-            })
-            .collect();
-        std::fs::write(&path, serde_json::to_vec(&products).unwrap()).unwrap();
-        Self { path, initial }
-    }
-}
-
-impl Drop for Products {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
 
 fn spawn(binary: &str, env: &[(&str, &str)]) -> ServiceProcess {
     ServiceProcess::spawn(&workspace_binary(binary), env)
@@ -206,9 +177,9 @@ async fn shoppers_through_crashes_of_a_redis_master_a_nats_node_and_a_cart_repli
         .unwrap();
     let mut nats = NatsCluster::start().await.unwrap();
     let database = TestDb::postgres().await;
-    let products = Products::write();
+    let products = TestCatalogue::write((0..PRODUCTS).map(|n| (format!("chaos-{n}"), UNITS))).unwrap();
     let (redis_url, nats_url) = (redis.url(), nats.url());
-    let products_file = products.path.to_str().unwrap().to_owned();
+    let products_file = products.file().to_owned();
     let stores = [
         ("REDIS_URL", redis_url.as_str()),
         ("NATS_URL", nats_url.as_str()),

@@ -11,12 +11,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use reqwest::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use shopstack_testkit::db::TestDb;
 use shopstack_testkit::http::{client, client_with_timeout, json_of};
 use shopstack_testkit::nats_cluster::NatsCluster;
@@ -24,58 +23,10 @@ use shopstack_testkit::ports::closed_port;
 use shopstack_testkit::process::{ServiceProcess, workspace_binary};
 use shopstack_testkit::redis::RedisServer;
 use shopstack_testkit::redis_cluster::RedisCluster;
-use shopstack_testkit::stock::StockInvariant;
+use shopstack_testkit::stock::{StockInvariant, TestCatalogue};
 use shopstack_testkit::wait::eventually;
 
 const ADMIN_TOKEN: &str = "fault-proofs-admin";
-
-/// A small catalogue of the test's own: few units, so a unit sold twice would show.
-struct Products {
-    path: PathBuf,
-    initial: BTreeMap<String, i64>,
-}
-
-impl Products {
-    fn write(stock: &[(&str, i64)]) -> Self {
-        let path = std::env::temp_dir().join(format!(
-            "shopstack-fault-products-{}-{}.json",
-            std::process::id(),
-            uuid_like()
-        ));
-        let products: Vec<Value> = stock
-            .iter()
-            .map(|(id, units)| {
-                json!({"id": id, "name": format!("Product {id}"), "description": "", "price": 5.00,
-                       "currency": "USD", "categories": ["test"], "stock": units})
-            })
-            .collect();
-        std::fs::write(&path, serde_json::to_vec(&products).unwrap()).unwrap();
-        Self {
-            path,
-            initial: stock
-                .iter()
-                .map(|(id, units)| ((*id).to_owned(), *units))
-                .collect(),
-        }
-    }
-
-    fn file(&self) -> &str {
-        self.path.to_str().unwrap()
-    }
-}
-
-impl Drop for Products {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-fn uuid_like() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|elapsed| elapsed.as_nanos())
-        .unwrap_or_default()
-}
 
 /// The stores a proof runs on: one Redis server (events logged only), or the clustered stores —
 /// a 6-node Redis Cluster and a 3-node NATS JetStream cluster whose stream orders creates with
@@ -133,7 +84,7 @@ fn spawn(binary: &str, env: &[(&str, &str)]) -> ServiceProcess {
 }
 
 /// The catalog on `redis`, its holds reaped every 200 ms.
-fn catalog(redis: &str, products: &Products) -> ServiceProcess {
+fn catalog(redis: &str, products: &TestCatalogue) -> ServiceProcess {
     spawn(
         "catalog",
         &[
@@ -511,7 +462,7 @@ async fn sigkill_of_the_cart_between_reserving_and_saving_leaves_no_stock_behind
 }
 
 async fn sigkill_of_the_cart_between_reserving_and_saving(redis: Stores) {
-    let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
+    let products = TestCatalogue::write([("fp-a", 10), ("fp-b", 10)]).unwrap();
     let catalog = catalog(&redis.redis(), &products);
     let mut crashing = cart(&redis.redis(), &catalog, "2s", "cart.after_reserve=pause");
     let invariant =
@@ -566,7 +517,7 @@ async fn sigterm_to_orders_mid_checkout_is_undone_and_the_stock_adds_up_on_clust
 
 async fn sigterm_to_orders_mid_checkout(redis: Stores) {
     let database = TestDb::sqlite();
-    let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
+    let products = TestCatalogue::write([("fp-a", 10), ("fp-b", 10)]).unwrap();
     let catalog = catalog(&redis.redis(), &products);
     let cart = cart(&redis.redis(), &catalog, "3s", "");
     let events = redis.events();
@@ -661,7 +612,7 @@ async fn sigterm_to_orders_lets_a_checkout_in_flight_finish_on_clustered_stores(
 
 async fn sigterm_to_orders_with_a_checkout_in_flight(redis: Stores) {
     let database = TestDb::sqlite();
-    let products = Products::write(&[("fp-a", 10)]);
+    let products = TestCatalogue::write([("fp-a", 10)]).unwrap();
     let catalog = catalog(&redis.redis(), &products);
     let cart = cart(&redis.redis(), &catalog, "3s", "");
     let events = redis.events();
@@ -790,7 +741,7 @@ fn shoppers(
 async fn redis_killed_and_restarted_with_its_data_fails_fast_recovers_and_adds_up() {
     let mut redis = RedisServer::start_persistent().unwrap();
     let database = TestDb::sqlite();
-    let products = Products::write(&[("fp-a", 200), ("fp-b", 200)]);
+    let products = TestCatalogue::write([("fp-a", 200), ("fp-b", 200)]).unwrap();
     let catalog = catalog(&redis.url(), &products);
     let cart = cart(&redis.url(), &catalog, "3s", "");
     // Its read cache on the same Redis: a cache that is down never fails a read.
@@ -905,7 +856,7 @@ async fn redis_killed_and_restarted_with_its_data_fails_fast_recovers_and_adds_u
 async fn redis_restarted_empty_sells_nothing_until_the_stock_is_set_again() {
     let mut redis = RedisServer::start().unwrap();
     let database = TestDb::sqlite();
-    let products = Products::write(&[("fp-a", 10), ("fp-b", 10)]);
+    let products = TestCatalogue::write([("fp-a", 10), ("fp-b", 10)]).unwrap();
     let catalog = catalog(&redis.url(), &products);
     let cart = cart(&redis.url(), &catalog, "30s", "");
     let orders = orders(&database.url, &catalog, &cart, "", &[]);
